@@ -1,0 +1,8 @@
+// One bind_* function per native component; module.cpp calls them all.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace ponder {
+void bind_cuda(pybind11::module_& m);
+}  // namespace ponder

@@ -1,0 +1,14 @@
+// The ponder._core extension: torch-free host structures and CUDA launchers. Tensors cross this
+// boundary as raw pointers + shapes; host arrays as numpy.
+#include <pybind11/pybind11.h>
+
+#include "bindings.h"
+#include "common.h"
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "ponder native core: search forest, KV page table, CUDA launchers";
+  py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
+  ponder::bind_cuda(m);
+}

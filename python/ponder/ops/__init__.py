@@ -1,0 +1,28 @@
+"""Device ops of ponder, one module per op family, each with a pure-PyTorch reference.
+
+Shape letters, fixed project-wide:
+
+====  ==========================================================
+B     batch of branches (decode rows)
+T     tokens
+N     nodes of a search forest
+P     pages of the KV pool
+S     page size (tokens per page)
+L     layers
+H     query heads
+Hk    KV heads (H is a multiple of Hk; G = H // Hk)
+D     head dim
+V     vocabulary size
+====  ==========================================================
+
+The KV cache of one model is one tensor ``[L, 2, P, S, Hk, D]`` (index 0 of the second axis is
+K, 1 is V). Every op takes ``backend="auto" | "torch" | "triton" | "cuda"``; ``"auto"`` honours
+the ``PONDER_BACKEND`` environment variable, then picks the fastest implementation available for
+the tensors' device. ``ponder.ops.reference`` holds the pure-PyTorch versions: the CPU path, the
+test oracle and the benchmark baseline.
+"""
+
+from ponder.ops._registry import BACKENDS, available_backends, resolve_backend
+from ponder.ops.kv import copy_pages
+
+__all__ = ["BACKENDS", "available_backends", "copy_pages", "resolve_backend"]

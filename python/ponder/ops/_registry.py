@@ -1,0 +1,102 @@
+"""Backend registry: which implementation of an op runs for a given device.
+
+Implementations register per (op, backend). Nothing here raises at import time when a GPU,
+Triton or the CUDA build is missing: availability is checked when an op is resolved.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Dict
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+_CHOICES = ("auto",) + BACKENDS
+_IMPLS: Dict[str, Dict[str, Callable]] = {}
+
+
+def register(op: str, backend: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the ``backend`` implementation of ``op``."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+
+    def deco(fn: Callable) -> Callable:
+        _IMPLS.setdefault(op, {})[backend] = fn
+        return fn
+
+    return deco
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernels_built() -> bool:
+    try:
+        from ponder import _core
+    except ImportError:
+        return False
+    return bool(getattr(_core, "CUDA_BUILT", False))
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken Triton install must not break ponder
+        return False
+    return True
+
+
+def _triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available_backends(device: torch.device | str = "cpu") -> tuple:
+    """Backends that can run on ``device``, fastest first.
+
+    ``cuda`` needs the CUDA build and a CUDA tensor; ``triton`` needs Triton and either a CUDA
+    tensor or ``TRITON_INTERPRET=1`` (the CPU interpreter, for tests); ``torch`` always works.
+    """
+    dev = torch.device(device)
+    out = []
+    if dev.type == "cuda" and _cuda_kernels_built():
+        out.append("cuda")
+    if _triton_importable() and (dev.type == "cuda" or _triton_interpreted()):
+        out.append("triton")
+    out.append("torch")
+    return tuple(out)
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", op: str | None = None) -> str:
+    """The backend that will run ``op`` on ``device`` for the requested ``backend``.
+
+    ``"auto"`` reads ``PONDER_BACKEND`` first (itself ``auto`` by default). An explicit backend
+    that cannot run raises ``ValueError`` naming the reason instead of silently falling back.
+    """
+    if backend not in _CHOICES:
+        raise ValueError(f"backend must be one of {_CHOICES}, got {backend!r}")
+    if backend == "auto":
+        env = os.environ.get("PONDER_BACKEND", "auto").strip().lower() or "auto"
+        if env not in _CHOICES:
+            raise ValueError(f"PONDER_BACKEND must be one of {_CHOICES}, got {env!r}")
+        backend = env
+    avail = available_backends(device)
+    registered = _IMPLS.get(op, {}) if op is not None else None
+    if backend == "auto":
+        for b in avail:
+            if registered is None or b in registered:
+                return b
+        raise ValueError(f"no implementation of op {op!r} can run on device {device}")
+    if backend not in avail:
+        raise ValueError(
+            f"backend {backend!r} cannot run on device {torch.device(device)}: available here are {avail}"
+            + ("" if _cuda_kernels_built() or backend != "cuda" else " (ponder was built without CUDA kernels)")
+        )
+    if registered is not None and backend not in registered:
+        raise ValueError(f"op {op!r} has no {backend!r} implementation; it has {tuple(registered)}")
+    return backend
+
+
+def implementation(op: str, backend: str, device: torch.device | str) -> Callable:
+    """The registered function for ``op`` after resolving ``backend`` on ``device``."""
+    return _IMPLS[op][resolve_backend(backend, device, op)]
