@@ -12,4 +12,5 @@ PYBIND11_MODULE(_core, m) {
   py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
   ponder::bind_cuda(m);
   ponder::bind_forest(m);
+  ponder::bind_page_table(m);
 }

@@ -1,0 +1,196 @@
+// ponder._core.PageTable: numpy in, numpy out. Inputs must already be 1-D C-contiguous int32
+// arrays (ponder.page_table converts anything else); outputs are fresh arrays the caller owns.
+// Long calls release the GIL; a per-table mutex serialises calls from several Python threads.
+#include <cstring>
+#include <mutex>
+#include <vector>
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include "bindings.h"
+#include "page_table.h"
+
+namespace py = pybind11;
+
+namespace ponder {
+
+namespace {
+
+struct BoundPageTable {
+  BoundPageTable(int32_t num_pages, int32_t page_size, bool prefix_cache, int hash_bits)
+      : table(num_pages, page_size, prefix_cache, hash_bits) {}
+  PageTable table;
+  // Locked while holding the GIL or not, but never held while waiting for the GIL: a call that
+  // released the GIL unlocks before reacquiring it, so the two locks cannot deadlock.
+  std::mutex mu;
+};
+
+// A borrowed view of a 1-D C-contiguous int32 numpy array.
+struct Int32View {
+  py::array array;
+  const int32_t* data;
+  int64_t size;
+};
+
+Int32View int32_view(const py::object& obj, const char* name) {
+  if (!py::isinstance<py::array_t<int32_t>>(obj)) {
+    throw py::type_error(detail::concat(name, " must be a numpy int32 array, got ",
+                                        py::str(py::type::of(obj)).cast<std::string>(),
+                                        py::isinstance<py::array>(obj)
+                                            ? " of dtype " + py::str(obj.attr("dtype")).cast<std::string>()
+                                            : std::string()));
+  }
+  auto arr = py::reinterpret_borrow<py::array>(obj);
+  if (arr.ndim() != 1) throw py::type_error(detail::concat(name, " must be 1-D, got ", arr.ndim(), " dimensions"));
+  if (!(arr.flags() & py::array::c_style)) throw py::type_error(detail::concat(name, " must be C-contiguous"));
+  return {arr, static_cast<const int32_t*>(arr.data()), static_cast<int64_t>(arr.shape(0))};
+}
+
+template <typename T>
+py::array_t<T> to_numpy(const std::vector<T>& v) {
+  py::array_t<T> out(static_cast<py::ssize_t>(v.size()));
+  if (!v.empty()) std::memcpy(out.mutable_data(), v.data(), v.size() * sizeof(T));
+  return out;
+}
+
+py::tuple allocate(BoundPageTable& self, const py::object& tokens) {
+  const Int32View tok = int32_view(tokens, "tokens");
+  std::vector<int64_t> slots;
+  int64_t cached = 0;
+  int32_t seq;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(self.mu);
+    seq = self.table.allocate(tok.data, tok.size, &cached, slots);
+  }
+  return py::make_tuple(seq, cached, to_numpy(slots));
+}
+
+py::tuple append(BoundPageTable& self, const py::object& seqs, const py::object& counts, const py::object& tokens) {
+  const Int32View s = int32_view(seqs, "seqs");
+  const Int32View c = int32_view(counts, "counts");
+  if (s.size != c.size) {
+    throw py::value_error(detail::concat("seqs and counts must have the same length, got ", s.size, " and ", c.size));
+  }
+  Int32View tok{py::array(), nullptr, 0};
+  if (!tokens.is_none()) tok = int32_view(tokens, "tokens");
+  std::vector<int64_t> slots;
+  std::vector<int32_t> src, dst;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(self.mu);
+    self.table.append(s.data, c.data, s.size, tok.data, tok.size, slots, src, dst);
+  }
+  return py::make_tuple(to_numpy(slots), to_numpy(src), to_numpy(dst));
+}
+
+bool can_append(BoundPageTable& self, const py::object& seqs, const py::object& counts) {
+  const Int32View s = int32_view(seqs, "seqs");
+  const Int32View c = int32_view(counts, "counts");
+  if (s.size != c.size) {
+    throw py::value_error(detail::concat("seqs and counts must have the same length, got ", s.size, " and ", c.size));
+  }
+  std::lock_guard<std::mutex> lock(self.mu);
+  return self.table.can_append(s.data, c.data, s.size);
+}
+
+py::tuple batch_tables(BoundPageTable& self, const py::object& seqs, int32_t pad, int64_t max_pages) {
+  const Int32View s = int32_view(seqs, "seqs");
+  std::vector<int32_t> tables, lengths;
+  int64_t width;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(self.mu);
+    width = self.table.batch_tables(s.data, s.size, pad, max_pages, tables, lengths);
+  }
+  py::array_t<int32_t> out({static_cast<py::ssize_t>(s.size), static_cast<py::ssize_t>(width)});
+  if (!tables.empty()) std::memcpy(out.mutable_data(), tables.data(), tables.size() * sizeof(int32_t));
+  return py::make_tuple(out, to_numpy(lengths));
+}
+
+py::dict stats(BoundPageTable& self) {
+  PageTableStats st;
+  {
+    std::lock_guard<std::mutex> lock(self.mu);
+    st = self.table.stats();
+  }
+  py::dict d;
+  d["num_pages"] = st.num_pages;
+  d["page_size"] = st.page_size;
+  d["free"] = st.free;
+  d["used"] = st.used;
+  d["shared"] = st.shared;
+  d["cached"] = st.cached;
+  d["evictable"] = st.evictable;
+  d["prefix_queries"] = st.prefix_queries;
+  d["prefix_hits"] = st.prefix_hits;
+  d["num_seqs"] = st.num_seqs;
+  d["peak_used"] = st.peak_used;
+  return d;
+}
+
+// Runs a short read or update under the table lock, keeping the GIL.
+template <typename F>
+auto locked(BoundPageTable& self, F&& f) {
+  std::lock_guard<std::mutex> lock(self.mu);
+  return f(self.table);
+}
+
+}  // namespace
+
+void bind_page_table(py::module_& m) {
+  py::class_<BoundPageTable>(m, "PageTable",
+                             "Paged KV bookkeeping (page ids, refcounts, fork / copy-on-write, prefix cache). "
+                             "Use ponder.page_table.PageTable, which validates and converts arguments.")
+      .def(py::init<int32_t, int32_t, bool, int>(), py::arg("num_pages"), py::arg("page_size"),
+           py::arg("prefix_cache") = true, py::arg("hash_bits") = 64)
+      .def_property_readonly("num_pages", [](BoundPageTable& self) { return self.table.num_pages(); })
+      .def_property_readonly("page_size", [](BoundPageTable& self) { return self.table.page_size(); })
+      .def_property_readonly("prefix_cache", [](BoundPageTable& self) { return self.table.prefix_cache(); })
+      .def("allocate", &allocate, py::arg("tokens"))
+      .def("fork", [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return t.fork(seq); }); },
+           py::arg("seq"))
+      .def("append", &append, py::arg("seqs"), py::arg("counts"), py::arg("tokens") = py::none())
+      .def("free", [](BoundPageTable& self, int32_t seq) { locked(self, [&](PageTable& t) { t.free(seq); }); },
+           py::arg("seq"))
+      .def("can_allocate",
+           [](BoundPageTable& self, int64_t n) { return locked(self, [&](PageTable& t) { return t.can_allocate(n); }); },
+           py::arg("n_tokens"))
+      .def("can_allocate_tokens",
+           [](BoundPageTable& self, const py::object& tokens) {
+             const Int32View tok = int32_view(tokens, "tokens");
+             return locked(self, [&](PageTable& t) { return t.can_allocate(tok.data, tok.size); });
+           },
+           py::arg("tokens"))
+      .def("can_append", &can_append, py::arg("seqs"), py::arg("counts"))
+      .def("batch_tables", &batch_tables, py::arg("seqs"), py::arg("pad") = -1, py::arg("max_pages") = -1)
+      .def("num_tokens",
+           [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return t.num_tokens(seq); }); },
+           py::arg("seq"))
+      .def("pages",
+           [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return to_numpy(t.pages(seq)); }); },
+           py::arg("seq"))
+      .def("refcount",
+           [](BoundPageTable& self, int32_t page) { return locked(self, [&](PageTable& t) { return t.refcount(page); }); },
+           py::arg("page"))
+      .def("refcounts",
+           [](BoundPageTable& self) { return locked(self, [&](PageTable& t) { return to_numpy(t.refcounts()); }); })
+      .def("is_cached",
+           [](BoundPageTable& self, int32_t page) { return locked(self, [&](PageTable& t) { return t.is_cached(page); }); },
+           py::arg("page"))
+      .def("slot_of",
+           [](BoundPageTable& self, int32_t seq, int64_t t) {
+             return locked(self, [&](PageTable& pt) { return pt.slot_of(seq, t); });
+           },
+           py::arg("seq"), py::arg("t"))
+      .def("free_pages",
+           [](BoundPageTable& self) { return locked(self, [&](PageTable& t) { return to_numpy(t.free_pages()); }); })
+      .def("evictable_pages",
+           [](BoundPageTable& self) { return locked(self, [&](PageTable& t) { return to_numpy(t.evictable_pages()); }); })
+      .def("live_seqs",
+           [](BoundPageTable& self) { return locked(self, [&](PageTable& t) { return to_numpy(t.live_seqs()); }); })
+      .def("stats", &stats);
+}
+
+}  // namespace ponder
