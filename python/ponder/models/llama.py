@@ -133,7 +133,7 @@ class DecoderLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                query_indptr: torch.Tensor) -> torch.Tensor:
+                query_indptr: torch.Tensor, *, check: Optional[bool] = None) -> torch.Tensor:
         """Run ``T`` new tokens of ``B`` sequences; returns the final-normed hidden ``[T, C]``.
 
         input_ids ``[T]`` int64; positions ``[T]`` int64 (absolute position of each token);
@@ -141,6 +141,8 @@ class DecoderLM(nn.Module):
         slot_mapping ``[T]`` int64 (``page * S + offset``); block_tables ``[B, max_pages]``
         int32; seq_lens ``[B]`` int32 (cached + new tokens); query_indptr ``[B+1]`` int32
         (rows ``query_indptr[b]:query_indptr[b+1]`` are sequence ``b``'s new tokens, in order).
+        check: validate index values (token ids, positions, slots, pages; device syncs), as the
+        ops do. Default: on CPU tensors only. Shapes, dtypes and devices are always checked.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
@@ -149,7 +151,8 @@ class DecoderLM(nn.Module):
             block_tables=[[2, 0], [1, -1]]  seq_lens=[6, 3]  query_indptr=[0, 1, 4]
         """
         cfg = self.config
-        self._check_inputs(input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens, query_indptr)
+        self._check_inputs(input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens, query_indptr,
+                           check)
         T = input_ids.shape[0]
         if T == 0:
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
@@ -157,15 +160,18 @@ class DecoderLM(nn.Module):
         scale = 1.0 / math.sqrt(D)
         x = F.embedding(input_ids, self.embed)  # [T, C]
         for i, layer in enumerate(self.layers):
+            # Every layer sees the same indices: validating them once is enough.
+            chk = check if i == 0 else False
             h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
             qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
             q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
             q = q.reshape(T, H, D)  # [T, H, D]
             k = k.reshape(T, Hk, D)  # [T, Hk, D]
             v = v.reshape(T, Hk, D)  # [T, Hk, D]
-            q, k = ops.rotary(q, k, positions, self.cos_sin)  # [T, H, D], [T, Hk, D]
-            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping)
-            attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale)  # [T, H, D]
+            q, k = ops.rotary(q, k, positions, self.cos_sin, check=chk)  # [T, H, D], [T, Hk, D]
+            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=chk)
+            attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
+                                       check=chk)  # [T, H, D]
             x = x + F.linear(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
             h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
             gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
@@ -198,7 +204,7 @@ class DecoderLM(nn.Module):
             raise ValueError(f"hidden must be {self.dtype} on {self.device}, got {hidden.dtype} on {hidden.device}")
 
     def _check_inputs(self, input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens,
-                      query_indptr) -> None:
+                      query_indptr, check: Optional[bool]) -> None:
         cfg = self.config
         expect = {
             "input_ids": (input_ids, torch.int64, 1), "positions": (positions, torch.int64, 1),
@@ -227,7 +233,7 @@ class DecoderLM(nn.Module):
             raise ValueError(f"kv_cache must have shape [{want[0]}, 2, P, S, {want[2]}, {want[3]}], got {shape}")
         if kv_cache.device != self.device:
             raise ValueError(f"kv_cache is on {kv_cache.device} but the model is on {self.device}")
-        if T:
+        if T and (self.device.type == "cpu" if check is None else check):
             lo, hi = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
             if lo < 0 or hi >= cfg.vocab_size:
                 raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}), got values in [{lo}, {hi}]")
