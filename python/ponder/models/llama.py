@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder import ops
+from ponder.models import inputs
 from ponder.models.config import ModelConfig
 from ponder.models.value_head import ValueHead
 
@@ -141,8 +142,9 @@ class DecoderLM(nn.Module):
         slot_mapping ``[T]`` int64 (``page * S + offset``); block_tables ``[B, max_pages]``
         int32; seq_lens ``[B]`` int32 (cached + new tokens); query_indptr ``[B+1]`` int32
         (rows ``query_indptr[b]:query_indptr[b+1]`` are sequence ``b``'s new tokens, in order).
-        check: validate index values (token ids, positions, slots, pages; device syncs), as the
-        ops do. Default: on CPU tensors only. Shapes, dtypes and devices are always checked.
+        check: validate index values and their consistency (token ids, positions, slots, pages;
+        device syncs) before anything is written. Default: on CPU tensors only, like the ops.
+        Shapes, dtypes and devices are always checked.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
@@ -151,8 +153,10 @@ class DecoderLM(nn.Module):
             block_tables=[[2, 0], [1, -1]]  seq_lens=[6, 3]  query_indptr=[0, 1, 4]
         """
         cfg = self.config
-        self._check_inputs(input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens, query_indptr,
-                           check)
+        batch = (input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens, query_indptr)
+        inputs.check_metadata(cfg, self.device, *batch)
+        if input_ids.shape[0] and (self.device.type == "cpu" if check is None else check):
+            inputs.check_values(cfg, *batch)
         T = input_ids.shape[0]
         if T == 0:
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
@@ -160,18 +164,16 @@ class DecoderLM(nn.Module):
         scale = 1.0 / math.sqrt(D)
         x = F.embedding(input_ids, self.embed)  # [T, C]
         for i, layer in enumerate(self.layers):
-            # Every layer sees the same indices: validating them once is enough.
-            chk = check if i == 0 else False
             h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
             qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
             q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
             q = q.reshape(T, H, D)  # [T, H, D]
             k = k.reshape(T, Hk, D)  # [T, Hk, D]
             v = v.reshape(T, Hk, D)  # [T, Hk, D]
-            q, k = ops.rotary(q, k, positions, self.cos_sin, check=chk)  # [T, H, D], [T, Hk, D]
-            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=chk)
+            q, k = ops.rotary(q, k, positions, self.cos_sin, check=False)  # [T, H, D], [T, Hk, D]
+            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=False)
             attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
-                                       check=chk)  # [T, H, D]
+                                       check=False)  # [T, H, D]
             x = x + F.linear(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
             h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
             gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
@@ -202,38 +204,3 @@ class DecoderLM(nn.Module):
             raise ValueError(f"hidden must have shape [B, {C}], got {shape}")
         if hidden.dtype != self.dtype or hidden.device != self.device:
             raise ValueError(f"hidden must be {self.dtype} on {self.device}, got {hidden.dtype} on {hidden.device}")
-
-    def _check_inputs(self, input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens,
-                      query_indptr, check: Optional[bool]) -> None:
-        cfg = self.config
-        expect = {
-            "input_ids": (input_ids, torch.int64, 1), "positions": (positions, torch.int64, 1),
-            "slot_mapping": (slot_mapping, torch.int64, 1), "block_tables": (block_tables, torch.int32, 2),
-            "seq_lens": (seq_lens, torch.int32, 1), "query_indptr": (query_indptr, torch.int32, 1),
-        }
-        for name, (t, dtype, ndim) in expect.items():
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-            if t.dtype != dtype or t.dim() != ndim:
-                raise TypeError(f"{name} must be a {ndim}-D {dtype} tensor, got {t.dim()}-D {t.dtype}")
-            if t.device != self.device:
-                raise ValueError(f"{name} is on {t.device} but the model is on {self.device}")
-        T = input_ids.shape[0]
-        for name, t in (("positions", positions), ("slot_mapping", slot_mapping)):
-            if t.shape[0] != T:
-                raise ValueError(f"{name} must have T={T} entries like input_ids, got {t.shape[0]}")
-        B = block_tables.shape[0]
-        if seq_lens.shape[0] != B or query_indptr.shape[0] != B + 1:
-            raise ValueError(f"seq_lens must be [B] and query_indptr [B+1] with B={B} (block_tables rows), "
-                             f"got {tuple(seq_lens.shape)} and {tuple(query_indptr.shape)}")
-        want = (cfg.num_layers, 2, cfg.num_kv_heads, cfg.head_dim)
-        if not isinstance(kv_cache, torch.Tensor) or kv_cache.dim() != 6 or \
-                (kv_cache.shape[0], kv_cache.shape[1], kv_cache.shape[4], kv_cache.shape[5]) != want:
-            shape = tuple(kv_cache.shape) if isinstance(kv_cache, torch.Tensor) else type(kv_cache).__name__
-            raise ValueError(f"kv_cache must have shape [{want[0]}, 2, P, S, {want[2]}, {want[3]}], got {shape}")
-        if kv_cache.device != self.device:
-            raise ValueError(f"kv_cache is on {kv_cache.device} but the model is on {self.device}")
-        if T and (self.device.type == "cpu" if check is None else check):
-            lo, hi = (int(v) for v in torch.stack(torch.aminmax(input_ids)).tolist())
-            if lo < 0 or hi >= cfg.vocab_size:
-                raise ValueError(f"input_ids must lie in [0, {cfg.vocab_size}), got values in [{lo}, {hi}]")
