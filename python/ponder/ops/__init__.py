@@ -23,6 +23,21 @@ test oracle and the benchmark baseline.
 """
 
 from ponder.ops._registry import BACKENDS, available_backends, resolve_backend
-from ponder.ops.kv import copy_pages
+from ponder.ops.attention import paged_attention
+from ponder.ops.kv import append_kv, copy_pages
+from ponder.ops.norm import rms_norm
+from ponder.ops.rotary import rope_cache, rotary
+from ponder.ops.sampling import sample
 
-__all__ = ["BACKENDS", "available_backends", "copy_pages", "resolve_backend"]
+__all__ = [
+    "BACKENDS",
+    "append_kv",
+    "available_backends",
+    "copy_pages",
+    "paged_attention",
+    "resolve_backend",
+    "rms_norm",
+    "rope_cache",
+    "rotary",
+    "sample",
+]

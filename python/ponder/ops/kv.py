@@ -1,10 +1,12 @@
-"""KV cache ops: ``copy_pages`` (batched copy-on-write of pages)."""
+"""KV cache ops: ``copy_pages`` (batched copy-on-write of pages) and ``append_kv`` (write new K/V)."""
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-from ponder.ops import reference
+from ponder.ops import _checks, reference
 from ponder.ops._registry import implementation, register
 
 
@@ -74,3 +76,71 @@ def copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch
     if src_pages.numel() == 0:
         return
     _copy_pages_op(kv_cache, src_pages, dst_pages, backend)
+
+
+def _check_append_kv(kv_cache, layer, k, v, slot_mapping, check: Optional[bool]) -> None:
+    _checks.kv_cache(kv_cache, layer)
+    _, _, P, S, Hk, D = kv_cache.shape
+    for name, t in (("k", k), ("v", v)):
+        _checks.tensor(name, t, 3, None, "[T, Hk, D]")
+        if t.dtype != kv_cache.dtype:
+            raise TypeError(f"{name} has dtype {t.dtype} but kv_cache has {kv_cache.dtype}; they must match")
+        _checks.dim_size(name, t, 1, Hk, "Hk, the kv_cache's KV heads")
+        _checks.dim_size(name, t, 2, D, "D, the kv_cache's head dim")
+    if v.shape[0] != k.shape[0]:
+        raise ValueError(f"k and v must have the same number of rows T, got {k.shape[0]} and {v.shape[0]}")
+    _checks.tensor("slot_mapping", slot_mapping, 1, (torch.int64,), "1-D int64 [T]")
+    _checks.dim_size("slot_mapping", slot_mapping, 0, k.shape[0], "T, the rows of k and v")
+    _checks.same_device("kv_cache", kv_cache, k=k, v=v, slot_mapping=slot_mapping)
+    if _checks.value_checks(check, kv_cache.device) and slot_mapping.numel():
+        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
+        if lo < -1 or hi >= P * S:
+            raise IndexError(
+                f"slot_mapping values must be -1 (skip) or lie in [0, {P * S}) (P * S = {P} * {S}), got values in [{lo}, {hi}]"
+            )
+
+
+@torch.library.custom_op("ponder::append_kv", mutates_args=("kv_cache",))
+def _append_kv_op(
+    kv_cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tensor, slot_mapping: torch.Tensor, backend: str
+) -> None:
+    implementation("append_kv", backend, kv_cache.device)(kv_cache, layer, k, v, slot_mapping)
+
+
+@_append_kv_op.register_fake
+def _(kv_cache, layer, k, v, slot_mapping, backend):
+    return None
+
+
+register("append_kv", "torch")(reference.append_kv)
+
+
+def append_kv(
+    kv_cache: torch.Tensor,
+    layer: int,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    slot_mapping: torch.Tensor,
+    backend: str = "auto",
+    *,
+    check: Optional[bool] = None,
+) -> None:
+    """Write the new tokens' K and V of one layer into their cache slots.
+
+    kv_cache: ``[L, 2, P, S, Hk, D]`` float32 / bfloat16 / float16, contiguous, modified in place.
+    layer: which layer's K/V planes to write, in ``[0, L)``.
+    k, v: ``[T, Hk, D]`` in kv_cache's dtype, same device.
+    slot_mapping: ``[T]`` int64; ``k[t]`` goes to ``kv_cache[layer, 0, slot // S, slot % S]`` and
+    ``v[t]`` to ``kv_cache[layer, 1, ...]``; slot -1 skips row t (padding). Non-negative slots
+    must be distinct.
+    check: validate slot values (a device sync). Default: on CPU tensors only.
+
+    Example (S=4, T=3)::
+
+        slot_mapping = [9, 10, -1]   ->  row 0 to page 2 offset 1, row 1 to page 2 offset 2,
+                                          row 2 is not written
+    """
+    _check_append_kv(kv_cache, layer, k, v, slot_mapping, check)
+    if k.shape[0] == 0:
+        return
+    _append_kv_op(kv_cache, layer, k, v, slot_mapping, backend)

@@ -1,0 +1,206 @@
+"""``DecoderLM``: the Llama / Qwen2 / Mistral / SmolLM decoder on ponder's paged KV cache.
+
+One flattened ragged forward serves prefill, decode and mixed batches: ``T`` query rows from
+``B`` sequences, each sequence's K/V living in pages of one ``[L, 2, P, S, Hk, D]`` tensor.
+Every layer is ``rms_norm -> qkv -> rotary -> append_kv -> paged_attention -> o_proj ->
+residual -> rms_norm -> SwiGLU -> residual``; the math is ``transformers``' LlamaModel /
+Qwen2Model, so logits match it on the same weights.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ponder import ops
+from ponder.models import inputs
+from ponder.models.config import ModelConfig
+from ponder.models.value_head import ValueHead
+
+
+class DecoderLayer(nn.Module):
+    """Weights of one block. q/k/v and gate/up are stored fused: one matmul each instead of
+    three / two (the loaders concatenate the Hugging Face tensors)."""
+
+    def __init__(self, cfg: ModelConfig, dtype: torch.dtype, device) -> None:
+        super().__init__()
+        C, D, I = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size
+        qkv_rows = (cfg.num_heads + 2 * cfg.num_kv_heads) * D
+        kw = dict(dtype=dtype, device=device)
+        self.attn_norm = nn.Parameter(torch.empty(C, **kw))
+        self.qkv_weight = nn.Parameter(torch.empty(qkv_rows, C, **kw))
+        self.qkv_bias = nn.Parameter(torch.empty(qkv_rows, **kw)) if cfg.attention_bias else None
+        self.o_weight = nn.Parameter(torch.empty(C, cfg.num_heads * D, **kw))
+        self.o_bias = nn.Parameter(torch.empty(C, **kw)) if cfg.attention_out_bias else None
+        self.mlp_norm = nn.Parameter(torch.empty(C, **kw))
+        self.gate_up_weight = nn.Parameter(torch.empty(2 * I, C, **kw))
+        self.down_weight = nn.Parameter(torch.empty(C, I, **kw))
+
+
+class DecoderLM(nn.Module):
+    """A Llama-family causal LM whose attention reads and writes a paged KV cache.
+
+    Construct from a :class:`ModelConfig` (weights drawn like ``transformers`` initialises
+    them: normal(0, ``init_std``) matrices, unit norms, zero biases) or load one with
+    :func:`ponder.models.load`. ``value_head=True`` attaches a fresh :class:`ValueHead`.
+    """
+
+    def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None, value_head: bool = False,
+                 init_std: float = 0.02) -> None:
+        super().__init__()
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise TypeError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        self.config = config
+        kw = dict(dtype=dtype, device=device)
+        self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, **kw))
+        self.layers = nn.ModuleList(DecoderLayer(config, dtype, device) for _ in range(config.num_layers))
+        self.norm = nn.Parameter(torch.empty(config.hidden_size, **kw))
+        self.lm_head = (None if config.tie_word_embeddings
+                        else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, **kw)))
+        self.value_head: Optional[ValueHead] = None
+        if value_head:
+            self.attach_value_head()
+        self.register_buffer("cos_sin", torch.empty(0), persistent=False)
+        self._refresh_rope()
+        if self.embed.device.type != "meta":
+            self.init_weights(init_std)
+
+    # ------------------------------------------------------------------ setup
+    @torch.no_grad()
+    def init_weights(self, std: float = 0.02, generator: torch.Generator | None = None) -> None:
+        """Re-draw every weight: normal(0, ``std``) matrices, unit norms, zero biases."""
+        for name, p in self.named_parameters():
+            if name.startswith("value_head."):
+                continue
+            if p.dim() == 1:
+                p.fill_(1.0 if name.endswith("norm") else 0.0)
+            else:
+                p.normal_(0.0, std, generator=generator)
+
+    def attach_value_head(self) -> ValueHead:
+        """Attach (or replace) a fresh value head on the final hidden state and return it."""
+        self.value_head = ValueHead(self.config.hidden_size, self.config.rms_norm_eps,
+                                    dtype=self.embed.dtype, device=self.embed.device)
+        return self.value_head
+
+    def _refresh_rope(self) -> None:
+        # The table is derived data: it is rebuilt in fp32 on the weights' device whenever the
+        # module moves, so a bf16 cast of the model never rounds the angles.
+        cfg = self.config
+        device = self.embed.device
+        table = ops.rope_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
+        self.cos_sin = table.to(device) if device.type != "meta" else torch.empty_like(table, device="meta")
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._refresh_rope()
+        return out
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed.device
+
+    @property
+    def kv_bytes_per_token(self) -> int:
+        """Bytes of K and V one token occupies across all layers, in the model's dtype."""
+        cfg = self.config
+        return 2 * cfg.num_layers * cfg.kv_dim * self.embed.element_size()
+
+    def allocate_kv_cache(self, num_pages: int, page_size: int, dtype: torch.dtype | None = None,
+                          device: torch.device | str | None = None) -> torch.Tensor:
+        """A zeroed KV cache ``[L, 2, num_pages, page_size, Hk, D]`` (default: model dtype and device).
+
+        Zeroed rather than empty so that padding slots never hold NaNs a kernel could touch.
+        """
+        for name, value in (("num_pages", num_pages), ("page_size", page_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        cfg = self.config
+        shape = (cfg.num_layers, 2, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
+        return torch.zeros(shape, dtype=dtype or self.dtype, device=device if device is not None else self.device)
+
+    # ---------------------------------------------------------------- compute
+    @torch.inference_mode()
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
+                slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
+                query_indptr: torch.Tensor, *, check: Optional[bool] = None) -> torch.Tensor:
+        """Run ``T`` new tokens of ``B`` sequences; returns the final-normed hidden ``[T, C]``.
+
+        input_ids ``[T]`` int64; positions ``[T]`` int64 (absolute position of each token);
+        kv_cache ``[L, 2, P, S, Hk, D]`` (written at ``slot_mapping``, ``-1`` skips a row);
+        slot_mapping ``[T]`` int64 (``page * S + offset``); block_tables ``[B, max_pages]``
+        int32; seq_lens ``[B]`` int32 (cached + new tokens); query_indptr ``[B+1]`` int32
+        (rows ``query_indptr[b]:query_indptr[b+1]`` are sequence ``b``'s new tokens, in order).
+        check: validate index values and their consistency (token ids, positions, slots, pages;
+        device syncs) before anything is written. Default: on CPU tensors only, like the ops.
+        Shapes, dtypes and devices are always checked.
+
+        Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
+        sequence 1 prefills 3 tokens into page 1::
+
+            input_ids=[t5, u0, u1, u2]  positions=[5, 0, 1, 2]  slot_mapping=[1, 4, 5, 6]
+            block_tables=[[2, 0], [1, -1]]  seq_lens=[6, 3]  query_indptr=[0, 1, 4]
+        """
+        cfg = self.config
+        batch = (input_ids, positions, kv_cache, slot_mapping, block_tables, seq_lens, query_indptr)
+        inputs.check_metadata(cfg, self.device, *batch)
+        if input_ids.shape[0] and (self.device.type == "cpu" if check is None else check):
+            inputs.check_values(cfg, *batch)
+        T = input_ids.shape[0]
+        if T == 0:
+            return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
+        H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        scale = 1.0 / math.sqrt(D)
+        x = F.embedding(input_ids, self.embed)  # [T, C]
+        for i, layer in enumerate(self.layers):
+            h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
+            qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
+            q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
+            q = q.reshape(T, H, D)  # [T, H, D]
+            k = k.reshape(T, Hk, D)  # [T, Hk, D]
+            v = v.reshape(T, Hk, D)  # [T, Hk, D]
+            q, k = ops.rotary(q, k, positions, self.cos_sin, check=False)  # [T, H, D], [T, Hk, D]
+            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=False)
+            attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
+                                       check=False)  # [T, H, D]
+            x = x + F.linear(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
+            h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
+            gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
+            x = x + F.linear(F.silu(gate) * up, layer.down_weight)  # [T, C]
+        return ops.rms_norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
+
+    @torch.inference_mode()
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden ``[B, C]`` (only the rows that need a next-token distribution) -> ``[B, V]`` fp32."""
+        self._check_hidden(hidden)
+        weight = self.embed if self.lm_head is None else self.lm_head
+        return F.linear(hidden, weight).float()  # [B, V]
+
+    @torch.inference_mode()
+    def value(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden ``[B, C]`` -> value-head scores ``[B]`` fp32 in (0, 1)."""
+        if self.value_head is None:
+            raise ValueError("this model has no value head: call attach_value_head() or load a "
+                             "checkpoint that has value_head.* weights")
+        self._check_hidden(hidden)
+        return self.value_head(hidden)
+
+    # ------------------------------------------------------------- validation
+    def _check_hidden(self, hidden: torch.Tensor) -> None:
+        C = self.config.hidden_size
+        if not isinstance(hidden, torch.Tensor) or hidden.dim() != 2 or hidden.shape[1] != C:
+            shape = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+            raise ValueError(f"hidden must have shape [B, {C}], got {shape}")
+        if hidden.dtype != self.dtype or hidden.device != self.device:
+            raise ValueError(f"hidden must be {self.dtype} on {self.device}, got {hidden.dtype} on {hidden.device}")
