@@ -1,0 +1,556 @@
+"""Batched tree expansion on a shared paged KV cache: the search tree is the KV tree.
+
+The engine owns a model's KV tensor, a :class:`~ponder.PageTable` for its pages and a
+:class:`~ponder.Forest` of search trees whose nodes point at page sequences. ``add_prompts``
+prefills prompts into new roots; ``expand`` grows children under many nodes of many trees at
+once:
+
+1. fork a page sequence per child from its parent (a refcount increment, no copy);
+2. decode all branches together, one model forward per token for the whole batch; copy-on-write
+   page copies run in one batched ``copy_pages`` call before each forward; a branch leaves the
+   batch as soon as its step ends (stop string, stop token, EOS, ``max_step_tokens`` or the
+   model's context) while the others go on;
+3. hand back per child its tokens, their log-probabilities, the step's last hidden state (for
+   scoring, and from which the child's own children will be sampled) and the finish reason.
+
+A node keeps the hidden state of its last token, so expanding it never needs a forward over its
+own tokens. When the page pool is full the engine frees the KV of the least valuable nodes
+(through ``evict`` or, by default, lowest path score first, unexpanded leaves before expanded
+nodes); a node without KV is re-prefilled from its tokens when it is expanded again, with the
+prefix cache picking up whatever pages survived.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from ponder import ops
+from ponder.forest import NO_PAGES, Forest
+from ponder.page_table import KVCacheFull, PageTable
+
+logger = logging.getLogger(__name__)
+
+FINISH_REASONS = ("stop", "eos", "length", "context")
+
+
+@dataclass(frozen=True)
+class StepStop:
+    """When a reasoning step ends.
+
+    strings: the step ends at the token that completes any of these strings in the step's text
+        (detected across token boundaries; the token is kept whole).
+    token_ids: the step ends after any of these tokens.
+    max_step_tokens: the step ends after this many tokens (finish reason ``"length"``).
+    stop_on_eos: the model's EOS tokens end the step and make the node terminal.
+    """
+
+    strings: Tuple[str, ...] = ("\n",)
+    token_ids: Tuple[int, ...] = ()
+    max_step_tokens: int = 64
+    stop_on_eos: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "strings", tuple(self.strings))
+        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        for s in self.strings:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class Expansion:
+    """What one ``Engine.expand`` call produced, one entry per new child (C children).
+
+    parents, children: int32 [C] forest node ids. tokens / logprobs: per child an int32 / float32
+    array of the step's tokens and their log-probabilities under the raw model distribution.
+    hidden: [C, hidden_size] final hidden state at each step's last token. values: [C] float32
+    from the model's value head, or None. finish_reasons: one of ``FINISH_REASONS`` per child.
+    terminal: bool [C] (EOS or context exhausted).
+    """
+
+    parents: np.ndarray
+    children: np.ndarray
+    tokens: List[np.ndarray]
+    logprobs: List[np.ndarray]
+    hidden: torch.Tensor
+    values: Optional[torch.Tensor]
+    finish_reasons: List[str]
+    terminal: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(len(t) for t in self.tokens))
+
+
+@dataclass
+class EngineStats:
+    tokens_prefilled: int = 0
+    tokens_decoded: int = 0
+    model_calls: int = 0
+    pages_peak: int = 0
+    evicted_nodes: int = 0
+    reprefilled_nodes: int = 0
+    extra: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Branch:
+    parent: int
+    child_index: int
+    seq: int
+    tokens: List[int]
+    logprobs: List[float]
+    length: int = 0  # tokens in the sequence before the branch's next input token
+    finish: Optional[str] = None  # set once the last token is known; the branch still feeds it
+    hidden_ref: Optional[Tuple[torch.Tensor, int]] = None
+
+
+EvictFn = Callable[["Engine", int], Iterable[int]]
+
+
+class Engine:
+    """Owns one model's KV cache, its PageTable and a Forest; prefills and expands nodes.
+
+    Args:
+        model: a :class:`ponder.models.DecoderLM` (or anything with its forward / logits /
+            value / allocate_kv_cache interface).
+        tokenizer: anything with ``decode(list[int]) -> str``; needed for stop strings.
+        num_pages: size of the KV page pool; or give ``max_kv_bytes`` and let the engine derive it.
+        page_size: tokens per KV page (S).
+        prefix_cache: reuse full pages across prompts by chained token hash.
+        eos_token_ids: tokens that end a step and make it terminal (default: the model config's).
+        max_batch_tokens: prefill rows per forward (longer batches are chunked by prompt).
+        evict: ``evict(engine, num_pages_needed) -> node ids`` whose KV may be dropped under
+            memory pressure; ``None`` uses the default order (lowest path score first, unexpanded
+            leaves before expanded nodes).
+        backend: op backend for copy_pages and sampling (``"auto"`` | ``"torch"`` | ...).
+    """
+
+    def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
+                 max_kv_bytes: Optional[int] = None, prefix_cache: bool = True,
+                 eos_token_ids: Optional[Sequence[int]] = None, max_batch_tokens: int = 4096,
+                 evict: Optional[EvictFn] = None, backend: str = "auto"):
+        if not isinstance(page_size, int) or page_size < 1:
+            raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
+        bytes_per_page = model.kv_bytes_per_token * page_size
+        if num_pages is None:
+            if max_kv_bytes is None:
+                raise ValueError("give num_pages or max_kv_bytes to size the KV cache")
+            num_pages = int(max_kv_bytes) // bytes_per_page
+        if not isinstance(num_pages, (int, np.integer)) or num_pages < 1:
+            raise ValueError(f"num_pages must be >= 1 (max_kv_bytes too small?), got {num_pages!r}")
+        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be an int >= 1, got {max_batch_tokens!r}")
+        ops.resolve_backend(backend)  # validates the name now rather than mid-search
+        self.model = model
+        self.tokenizer = tokenizer
+        self.page_size = page_size
+        self.num_pages = int(num_pages)
+        self.backend = backend
+        self.max_batch_tokens = max_batch_tokens
+        self.evict_fn = evict
+        cfg = model.config
+        self.max_context = int(cfg.max_position_embeddings)
+        if eos_token_ids is None:
+            eos = getattr(cfg, "eos_token_id", None)
+            eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.kv_cache = model.allocate_kv_cache(self.num_pages, page_size)
+        self.device = self.kv_cache.device
+        self.page_table = PageTable(self.num_pages, page_size, prefix_cache=prefix_cache)
+        self.forest = Forest()
+        self.stats = EngineStats()
+        # node -> (batch hidden tensor, row): the hidden state at the node's last token.
+        self._hidden: Dict[int, Tuple[torch.Tensor, int]] = {}
+        self._protected: set = set()
+
+    # ---------------------------------------------------------------- accounting
+    @property
+    def kv_bytes_per_page(self) -> int:
+        return int(self.model.kv_bytes_per_token * self.page_size)
+
+    def kv_stats(self) -> Dict[str, int]:
+        """Pages in use / peak, prefix-cache hits, tokens prefilled vs decoded, KV bytes."""
+        st = dict(self.page_table.stats())
+        st.update(pages_peak=self.stats.pages_peak, kv_bytes_in_use=st["used"] * self.kv_bytes_per_page,
+                  kv_bytes_peak=self.stats.pages_peak * self.kv_bytes_per_page,
+                  tokens_prefilled=self.stats.tokens_prefilled, tokens_decoded=self.stats.tokens_decoded,
+                  model_calls=self.stats.model_calls, evicted_nodes=self.stats.evicted_nodes,
+                  reprefilled_nodes=self.stats.reprefilled_nodes)
+        return st
+
+    def _note_usage(self) -> None:
+        self.stats.pages_peak = max(self.stats.pages_peak, int(self.page_table.stats()["used"]))
+
+    # ---------------------------------------------------------------- memory pressure
+    def _eviction_order(self) -> List[int]:
+        f = self.forest
+        seqs = np.asarray(f.page_seq)
+        alive = np.asarray(f.alive).astype(bool)
+        cand = np.nonzero(alive & (seqs != NO_PAGES))[0]
+        cand = np.array([n for n in cand if int(n) not in self._protected], dtype=np.int64)
+        if cand.size == 0:
+            return []
+        expanded = np.asarray(f.num_children)[cand] > 0
+        score = np.asarray(f.path_score)[cand]
+        order = np.lexsort((cand, score, expanded))  # unexpanded first, then lowest score, then id
+        return [int(c) for c in cand[order]]
+
+    def evict_nodes(self, nodes: Iterable[int]) -> int:
+        """Drop the KV of ``nodes`` (their tokens and hidden states stay); returns nodes evicted."""
+        n = 0
+        for node in nodes:
+            node = int(node)
+            seq = int(self.forest.page_seq[node])
+            if seq == NO_PAGES or node in self._protected:
+                continue
+            self.page_table.free(seq)
+            self.forest.set_page_seqs([node], [NO_PAGES])
+            n += 1
+        self.stats.evicted_nodes += n
+        return n
+
+    def _make_room(self, fits: Callable[[], bool], what: str) -> None:
+        if fits():
+            return
+        if self.evict_fn is not None:
+            for node in self.evict_fn(self, self._pages_short(fits)):
+                self.evict_nodes([node])
+                if fits():
+                    return
+        for node in self._eviction_order():
+            self.evict_nodes([node])
+            if fits():
+                return
+        st = self.page_table.stats()
+        raise KVCacheFull(
+            f"KV cache full while {what}: pool of {st['num_pages']} pages ({self.page_size} tokens each), "
+            f"{st['free']} free, {st['evictable']} evictable cached, {st['used']} in use by live branches "
+            f"and nothing left to evict; give the engine more num_pages / max_kv_bytes or expand fewer nodes"
+        )
+
+    def _pages_short(self, fits: Callable[[], bool]) -> int:
+        st = self.page_table.stats()
+        return max(1, self.num_pages - st["free"] - st["evictable"])
+
+    # ---------------------------------------------------------------- forward helpers
+    def _forward(self, input_ids: List[int], positions: List[int], slots: np.ndarray, seqs: Sequence[int],
+                 query_counts: Sequence[int]) -> torch.Tensor:
+        dev = self.device
+        tables, lens = self.page_table.batch_tables(np.asarray(seqs, dtype=np.int32), pad=0)
+        indptr = np.zeros(len(query_counts) + 1, dtype=np.int32)
+        np.cumsum(query_counts, out=indptr[1:])
+        with torch.inference_mode():
+            hidden = self.model(
+                torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=dev),
+                torch.as_tensor(np.asarray(positions, dtype=np.int64), device=dev),
+                self.kv_cache,
+                torch.as_tensor(np.asarray(slots, dtype=np.int64), device=dev),
+                torch.as_tensor(tables, device=dev),
+                torch.as_tensor(lens, device=dev),
+                torch.as_tensor(indptr, device=dev),
+            )
+        self.stats.model_calls += 1
+        return hidden
+
+    def _run_copies(self, src: np.ndarray, dst: np.ndarray) -> None:
+        if len(src):
+            ops.copy_pages(self.kv_cache, torch.as_tensor(np.asarray(src, dtype=np.int32), device=self.device),
+                           torch.as_tensor(np.asarray(dst, dtype=np.int32), device=self.device),
+                           backend=self.backend)
+
+    def _prefill_sequences(self, token_lists: List[np.ndarray]) -> Tuple[List[int], List[Tuple[torch.Tensor, int]]]:
+        """Allocate + prefill each token list; returns seq handles and last-token hidden refs."""
+        seqs: List[int] = []
+        refs: List[Tuple[torch.Tensor, int]] = []
+        start = 0
+        while start < len(token_lists):
+            # Greedy chunking by prompt: each forward gets at most max_batch_tokens new rows
+            # (a single longer prompt still goes alone).
+            chunk, rows = [], 0
+            while start + len(chunk) < len(token_lists):
+                n = len(token_lists[start + len(chunk)])
+                if chunk and rows + n > self.max_batch_tokens:
+                    break
+                chunk.append(token_lists[start + len(chunk)])
+                rows += n
+            ids, pos, slots, cseqs, counts = [], [], [], [], []
+            try:
+                for toks in chunk:
+                    self._make_room(lambda: self.page_table.can_allocate(toks), "prefilling")
+                    seq, cached, slot = self.page_table.allocate(toks)
+                    cseqs.append(seq)
+                    ids.extend(int(t) for t in toks[cached:])
+                    pos.extend(range(cached, len(toks)))
+                    slots.append(np.asarray(slot, dtype=np.int64))
+                    counts.append(len(toks) - cached)
+                self._note_usage()
+                hidden = self._forward(ids, pos, np.concatenate(slots), cseqs, counts)
+            except BaseException:
+                for s in cseqs:
+                    self.page_table.free(s)
+                raise
+            self.stats.tokens_prefilled += len(ids)
+            ends = np.cumsum(counts) - 1
+            seqs.extend(cseqs)
+            refs.extend((hidden, int(e)) for e in ends)
+            start += len(chunk)
+        return seqs, refs
+
+    # ---------------------------------------------------------------- public API
+    def add_prompts(self, prompts: Sequence) -> np.ndarray:
+        """Prefill prompts (token-id sequences, or str when a tokenizer with ``encode`` is set)
+        into new roots of the forest; returns their node ids (int32 [R])."""
+        if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
+            raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
+        if len(prompts) == 0:
+            raise ValueError("prompts is empty: give at least one prompt")
+        token_lists = []
+        for i, p in enumerate(prompts):
+            if isinstance(p, str):
+                if self.tokenizer is None or not hasattr(self.tokenizer, "encode"):
+                    raise TypeError(f"prompts[{i}] is a str but the engine has no tokenizer with encode()")
+                p = self.tokenizer.encode(p)
+            arr = np.asarray(p)
+            if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+                raise TypeError(f"prompts[{i}] must be a 1-D sequence of token ids, got {arr.dtype} {arr.shape}")
+            if arr.size == 0:
+                raise ValueError(f"prompts[{i}] is empty: a prompt needs at least one token")
+            if arr.size >= self.max_context:
+                raise ValueError(f"prompts[{i}] has {arr.size} tokens; the model's context is {self.max_context} "
+                                 f"and the step needs room to grow")
+            vocab = int(self.model.config.vocab_size)
+            if arr.min() < 0 or arr.max() >= vocab:
+                raise ValueError(f"prompts[{i}] has token ids outside [0, {vocab})")
+            token_lists.append(arr.astype(np.int32))
+        seqs, refs = self._prefill_sequences(token_lists)
+        indptr = np.zeros(len(token_lists) + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in token_lists], out=indptr[1:])
+        roots = self.forest.add_roots(np.concatenate(token_lists), indptr)
+        self.forest.set_page_seqs(roots, seqs)
+        for r, ref in zip(roots, refs):
+            self._hidden[int(r)] = ref
+        return roots
+
+    def hidden(self, nodes: Sequence[int]) -> torch.Tensor:
+        """[len(nodes), hidden_size]: the hidden state at each node's last token."""
+        rows = []
+        for n in nodes:
+            ref = self._hidden.get(int(n))
+            if ref is None:
+                raise ValueError(f"node {int(n)} has no hidden state (released or unknown)")
+            rows.append(ref[0][ref[1]])
+        return torch.stack(rows) if rows else torch.empty(0, self.model.config.hidden_size, device=self.device)
+
+    def release(self, node: int) -> None:
+        """Release the subtree rooted at ``node``: its nodes die and its KV pages return to the pool."""
+        node = int(node)
+        before = set(self._subtree(node))
+        for seq in self.forest.release(node):
+            self.page_table.free(int(seq))
+        for n in before:
+            self._hidden.pop(n, None)
+
+    def _subtree(self, node: int) -> List[int]:
+        out, stack = [], [node]
+        while stack:
+            n = stack.pop()
+            out.append(n)
+            stack.extend(int(c) for c in self.forest.children(n))
+        return out
+
+    # ---------------------------------------------------------------- expansion
+    def _check_nodes(self, nodes) -> np.ndarray:
+        arr = np.asarray(nodes)
+        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"nodes must be a 1-D sequence of node ids, got {arr.dtype} {arr.shape}")
+        if arr.size == 0:
+            raise ValueError("nodes is empty: give at least one node to expand")
+        if len(set(arr.tolist())) != arr.size:
+            raise ValueError("nodes has duplicates; ask for more children per node instead")
+        for n in arr.tolist():
+            if n < 0 or n >= self.forest.num_nodes:
+                raise ValueError(f"unknown node id {n}: the forest has {self.forest.num_nodes} nodes")
+            if not self.forest.is_alive(n):
+                raise ValueError(f"node {n} was released")
+            if bool(self.forest.terminal[n]):
+                raise ValueError(f"node {n} is terminal and cannot be expanded")
+            if n not in self._hidden:
+                raise ValueError(f"node {n} has no hidden state; it was not produced by this engine")
+        return arr.astype(np.int64)
+
+    def expand(self, nodes: Sequence[int], num_children=1, stop: StepStop = StepStop(),
+               sampling: SamplingParams = SamplingParams(), seed: int = 0) -> Expansion:
+        """Grow ``num_children`` (an int, or one per node) new children under each of ``nodes``.
+
+        Children are added to ``self.forest`` (prior = the child's sequence probability normalised
+        over the siblings made in this call; reward and path score 0 until a scorer sets them;
+        terminal when the step hit EOS or the context limit). Sampling is keyed by
+        (seed, parent node, child index, token position), so a branch draws the same tokens
+        whatever else is in the batch. On any error the forest and the page pool are left as
+        they were before the call.
+        """
+        if not isinstance(stop, StepStop):
+            raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
+        if not isinstance(sampling, SamplingParams):
+            raise TypeError(f"sampling must be a SamplingParams, got {type(sampling).__name__}")
+        if stop.strings and self.tokenizer is None:
+            raise ValueError("stop strings need a tokenizer with decode(); pass tokenizer= to Engine")
+        if not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        parents = self._check_nodes(nodes)
+        counts = np.broadcast_to(np.asarray(num_children), parents.shape)
+        if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
+            raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
+
+        branches: List[_Branch] = []
+        try:
+            self._ensure_kv(parents)
+            for p, k in zip(parents.tolist(), counts.tolist()):
+                base = int(self.forest.num_children[p])
+                pseq = int(self.forest.page_seq[p])
+                length = int(self.page_table.num_tokens(pseq))
+                for j in range(k):
+                    branches.append(_Branch(parent=p, child_index=base + j, seq=self.page_table.fork(pseq),
+                                            tokens=[], logprobs=[], length=length))
+            self._sample_into(branches, self.hidden([b.parent for b in branches]), stop, sampling, seed)
+            active = branches
+            while active:
+                active = self._decode_step(active, stop, sampling, seed)
+            return self._commit(branches)
+        except BaseException:
+            for b in branches:
+                self.page_table.free(b.seq)
+            raise
+        finally:
+            self._protected = set()
+
+    def _ensure_kv(self, parents: np.ndarray) -> None:
+        """Re-prefill parents whose KV was evicted; their stored hidden states are kept.
+
+        Parents stay protected from eviction for the whole expansion: their children share all
+        their pages, so evicting them would free nothing."""
+        self._protected = set(parents.tolist())
+        missing = [int(n) for n in parents if int(self.forest.page_seq[n]) == NO_PAGES]
+        if not missing:
+            return
+        seqs, _ = self._prefill_sequences([np.asarray(self.forest.path_tokens(n), dtype=np.int32) for n in missing])
+        self.forest.set_page_seqs(missing, seqs)
+        self.stats.reprefilled_nodes += len(missing)
+
+    def _sample_into(self, rows: List[_Branch], hidden: torch.Tensor, stop: StepStop, sampling: SamplingParams,
+                     seed: int) -> None:
+        """Sample each row's next token from ``hidden`` and decide whether it ends the step."""
+        with torch.inference_mode():
+            logits = self.model.logits(hidden)
+        n = len(rows)
+        keys = torch.tensor([[seed, b.parent, b.child_index, b.length] for b in rows], dtype=torch.int64,
+                            device=logits.device)
+        tokens, logprobs = ops.sample(
+            logits, keys,
+            torch.full((n,), float(sampling.temperature), dtype=torch.float32, device=logits.device),
+            torch.full((n,), int(sampling.top_k), dtype=torch.int32, device=logits.device),
+            torch.full((n,), float(sampling.top_p), dtype=torch.float32, device=logits.device),
+            backend=self.backend,
+        )
+        for b, t, lp in zip(rows, tokens.tolist(), logprobs.tolist()):
+            b.tokens.append(int(t))
+            b.logprobs.append(float(lp))
+            b.finish = self._finish_reason(b, stop)
+
+    def _finish_reason(self, b: _Branch, stop: StepStop) -> Optional[str]:
+        t = b.tokens[-1]
+        if stop.stop_on_eos and t in self.eos_token_ids:
+            return "eos"
+        if t in stop.token_ids:
+            return "stop"
+        if stop.strings:
+            text = self.tokenizer.decode(b.tokens)
+            if any(s in text for s in stop.strings):
+                return "stop"
+        if len(b.tokens) >= stop.max_step_tokens:
+            return "length"
+        if b.length + 1 >= self.max_context:  # after feeding this token there is no room for another
+            return "context"
+        return None
+
+    def _decode_step(self, active: List[_Branch], stop: StepStop, sampling: SamplingParams, seed: int) -> List[_Branch]:
+        seqs = np.array([b.seq for b in active], dtype=np.int32)
+        ones = np.ones(len(active), dtype=np.int32)
+        toks = np.array([b.tokens[-1] for b in active], dtype=np.int32)
+        self._make_room(lambda: self.page_table.can_append(seqs, ones), "decoding")
+        slots, src, dst = self.page_table.append(seqs, ones, toks)
+        self._run_copies(src, dst)
+        self._note_usage()
+        positions = [b.length for b in active]
+        hidden = self._forward(toks.tolist(), positions, slots, seqs, ones)
+        self.stats.tokens_decoded += len(active)
+        cont_rows, cont = [], []
+        for i, b in enumerate(active):
+            b.length += 1
+            if b.finish is not None:
+                b.hidden_ref = (hidden, i)
+            else:
+                cont_rows.append(i)
+                cont.append(b)
+        if cont:
+            self._sample_into(cont, hidden[cont_rows], stop, sampling, seed)
+        return cont
+
+    def _commit(self, branches: List[_Branch]) -> Expansion:
+        c = len(branches)
+        hidden = torch.stack([h[r] for h, r in (b.hidden_ref for b in branches)])
+        values = None
+        if getattr(self.model, "value_head", None) is not None:
+            with torch.inference_mode():
+                values = self.model.value(hidden).float()
+        parents = np.array([b.parent for b in branches], dtype=np.int32)
+        terminal = np.array([b.finish in ("eos", "context") for b in branches], dtype=bool)
+        seq_lp = np.array([sum(b.logprobs) for b in branches], dtype=np.float64)
+        priors = np.empty(c, dtype=np.float32)
+        for p in np.unique(parents):  # sequence probabilities normalised over this call's siblings
+            idx = np.nonzero(parents == p)[0]
+            w = np.exp(seq_lp[idx] - seq_lp[idx].max())
+            priors[idx] = w / w.sum()
+        tokens = [np.asarray(b.tokens, dtype=np.int32) for b in branches]
+        indptr = np.zeros(c + 1, dtype=np.int64)
+        np.cumsum([len(t) for t in tokens], out=indptr[1:])
+        uniq, first = np.unique(parents, return_index=True)
+        order = uniq[np.argsort(first)]  # parents in order of first appearance
+        # branches are grouped by parent already (built parent by parent)
+        counts = np.array([int((parents == p).sum()) for p in order], dtype=np.int32)
+        page_seqs = np.array([NO_PAGES if term else b.seq for b, term in zip(branches, terminal)], dtype=np.int32)
+        children = self.forest.add_children(order.astype(np.int32), counts, priors, np.concatenate(tokens), indptr,
+                                            terminal=terminal, page_seqs=page_seqs)
+        for b, term in zip(branches, terminal):
+            if term:  # a terminal node is never expanded: its KV is dead weight
+                self.page_table.free(b.seq)
+        for i, ch in enumerate(children.tolist()):
+            self._hidden[int(ch)] = (hidden, i)
+        return Expansion(parents=parents, children=np.asarray(children, dtype=np.int32), tokens=tokens,
+                         logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden,
+                         values=values, finish_reasons=[b.finish for b in branches], terminal=terminal)
