@@ -6,5 +6,43 @@ is the KV tree.
 """
 
 from ponder._version import __version__
+from ponder.engine import Engine
+from ponder.expansion import Expansion, SamplingParams, StepStop
+from ponder.forest import Forest
+from ponder.page_table import KVCacheFull, PageTable
+from ponder.scoring import Aggregation, TokenPairPRM, ValueHead, Verifier
+from ponder.search import (
+    BeamConfig,
+    BestOfNConfig,
+    Budget,
+    MCTSConfig,
+    SearchResult,
+    beam_search,
+    best_of_n,
+    mcts,
+    search,
+)
 
-__all__ = ["__version__"]
+__all__ = [
+    "Aggregation",
+    "BeamConfig",
+    "BestOfNConfig",
+    "Budget",
+    "Engine",
+    "Expansion",
+    "Forest",
+    "KVCacheFull",
+    "MCTSConfig",
+    "PageTable",
+    "SamplingParams",
+    "SearchResult",
+    "StepStop",
+    "TokenPairPRM",
+    "ValueHead",
+    "Verifier",
+    "__version__",
+    "beam_search",
+    "best_of_n",
+    "mcts",
+    "search",
+]

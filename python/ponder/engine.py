@@ -23,111 +23,19 @@ prefix cache picking up whatever pages survived.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ponder import ops
+from ponder.expansion import FINISH_REASONS, EngineStats, Expansion, SamplingParams, StepStop, _Branch
 from ponder.forest import NO_PAGES, Forest
 from ponder.page_table import KVCacheFull, PageTable
 
+__all__ = ["Engine", "Expansion", "FINISH_REASONS", "SamplingParams", "StepStop"]
+
 logger = logging.getLogger(__name__)
-
-FINISH_REASONS = ("stop", "eos", "length", "context")
-
-
-@dataclass(frozen=True)
-class StepStop:
-    """When a reasoning step ends.
-
-    strings: the step ends at the token that completes any of these strings in the step's text
-        (detected across token boundaries; the token is kept whole).
-    token_ids: the step ends after any of these tokens.
-    max_step_tokens: the step ends after this many tokens (finish reason ``"length"``).
-    stop_on_eos: the model's EOS tokens end the step and make the node terminal.
-    """
-
-    strings: Tuple[str, ...] = ("\n",)
-    token_ids: Tuple[int, ...] = ()
-    max_step_tokens: int = 64
-    stop_on_eos: bool = True
-
-    def __post_init__(self):
-        object.__setattr__(self, "strings", tuple(self.strings))
-        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
-        for s in self.strings:
-            if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
-        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
-            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
-
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self):
-        if not np.isfinite(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
-            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
-        if not (0.0 < self.top_p <= 1.0):
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
-
-
-@dataclass
-class Expansion:
-    """What one ``Engine.expand`` call produced, one entry per new child (C children).
-
-    parents, children: int32 [C] forest node ids. tokens / logprobs: per child an int32 / float32
-    array of the step's tokens and their log-probabilities under the raw model distribution.
-    hidden: [C, hidden_size] final hidden state at each step's last token. values: [C] float32
-    from the model's value head, or None. finish_reasons: one of ``FINISH_REASONS`` per child.
-    terminal: bool [C] (EOS or context exhausted).
-    """
-
-    parents: np.ndarray
-    children: np.ndarray
-    tokens: List[np.ndarray]
-    logprobs: List[np.ndarray]
-    hidden: torch.Tensor
-    values: Optional[torch.Tensor]
-    finish_reasons: List[str]
-    terminal: np.ndarray
-
-    @property
-    def num_tokens(self) -> int:
-        return int(sum(len(t) for t in self.tokens))
-
-
-@dataclass
-class EngineStats:
-    tokens_prefilled: int = 0
-    tokens_decoded: int = 0
-    model_calls: int = 0
-    pages_peak: int = 0
-    evicted_nodes: int = 0
-    reprefilled_nodes: int = 0
-    extra: Dict[str, int] = field(default_factory=dict)
-
-
-@dataclass
-class _Branch:
-    parent: int
-    child_index: int
-    seq: int
-    tokens: List[int]
-    logprobs: List[float]
-    length: int = 0  # tokens in the sequence before the branch's next input token
-    finish: Optional[str] = None  # set once the last token is known; the branch still feeds it
-    hidden_ref: Optional[Tuple[torch.Tensor, int]] = None
-
 
 EvictFn = Callable[["Engine", int], Iterable[int]]
 
@@ -404,15 +312,18 @@ class Engine:
         return arr.astype(np.int64)
 
     def expand(self, nodes: Sequence[int], num_children=1, stop: StepStop = StepStop(),
-               sampling: SamplingParams = SamplingParams(), seed: int = 0) -> Expansion:
+               sampling: SamplingParams = SamplingParams(), seed: int = 0,
+               rng_ids: Optional[Sequence[int]] = None) -> Expansion:
         """Grow ``num_children`` (an int, or one per node) new children under each of ``nodes``.
 
         Children are added to ``self.forest`` (prior = the child's sequence probability normalised
         over the siblings made in this call; reward and path score 0 until a scorer sets them;
         terminal when the step hit EOS or the context limit). Sampling is keyed by
-        (seed, parent node, child index, token position), so a branch draws the same tokens
-        whatever else is in the batch. On any error the forest and the page pool are left as
-        they were before the call.
+        (seed, parent id, child index, token position), so a branch draws the same tokens
+        whatever else is in the batch. The parent id is the node id unless ``rng_ids`` gives one
+        per node (the search layer passes tree-local ids so that a tree is the same whether its
+        problem is searched alone or in a batch). On any error the forest and the page pool are
+        left as they were before the call.
         """
         if not isinstance(stop, StepStop):
             raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
@@ -423,20 +334,29 @@ class Engine:
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         parents = self._check_nodes(nodes)
-        counts = np.broadcast_to(np.asarray(num_children), parents.shape)
+        try:
+            counts = np.broadcast_to(np.asarray(num_children), parents.shape)
+        except ValueError:
+            raise ValueError(f"num_children must be an int or one per node ({parents.size}), got {num_children!r}") from None
         if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
             raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
+        if rng_ids is None:
+            rng = parents
+        else:
+            rng = np.asarray(rng_ids)
+            if rng.shape != parents.shape or not np.issubdtype(rng.dtype, np.integer) or (rng < 0).any():
+                raise ValueError(f"rng_ids must be {parents.size} non-negative ints (one per node), got {rng_ids!r}")
 
         branches: List[_Branch] = []
         try:
             self._ensure_kv(parents)
-            for p, k in zip(parents.tolist(), counts.tolist()):
+            for p, k, rid in zip(parents.tolist(), counts.tolist(), rng.tolist()):
                 base = int(self.forest.num_children[p])
                 pseq = int(self.forest.page_seq[p])
                 length = int(self.page_table.num_tokens(pseq))
                 for j in range(k):
-                    branches.append(_Branch(parent=p, child_index=base + j, seq=self.page_table.fork(pseq),
-                                            tokens=[], logprobs=[], length=length))
+                    branches.append(_Branch(parent=p, rng_id=int(rid), child_index=base + j,
+                                            seq=self.page_table.fork(pseq), tokens=[], logprobs=[], length=length))
             self._sample_into(branches, self.hidden([b.parent for b in branches]), stop, sampling, seed)
             active = branches
             while active:
@@ -468,7 +388,7 @@ class Engine:
         with torch.inference_mode():
             logits = self.model.logits(hidden)
         n = len(rows)
-        keys = torch.tensor([[seed, b.parent, b.child_index, b.length] for b in rows], dtype=torch.int64,
+        keys = torch.tensor([[seed, b.rng_id, b.child_index, b.length] for b in rows], dtype=torch.int64,
                             device=logits.device)
         tokens, logprobs = ops.sample(
             logits, keys,
@@ -554,3 +474,78 @@ class Engine:
         return Expansion(parents=parents, children=np.asarray(children, dtype=np.int32), tokens=tokens,
                          logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden,
                          values=values, finish_reasons=[b.finish for b in branches], terminal=terminal)
+
+    # ---------------------------------------------------------------- teacher forcing
+    def _teacher_force(self, nodes: Sequence[int], token_lists: Sequence[Sequence[int]]):
+        """Feed given tokens on forks of ``nodes``' sequences in one ragged forward.
+
+        Returns (forked seqs, hidden at each list's last token [M, C]); the caller owns the seqs.
+        """
+        parents = np.asarray(nodes, dtype=np.int64)
+        if len(token_lists) != parents.size:
+            raise ValueError(f"need one token list per node: {parents.size} nodes, {len(token_lists)} lists")
+        lists = [np.asarray(t, dtype=np.int32).reshape(-1) for t in token_lists]
+        if any(t.size == 0 for t in lists):
+            raise ValueError("every token list must hold at least one token")
+        seqs: List[int] = []
+        try:
+            self._ensure_kv(parents)
+            lengths = []
+            for p, toks in zip(parents.tolist(), lists):
+                pseq = int(self.forest.page_seq[p])
+                lengths.append(int(self.page_table.num_tokens(pseq)))
+                if lengths[-1] + toks.size > self.max_context:
+                    raise ValueError(f"node {p} has {lengths[-1]} tokens; {toks.size} more exceed the context "
+                                     f"of {self.max_context}")
+                seqs.append(self.page_table.fork(pseq))
+            counts = np.array([t.size for t in lists], dtype=np.int32)
+            sq = np.asarray(seqs, dtype=np.int32)
+            flat = np.concatenate(lists)
+            self._make_room(lambda: self.page_table.can_append(sq, counts), "scoring")
+            slots, src, dst = self.page_table.append(sq, counts, flat)
+            self._run_copies(src, dst)
+            self._note_usage()
+            positions = np.concatenate([np.arange(L, L + t.size) for L, t in zip(lengths, lists)])
+            hidden = self._forward(flat.tolist(), positions.tolist(), slots, seqs, counts)
+            self.stats.tokens_prefilled += int(flat.size)
+            return seqs, hidden[np.cumsum(counts) - 1]
+        except BaseException:
+            for s in seqs:
+                self.page_table.free(s)
+            raise
+        finally:
+            self._protected = set()
+
+    def score_continuations(self, nodes: Sequence[int], token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Hidden states ``[M, C]`` after feeding ``token_lists[i]`` on top of ``nodes[i]``,
+        without keeping them (e.g. a PRM step tag read on throwaway forks of the KV)."""
+        nodes = self._check_nodes(nodes) if len(nodes) else np.zeros(0, dtype=np.int64)
+        if nodes.size == 0:
+            return torch.empty(0, self.model.config.hidden_size, device=self.device)
+        seqs, hidden = self._teacher_force(nodes, token_lists)
+        for s in seqs:
+            self.page_table.free(s)
+        return hidden
+
+    def append_children(self, nodes: Sequence[int], token_lists: Sequence[Sequence[int]]) -> np.ndarray:
+        """Add one child per node holding the given tokens (teacher forcing, no sampling).
+
+        Used by a scorer model that mirrors the policy's tree, and for scoring fixed steps.
+        Returns the new child ids (int32 [M]); each keeps its KV and its last hidden state.
+        """
+        parents = self._check_nodes(nodes)
+        seqs, hidden = self._teacher_force(parents, token_lists)
+        try:
+            lists = [np.asarray(t, dtype=np.int32).reshape(-1) for t in token_lists]
+            indptr = np.zeros(len(lists) + 1, dtype=np.int64)
+            np.cumsum([t.size for t in lists], out=indptr[1:])
+            children = self.forest.add_children(parents.astype(np.int32), np.ones(parents.size, dtype=np.int32),
+                                                np.ones(parents.size, dtype=np.float32), np.concatenate(lists),
+                                                indptr, page_seqs=np.asarray(seqs, dtype=np.int32))
+        except BaseException:
+            for s in seqs:
+                self.page_table.free(s)
+            raise
+        for i, ch in enumerate(children.tolist()):
+            self._hidden[int(ch)] = (hidden, i)
+        return np.asarray(children, dtype=np.int32)

@@ -1,0 +1,104 @@
+"""Value types of the engine: when a step stops, how tokens are sampled, what an expansion
+returns, and the engine's counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+import torch
+
+FINISH_REASONS = ("stop", "eos", "length", "context")
+
+
+@dataclass(frozen=True)
+class StepStop:
+    """When a reasoning step ends.
+
+    strings: the step ends at the token that completes any of these strings in the step's text
+        (detected across token boundaries; the token is kept whole).
+    token_ids: the step ends after any of these tokens.
+    max_step_tokens: the step ends after this many tokens (finish reason ``"length"``).
+    stop_on_eos: the model's EOS tokens end the step and make the node terminal.
+    """
+
+    strings: Tuple[str, ...] = ("\n",)
+    token_ids: Tuple[int, ...] = ()
+    max_step_tokens: int = 64
+    stop_on_eos: bool = True
+
+    def __post_init__(self):
+        object.__setattr__(self, "strings", tuple(self.strings))
+        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        for s in self.strings:
+            if not isinstance(s, str) or not s:
+                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
+        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
+            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 is greedy; top_k 0 and top_p 1.0 switch those filters off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if not np.isfinite(self.temperature) or self.temperature < 0:
+            raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
+        if not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
+        if not (0.0 < self.top_p <= 1.0):
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+@dataclass
+class Expansion:
+    """What one ``Engine.expand`` call produced, one entry per new child (C children).
+
+    parents, children: int32 [C] forest node ids. tokens / logprobs: per child an int32 / float32
+    array of the step's tokens and their log-probabilities under the raw model distribution.
+    hidden: [C, hidden_size] final hidden state at each step's last token. values: [C] float32
+    from the model's value head, or None. finish_reasons: one of ``FINISH_REASONS`` per child.
+    terminal: bool [C] (EOS or context exhausted).
+    """
+
+    parents: np.ndarray
+    children: np.ndarray
+    tokens: List[np.ndarray]
+    logprobs: List[np.ndarray]
+    hidden: torch.Tensor
+    values: Optional[torch.Tensor]
+    finish_reasons: List[str]
+    terminal: np.ndarray
+
+    @property
+    def num_tokens(self) -> int:
+        return int(sum(len(t) for t in self.tokens))
+
+
+@dataclass
+class EngineStats:
+    tokens_prefilled: int = 0
+    tokens_decoded: int = 0
+    model_calls: int = 0
+    pages_peak: int = 0
+    evicted_nodes: int = 0
+    reprefilled_nodes: int = 0
+    extra: Dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class _Branch:
+    parent: int
+    rng_id: int
+    child_index: int
+    seq: int
+    tokens: List[int]
+    logprobs: List[float]
+    length: int = 0  # tokens in the sequence before the branch's next input token
+    finish: Optional[str] = None  # set once the last token is known; the branch still feeds it
+    hidden_ref: Optional[Tuple[torch.Tensor, int]] = None

@@ -1,0 +1,127 @@
+"""Monte Carlo tree search over reasoning steps, many trees and many leaves per round.
+
+Each round, for every active tree at once: PUCT selection with virtual loss picks up to
+``leaves_per_tree`` leaves (``Forest.select``); the non-terminal ones are expanded into
+``num_children`` children in one batched engine call; the children are scored (value head, PRM,
+verifier) and each child's score is backed up through its path (so a child starts with one
+visit and a real Q); terminal leaves back up their own score again. Priors are the children's
+sequence probabilities normalised over siblings, optionally mixed with root Dirichlet noise.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from dataclasses import dataclass
+from typing import List, Optional
+
+import numpy as np
+
+from ponder.search.session import Session, TreeState
+
+FINAL_BY = ("visits", "value", "score")
+
+
+@dataclass(frozen=True)
+class MCTSConfig:
+    """num_children: children per expanded leaf. leaves_per_tree: leaves selected per tree per
+    round (virtual loss spreads them). c_puct: exploration weight. virtual_loss: value charged
+    per pending visit. fpu: Q of an unvisited child. pw_k / pw_alpha: progressive widening, a
+    node may hold ``pw_k * visits**pw_alpha`` children (pw_k = 0: off). dirichlet_alpha /
+    dirichlet_eps: root prior noise (alpha = 0: off). final: how the answer is chosen, by
+    ``visits`` / ``value`` along the tree or best ``score`` leaf. discount: per-level factor in
+    backup."""
+
+    num_children: int = 4
+    leaves_per_tree: int = 1
+    c_puct: float = 1.0
+    virtual_loss: float = 1.0
+    fpu: float = 0.0
+    pw_k: float = 0.0
+    pw_alpha: float = 0.5
+    dirichlet_alpha: float = 0.0
+    dirichlet_eps: float = 0.25
+    final: str = "visits"
+    discount: float = 1.0
+
+    def __post_init__(self):
+        for name in ("num_children", "leaves_per_tree"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {v!r}")
+        for name in ("c_puct", "virtual_loss", "fpu", "pw_k", "pw_alpha", "dirichlet_alpha", "dirichlet_eps",
+                     "discount"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                raise ValueError(f"MCTSConfig.{name} must be a finite number, got {v!r}")
+        if self.c_puct < 0 or self.pw_k < 0 or self.dirichlet_alpha < 0:
+            raise ValueError("MCTSConfig.c_puct, pw_k and dirichlet_alpha must be >= 0")
+        if not 0 <= self.pw_alpha <= 1 or not 0 <= self.dirichlet_eps <= 1:
+            raise ValueError("MCTSConfig.pw_alpha and dirichlet_eps must lie in [0, 1]")
+        if not 0 < self.discount <= 1:
+            raise ValueError(f"MCTSConfig.discount must lie in (0, 1], got {self.discount!r}")
+        if self.final not in FINAL_BY:
+            raise ValueError(f"MCTSConfig.final must be one of {FINAL_BY}, got {self.final!r}")
+
+
+class MCTS(Session):
+    algorithm = "mcts"
+
+    def __init__(self, policy, scorer, config: MCTSConfig, **kwargs):
+        super().__init__(policy, scorer, **kwargs)
+        if not isinstance(config, MCTSConfig):
+            raise TypeError(f"config must be an MCTSConfig, got {type(config).__name__}")
+        self.config = config
+
+    def round(self, trees: List[TreeState]) -> None:
+        cfg, forest = self.config, self.policy.forest
+        by_root = {t.root: t for t in trees}
+        leaves = forest.select([t.root for t in trees], cfg.leaves_per_tree, cfg.c_puct, cfg.virtual_loss, cfg.fpu,
+                               cfg.pw_k, cfg.pw_alpha)
+        terminal_nodes, exp_trees, exp_nodes = [], [], []
+        for t, row in zip(trees, leaves):
+            for leaf in row.tolist():
+                if leaf < 0:
+                    continue
+                if forest.terminal[leaf]:
+                    terminal_nodes.append(leaf)
+                else:
+                    exp_trees.append(t)
+                    exp_nodes.append(leaf)
+        if terminal_nodes:
+            forest.backup(terminal_nodes, np.asarray(forest.reward)[terminal_nodes], cfg.discount)
+        if not exp_nodes:
+            return
+        first_root_expansions = [n for n in exp_nodes if n in by_root and forest.num_children[n] == 0]
+        try:
+            exp, scores = self.expand(exp_trees, exp_nodes, [cfg.num_children] * len(exp_nodes))
+        except BaseException:
+            forest.cancel(exp_nodes)
+            raise
+        if cfg.dirichlet_alpha > 0 and first_root_expansions:
+            self._add_root_noise(exp, first_root_expansions)
+        forest.backup(exp.children, scores, cfg.discount)
+        forest.cancel(exp_nodes)
+
+    def _add_root_noise(self, exp, roots) -> None:
+        cfg, forest = self.config, self.policy.forest
+        for r in roots:
+            kids = exp.children[exp.parents == r]
+            # Seeded by the search seed and the prompt's tokens, never by the batch position: a
+            # problem gets the same noise alone or in a batch.
+            prompt = np.ascontiguousarray(forest.node_tokens(r), dtype=np.int32)
+            rng = np.random.default_rng([self.seed, zlib.crc32(prompt.tobytes()), len(kids)])
+            noise = rng.dirichlet([cfg.dirichlet_alpha] * len(kids))
+            prior = np.asarray(forest.prior)[kids]
+            forest.set_priors(kids, ((1 - cfg.dirichlet_eps) * prior + cfg.dirichlet_eps * noise).astype(np.float32))
+
+    def answer(self, tree: TreeState) -> int:
+        return int(self.policy.forest.best_path(tree.root, by=self.config.final)[-1])
+
+    def root_value(self, tree: TreeState) -> Optional[float]:
+        f = self.policy.forest
+        n = int(f.visits[tree.root])
+        return float(f.value_sum[tree.root]) / n if n else None
+
+    def exhausted(self, tree: TreeState) -> bool:
+        return self.config.pw_k == 0 and self.policy.forest.frontier([tree.root]).size == 0
