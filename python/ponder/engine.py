@@ -292,20 +292,20 @@ class Engine:
         return out
 
     # ---------------------------------------------------------------- expansion
-    def _check_nodes(self, nodes) -> np.ndarray:
+    def _check_nodes(self, nodes, unique: bool = True, allow_terminal: bool = False) -> np.ndarray:
         arr = np.asarray(nodes)
         if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
             raise TypeError(f"nodes must be a 1-D sequence of node ids, got {arr.dtype} {arr.shape}")
         if arr.size == 0:
             raise ValueError("nodes is empty: give at least one node to expand")
-        if len(set(arr.tolist())) != arr.size:
+        if unique and len(set(arr.tolist())) != arr.size:
             raise ValueError("nodes has duplicates; ask for more children per node instead")
         for n in arr.tolist():
             if n < 0 or n >= self.forest.num_nodes:
                 raise ValueError(f"unknown node id {n}: the forest has {self.forest.num_nodes} nodes")
             if not self.forest.is_alive(n):
                 raise ValueError(f"node {n} was released")
-            if bool(self.forest.terminal[n]):
+            if not allow_terminal and bool(self.forest.terminal[n]):
                 raise ValueError(f"node {n} is terminal and cannot be expanded")
             if n not in self._hidden:
                 raise ValueError(f"node {n} has no hidden state; it was not produced by this engine")
@@ -375,7 +375,7 @@ class Engine:
         Parents stay protected from eviction for the whole expansion: their children share all
         their pages, so evicting them would free nothing."""
         self._protected = set(parents.tolist())
-        missing = [int(n) for n in parents if int(self.forest.page_seq[n]) == NO_PAGES]
+        missing = [n for n in dict.fromkeys(parents.tolist()) if int(self.forest.page_seq[n]) == NO_PAGES]
         if not missing:
             return
         seqs, _ = self._prefill_sequences([np.asarray(self.forest.path_tokens(n), dtype=np.int32) for n in missing])
@@ -519,7 +519,8 @@ class Engine:
     def score_continuations(self, nodes: Sequence[int], token_lists: Sequence[Sequence[int]]) -> torch.Tensor:
         """Hidden states ``[M, C]`` after feeding ``token_lists[i]`` on top of ``nodes[i]``,
         without keeping them (e.g. a PRM step tag read on throwaway forks of the KV)."""
-        nodes = self._check_nodes(nodes) if len(nodes) else np.zeros(0, dtype=np.int64)
+        nodes = (self._check_nodes(nodes, unique=False, allow_terminal=True) if len(nodes)
+                 else np.zeros(0, dtype=np.int64))
         if nodes.size == 0:
             return torch.empty(0, self.model.config.hidden_size, device=self.device)
         seqs, hidden = self._teacher_force(nodes, token_lists)
@@ -533,7 +534,7 @@ class Engine:
         Used by a scorer model that mirrors the policy's tree, and for scoring fixed steps.
         Returns the new child ids (int32 [M]); each keeps its KV and its last hidden state.
         """
-        parents = self._check_nodes(nodes)
+        parents = self._check_nodes(nodes, unique=False)
         seqs, hidden = self._teacher_force(parents, token_lists)
         try:
             lists = [np.asarray(t, dtype=np.int32).reshape(-1) for t in token_lists]

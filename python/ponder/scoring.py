@@ -71,11 +71,11 @@ class TokenPairPRM:
         for name, t in (("good_token", self.good_token), ("bad_token", self.bad_token)):
             if t >= vocab:
                 raise ValueError(f"{name}={t} is outside the scorer vocabulary [0, {vocab})")
-        return (w[self.good_token].float() - w[self.bad_token].float())  # [C]
+        return (w[self.good_token].float() - w[self.bad_token].float()).detach()  # [C]
 
     def _readout(self, model, hidden: torch.Tensor) -> np.ndarray:
         d = self._direction(model).to(hidden.device)
-        return torch.sigmoid(hidden.float() @ d).cpu().numpy().astype(np.float32)
+        return torch.sigmoid(hidden.detach().float() @ d).cpu().numpy().astype(np.float32)
 
     def score(self, policy, expansion) -> np.ndarray:
         if self.engine is None and self.step_tag is None:

@@ -1,0 +1,85 @@
+"""Every search algorithm end to end on a tiny random-weight model, determinism across batches,
+and the scorers reading real hidden states."""
+
+import numpy as np
+import pytest
+import torch
+
+import ponder
+from ponder import Budget, StepStop, TokenPairPRM
+from ponder.search import STOP_REASONS
+from test_engine import PROMPTS, CharTokenizer, full_hidden, tiny_model
+
+STOP = StepStop(strings=("\n",), max_step_tokens=6)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model()
+
+
+def engine(model, pages=256):
+    return ponder.Engine(model, CharTokenizer(), num_pages=pages, page_size=4)
+
+
+def tree_signature(r):
+    return r.nodes["tokens"], r.nodes["visits"], r.nodes["parent"], r.answer
+
+
+@pytest.mark.parametrize("algorithm,opts", [
+    ("mcts", dict(num_children=2, leaves_per_tree=2, budget=Budget(max_expansions=4))),
+    ("beam_search", dict(width=2, expansion=2, max_steps=2)),
+    ("best_of_n", dict(n=3, max_steps=2)),
+])
+def test_same_tree_alone_or_in_a_batch(model, algorithm, opts):
+    alone = ponder.search([PROMPTS[1]], engine(model), algorithm=algorithm, stop=STOP, seed=5, progress=False, **opts)
+    batch = ponder.search(PROMPTS, engine(model), algorithm=algorithm, stop=STOP, seed=5, progress=False, **opts)
+    assert tree_signature(alone[0]) == tree_signature(batch[1])
+    assert alone[0].stats["tokens_generated"] == batch[1].stats["tokens_generated"] > 0
+
+
+def test_all_algorithms_with_value_head_and_verifier(model):
+    eng = engine(model)
+    ver = ponder.Verifier(lambda i, text: None if "\n" not in text else (text.count("a") > 0))
+    for algo, opts in (("mcts", dict(budget=Budget(max_expansions=3), num_children=2)),
+                       ("beam_search", dict(width=2, expansion=2, max_steps=2)),
+                       ("best_of_n", dict(n=2, max_steps=2, selection="weighted_vote"))):
+        rs = ponder.search(PROMPTS[:2], eng, algorithm=algo, stop=STOP, verifier=ver, progress=False, **opts)
+        for r in rs:
+            assert r.stop_reason in STOP_REASONS
+            assert r.path[0] == 0 and r.answer == "".join(r.nodes["text"][i] for i in r.path[1:])
+            assert r.stats["model_calls"] > 0
+    assert eng.page_table.stats()["used"] > 0
+
+
+def test_token_pair_prm_readouts(model):
+    eng = engine(model)
+    good, bad = 5, 9
+    [root] = eng.add_prompts([PROMPTS[0]])
+    exp = eng.expand([root], 2, stop=STOP)
+    w = (model.embed if model.lm_head is None else model.lm_head).detach()
+    direct = torch.sigmoid(exp.hidden.float() @ (w[good] - w[bad]).float()).numpy()
+    np.testing.assert_allclose(TokenPairPRM(good, bad).score(eng, exp), direct, rtol=1e-6)
+    # with a step tag the readout sits on the tag token, fed on throwaway forks of each child
+    tagged = TokenPairPRM(good, bad, step_tag="!").score(eng, exp)
+    for i, ch in enumerate(exp.children.tolist()):
+        seq = eng.forest.path_tokens(ch).tolist() + CharTokenizer().encode("!")
+        h = full_hidden(model, seq)[0]
+        np.testing.assert_allclose(tagged[i], torch.sigmoid(h @ (w[good] - w[bad])).item(), rtol=1e-4)
+    used = eng.page_table.stats()["used"]
+    TokenPairPRM(good, bad, step_tag="!").score(eng, exp)
+    assert eng.page_table.stats()["used"] == used  # the forks were freed
+
+
+def test_token_pair_prm_with_a_separate_scorer_model(model):
+    prm_model = tiny_model(seed=1, value_head=False)
+    prm_engine = ponder.Engine(prm_model, CharTokenizer(), num_pages=128, page_size=4)
+    prm = TokenPairPRM(3, 4, step_tag="!", engine=prm_engine)
+    [r] = ponder.beam_search([PROMPTS[0]], engine(model), scorer=prm, width=2, expansion=2, max_steps=2,
+                             stop=STOP, progress=False)
+    w = (prm_model.embed if prm_model.lm_head is None else prm_model.lm_head).detach()
+    text = PROMPTS[0]
+    node = r.path[1]
+    seq = CharTokenizer().encode(text + r.nodes["text"][node] + "!")
+    expected = torch.sigmoid(full_hidden(prm_model, seq)[0] @ (w[3] - w[4])).item()
+    np.testing.assert_allclose(r.nodes["reward"][node], expected, rtol=1e-4)
