@@ -315,3 +315,11 @@ def test_top_p_boundary_excludes_token_whose_preceding_mass_equals_top_p():
     # a hair more mass admits the third token (probability ~0.24 per draw, so it does show up)
     tokens, _ = ops.sample(z.expand(N, -1).contiguous(), _keys(N), *_params(N, top_p=top_p + 1e-6))
     assert set(tokens.tolist()) == {0, 1, 2}
+
+
+def test_row_hash_torch_path_equals_numpy_path():
+    """CPU keys are hashed with numpy; other devices with torch int64 ops. Both must agree."""
+    keys = torch.tensor(KEYS + [(5, 6, 7, 8)], dtype=torch.int64)
+    cpu = reference.sampling_row_hash(keys)
+    assert torch.equal(reference._row_hash_torch(keys), cpu)
+    assert cpu.tolist() == [py_row_hash(k) for k in KEYS + [(5, 6, 7, 8)]]

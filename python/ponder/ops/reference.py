@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 from typing import Tuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -198,6 +199,15 @@ def fmix32_(h: torch.Tensor) -> torch.Tensor:
     return h
 
 
+def _fmix32_np(h: np.ndarray) -> np.ndarray:
+    # uint64 holds every 32 x 32-bit product exactly; numpy's unsigned arithmetic is defined.
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(_FMIX_C1)) & np.uint64(_M32)
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(_FMIX_C2)) & np.uint64(_M32)
+    return h ^ (h >> np.uint64(16))
+
+
 def sampling_row_hash(keys: torch.Tensor) -> torch.Tensor:
     """uint32 hash (in int64) of each key row ``(seed, node_id, child_index, position)``: ``[B]``.
 
@@ -205,6 +215,18 @@ def sampling_row_hash(keys: torch.Tensor) -> torch.Tensor:
     child_index, position, in that order; negative values taken in two's complement):
     ``h = fmix32(h ^ word)``.
     """
+    if keys.device.type == "cpu":
+        # 80 dependent operations on B values: numpy runs them ~10x faster than torch here
+        words = keys.detach().contiguous().numpy().view(np.uint64)
+        h = np.full(words.shape[0], _ROW_INIT, dtype=np.uint64)
+        for i in range(4):
+            h = _fmix32_np(h ^ (words[:, i] & np.uint64(_M32)))
+            h = _fmix32_np(h ^ (words[:, i] >> np.uint64(32)))
+        return torch.from_numpy(h.astype(np.int64))
+    return _row_hash_torch(keys)
+
+
+def _row_hash_torch(keys: torch.Tensor) -> torch.Tensor:
     h = torch.full(keys.shape[:1], _ROW_INIT, dtype=torch.int64, device=keys.device)
     for i in range(4):
         col = keys[:, i]
