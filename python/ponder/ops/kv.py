@@ -97,7 +97,8 @@ def _check_append_kv(kv_cache, layer, k, v, slot_mapping, check: Optional[bool])
         lo, hi = int(slots.min()), int(slots.max())
         if lo < -1 or hi >= P * S:
             raise IndexError(
-                f"slot_mapping values must be -1 (skip) or lie in [0, {P * S}) (P * S = {P} * {S}), got values in [{lo}, {hi}]"
+                f"slot_mapping values must be -1 (skip) or lie in [0, {P * S}) (P * S = {P} * {S}), "
+                f"got values in [{lo}, {hi}]"
             )
 
 

@@ -52,7 +52,9 @@ def append_kv(kv_cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tens
     v_flat.index_copy_(0, slots, v)
 
 
-def _gather_kv(kv_cache: torch.Tensor, layer: int, block_tables: torch.Tensor, lens: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def _gather_kv(
+    kv_cache: torch.Tensor, layer: int, block_tables: torch.Tensor, lens: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """K and V of every sequence through its block table, padded to whole pages and converted to
     fp32: two ``[B, Hk, Lp, D]`` views (Lp = pages of the longest sequence * S), zero past
     each sequence's length."""
@@ -76,7 +78,9 @@ def _gather_kv(kv_cache: torch.Tensor, layer: int, block_tables: torch.Tensor, l
     return k.view(B, Lp, Hk, D).transpose(1, 2), v.view(B, Lp, Hk, D).transpose(1, 2)
 
 
-def _grouped_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float) -> torch.Tensor:
+def _grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
     """q ``[B, H, Q, D]``, k / v ``[B, Hk, L, D]`` fp32, allowed ``[B, 1, Q, L]`` (True = attend)."""
     if _SDPA_HAS_GQA:
         # PyTorch's fused CPU kernel reads each KV head once for its G query heads.
@@ -147,7 +151,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (weight * normed.to(x.dtype)).to(x.dtype)
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotate q ``[T, H, D]`` and k ``[T, Hk, D]`` by the angles of ``positions`` (rotate_half
     convention). cos/sin are cast to the input's dtype first, as transformers does, so the
     result equals ``apply_rotary_pos_emb`` bit for bit."""
