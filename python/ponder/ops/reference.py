@@ -119,7 +119,7 @@ def paged_attention(
 
     decode = max_q == 1 and T == B
     if decode:
-        q_pad = q.view(B, 1, H, D)
+        q_pad = q.unsqueeze(1)  # [B, 1, H, D]
     else:
         row_seq = torch.repeat_interleave(torch.arange(B, device=q.device), num_q, output_size=T)  # [T]
         row_j = torch.arange(T, device=q.device) - indptr[row_seq]  # [T]
