@@ -65,7 +65,12 @@ def test_direct_call_only_for_plain_eager_tensors():
     assert _registry.direct_call(t)
     with FakeTensorMode():
         assert not _registry.direct_call(torch.zeros(2))
-    assert not _registry.direct_call(torch.nn.Parameter(t))
+    assert _registry.direct_call(t, torch.nn.Parameter(t))
+
+    class Tagged(torch.Tensor):
+        pass
+
+    assert not _registry.direct_call(t.as_subclass(Tagged))
 
 
 @pytest.mark.parametrize("backend", ["torch", "auto"])

@@ -102,6 +102,11 @@ def implementation(op: str, backend: str, device: torch.device | str) -> Callabl
     return _IMPLS[op][resolve_backend(backend, device, op)]
 
 
+# Parameters are plain tensors in eager mode (model weights reach rms_norm as Parameters);
+# any other subclass may override dispatch and must see the op.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
 def tracing_modes_active() -> bool:
     """Whether a dispatch or function mode (fake tensors, proxy tracing, ...) is active."""
     # Private but long-standing PyTorch hooks; if a release drops them, assume one is active.
@@ -121,4 +126,4 @@ def direct_call(*tensors: torch.Tensor) -> bool:
     """
     if torch.compiler.is_compiling() or tracing_modes_active():
         return False
-    return all(type(t) is torch.Tensor for t in tensors)
+    return all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors)
