@@ -95,8 +95,11 @@ class DecoderLM(nn.Module):
         # module moves, so a bf16 cast of the model never rounds the angles.
         cfg = self.config
         device = self.embed.device
+        if device.type == "meta":
+            self.cos_sin = torch.empty(cfg.max_position_embeddings, cfg.head_dim, device="meta")
+            return
         table = ops.rope_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.cos_sin = table.to(device) if device.type != "meta" else torch.empty_like(table, device="meta")
+        self.cos_sin = table.to(device)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
