@@ -91,8 +91,7 @@ def test_logits_and_greedy_decode_match_transformers(smollm):
             tokens.append(int(rows[-1][-1].argmax()))
         with torch.no_grad():
             expected = hf(torch.tensor([ids + tokens[:-1]])).logits[0].float()
-            generated = hf.generate(torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                                    max_new_tokens=NEW_TOKENS, do_sample=False)[0, len(ids):].tolist()
     torch.testing.assert_close(torch.cat(rows), expected, atol=1e-3, rtol=1e-5)
-    assert tokens == generated
-    assert "56" in tok.decode(tokens)
+    # transformers' greedy choice at every step of the same sequence, i.e. its greedy decode
+    assert [int(r.argmax()) for r in expected[len(ids) - 1:]] == tokens
+    assert "56" in tok.decode(tokens), tok.decode(tokens)

@@ -121,6 +121,11 @@ def test_unsupported_architecture_in_config_json(checkpoint):
         load_hf(checkpoint)
 
 
+def test_bad_dtype(checkpoint):
+    with pytest.raises(TypeError, match="dtype must be torch.float32, torch.bfloat16 or torch.float16, got torch.int8"):
+        load_hf(checkpoint, dtype=torch.int8)
+
+
 def test_load_rejects_other_paths(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint directory or .gguf file"):
         load(tmp_path / "model.bin")

@@ -43,6 +43,8 @@ def test_allocate_kv_cache_and_bytes_per_token(model):
         model.allocate_kv_cache(0, 4)
     with pytest.raises(ValueError, match="page_size must be a positive int, got 2.5"):
         model.allocate_kv_cache(3, 2.5)
+    with pytest.raises(TypeError, match="dtype must be .* got torch.int64"):
+        model.allocate_kv_cache(3, 2, dtype=torch.int64)
 
 
 def test_bf16_cast_keeps_the_rope_table_in_fp32():
