@@ -20,6 +20,18 @@ K, 1 is V). Every op takes ``backend="auto" | "torch" | "triton" | "cuda"``; ``"
 the ``PONDER_BACKEND`` environment variable, then picks the fastest implementation available for
 the tensors' device. ``ponder.ops.reference`` holds the pure-PyTorch versions: the CPU path, the
 test oracle and the benchmark baseline.
+
+Ops (one module per family; each a ``torch.library.custom_op("ponder::<name>")`` with a fake
+implementation, so they trace under ``torch.compile`` and capture in CUDA graphs):
+
+- ``kv``: ``copy_pages`` (copy-on-write of pages), ``append_kv`` (write new tokens' K/V to slots)
+- ``attention``: ``paged_attention`` (causal attention of ragged query rows over paged KV)
+- ``norm``: ``rms_norm``;  ``rotary``: ``rotary``, ``rope_cache``
+- ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs)
+
+Every wrapper checks shapes, dtypes and devices on each call (metadata only, no device sync).
+Checks of tensor values (index ranges, parameter ranges) need the values on the host: they
+run by default for CPU tensors and otherwise only with ``check=True``.
 """
 
 from ponder.ops._registry import BACKENDS, available_backends, resolve_backend

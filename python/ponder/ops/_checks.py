@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
+
+from ponder.ops import _registry
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
@@ -62,5 +65,15 @@ def kv_cache(t, layer) -> torch.Tensor:
 
 
 def value_checks(check: Optional[bool], device: torch.device) -> bool:
-    """Whether to validate tensor values: always on the CPU, on other devices only on request."""
-    return device.type == "cpu" if check is None else bool(check)
+    """Whether to validate tensor values: by default on the CPU in plain eager mode (a value
+    check would break a torch.compile graph, and fake tensors have no values), on other devices
+    only on request."""
+    if check is None:
+        return device.type == "cpu" and not torch.compiler.is_compiling() and not _registry.tracing_modes_active()
+    return bool(check)
+
+
+def host_array(t: torch.Tensor) -> np.ndarray:
+    """A numpy view (CPU) or host copy (other devices) of a small index tensor, for value
+    checks: numpy reductions on a few dozen values cost far less than torch ops."""
+    return t.detach().cpu().numpy()

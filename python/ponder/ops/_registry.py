@@ -100,3 +100,30 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", o
 def implementation(op: str, backend: str, device: torch.device | str) -> Callable:
     """The registered function for ``op`` after resolving ``backend`` on ``device``."""
     return _IMPLS[op][resolve_backend(backend, device, op)]
+
+
+# Parameters are plain tensors in eager mode (model weights reach rms_norm as Parameters);
+# any other subclass may override dispatch and must see the op.
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def tracing_modes_active() -> bool:
+    """Whether a dispatch or function mode (fake tensors, proxy tracing, ...) is active."""
+    # Private but long-standing PyTorch hooks; if a release drops them, assume one is active.
+    try:
+        return torch._C._len_torch_dispatch_stack() + torch._C._len_torch_function_stack() > 0
+    except AttributeError:
+        return True
+
+
+def direct_call(*tensors: torch.Tensor) -> bool:
+    """Whether a wrapper may call the implementation directly instead of through its custom op.
+
+    A ``torch.library.custom_op`` costs tens of microseconds per call in eager mode, which adds
+    up over the ops of every layer in a decode step. Plain eager calls on plain tensors skip it;
+    anything that traces (torch.compile, export, fake or functional tensors, dispatch or
+    function modes) goes through the op so its fake implementation and schema are used.
+    """
+    if torch.compiler.is_compiling() or tracing_modes_active():
+        return False
+    return all(type(t) in _PLAIN_TENSOR_TYPES for t in tensors)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 _INT32 = (torch.int32,)
 
@@ -32,26 +33,25 @@ def _check_paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_ind
     if not _checks.value_checks(check, q.device) or B == 0:
         return
     T = q.shape[0]
-    indptr = query_indptr.long()
-    num_q = indptr[1:] - indptr[:-1]
-    if int(indptr[0]) != 0 or int(indptr[-1]) != T or bool((num_q < 0).any()):
-        raise ValueError(
-            f"query_indptr must be non-decreasing from 0 to T = {T} (q's rows), got {query_indptr.tolist()}"
-        )
-    lens = seq_lens.long()
+    indptr = _checks.host_array(query_indptr).astype(np.int64)
+    num_q = np.diff(indptr)
+    if indptr[0] != 0 or indptr[-1] != T or (num_q < 0).any():
+        raise ValueError(f"query_indptr must be non-decreasing from 0 to T = {T} (q's rows), got {indptr.tolist()}")
+    lens = _checks.host_array(seq_lens).astype(np.int64)
     capacity = block_tables.shape[1] * S
-    short = (lens < num_q) | (lens > capacity)
-    if bool(short.any()):
-        b = int(short.nonzero()[0])
+    short = np.flatnonzero((lens < num_q) | (lens > capacity))
+    if short.size:
+        b = int(short[0])
         raise ValueError(
-            f"seq_lens[{b}] = {int(lens[b])} must lie in [{int(num_q[b])}, {capacity}]: at least the sequence's "
+            f"seq_lens[{b}] = {lens[b]} must lie in [{num_q[b]}, {capacity}]: at least the sequence's "
             f"query rows (already appended) and at most max_pages * S = {block_tables.shape[1]} * {S}"
         )
-    used = torch.arange(block_tables.shape[1], device=q.device)[None, :] < ((lens + S - 1) // S)[:, None]
-    bad = used & ((block_tables < 0) | (block_tables >= P))
-    if bool(bad.any()):
-        b, i = (int(x) for x in bad.nonzero()[0])
-        raise IndexError(f"block_tables[{b}, {i}] = {int(block_tables[b, i])} must be a page id in [0, {P})")
+    tables = _checks.host_array(block_tables)
+    used = np.arange(tables.shape[1])[None, :] < ((lens + S - 1) // S)[:, None]
+    bad = np.argwhere(used & ((tables < 0) | (tables >= P)))
+    if bad.size:
+        b, i = (int(x) for x in bad[0])
+        raise IndexError(f"block_tables[{b}, {i}] = {tables[b, i]} must be a page id in [0, {P})")
 
 
 @torch.library.custom_op("ponder::paged_attention", mutates_args=())
@@ -118,4 +118,7 @@ def paged_attention(
     _check_paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale, check)
     if q.shape[0] == 0:
         return torch.empty_like(q)
-    return _paged_attention_op(q, kv_cache, layer, block_tables, seq_lens, query_indptr, float(scale), backend)
+    args = (q, kv_cache, layer, block_tables, seq_lens, query_indptr, float(scale))
+    if direct_call(q, kv_cache, block_tables, seq_lens, query_indptr):
+        return implementation("paged_attention", backend, q.device)(*args)
+    return _paged_attention_op(*args, backend)

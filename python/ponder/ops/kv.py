@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 
 def _check_copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
@@ -93,10 +93,12 @@ def _check_append_kv(kv_cache, layer, k, v, slot_mapping, check: Optional[bool])
     _checks.dim_size("slot_mapping", slot_mapping, 0, k.shape[0], "T, the rows of k and v")
     _checks.same_device("kv_cache", kv_cache, k=k, v=v, slot_mapping=slot_mapping)
     if _checks.value_checks(check, kv_cache.device) and slot_mapping.numel():
-        lo, hi = int(slot_mapping.min()), int(slot_mapping.max())
+        slots = _checks.host_array(slot_mapping)
+        lo, hi = int(slots.min()), int(slots.max())
         if lo < -1 or hi >= P * S:
             raise IndexError(
-                f"slot_mapping values must be -1 (skip) or lie in [0, {P * S}) (P * S = {P} * {S}), got values in [{lo}, {hi}]"
+                f"slot_mapping values must be -1 (skip) or lie in [0, {P * S}) (P * S = {P} * {S}), "
+                f"got values in [{lo}, {hi}]"
             )
 
 
@@ -142,5 +144,8 @@ def append_kv(
     """
     _check_append_kv(kv_cache, layer, k, v, slot_mapping, check)
     if k.shape[0] == 0:
+        return
+    if direct_call(kv_cache, k, v, slot_mapping):
+        implementation("append_kv", backend, kv_cache.device)(kv_cache, layer, k, v, slot_mapping)
         return
     _append_kv_op(kv_cache, layer, k, v, slot_mapping, backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 
 @torch.library.custom_op("ponder::rms_norm", mutates_args=())
@@ -40,4 +40,6 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str = "
     _checks.same_device("x", x, weight=weight)
     if isinstance(eps, bool) or not isinstance(eps, (float, int)) or not eps >= 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if direct_call(x, weight):
+        return implementation("rms_norm", backend, x.device)(x, weight, float(eps))
     return _rms_norm_op(x, weight, float(eps), backend)

@@ -11,10 +11,13 @@ from __future__ import annotations
 import functools
 from typing import Tuple
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
-# Attention scores are built in chunks of query rows so that one chunk's fp32 score tensor
-# stays under this many elements (2**25 floats = 128 MiB) even for long prefills.
+_SDPA_HAS_GQA = tuple(int(x) for x in torch.__version__.split(".")[:2]) >= (2, 5)
+# Attention runs in chunks of query rows so that one chunk's fp32 score tensor (materialised
+# by SDPA's fallback paths) stays under 2**25 floats = 128 MiB even for long prefills.
 _MAX_SCORE_ELEMENTS = 1 << 25
 
 
@@ -49,17 +52,43 @@ def append_kv(kv_cache: torch.Tensor, layer: int, k: torch.Tensor, v: torch.Tens
     v_flat.index_copy_(0, slots, v)
 
 
-def _gather_kv(kv_cache: torch.Tensor, layer: int, block_tables: torch.Tensor, max_len: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """K and V of every sequence through its block table, padded: two ``[B, max_len, Hk, D]``."""
+def _gather_kv(
+    kv_cache: torch.Tensor, layer: int, block_tables: torch.Tensor, lens: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """K and V of every sequence through its block table, padded to whole pages and converted to
+    fp32: two ``[B, Hk, Lp, D]`` views (Lp = pages of the longest sequence * S), zero past
+    each sequence's length."""
     _, _, P, S, Hk, D = kv_cache.shape
     B = block_tables.shape[0]
-    num_pages = (max_len + S - 1) // S
+    num_pages = (int(lens.max()) + S - 1) // S
+    Lp = num_pages * S
     # Entries past a sequence's last page are padding and may hold anything (often -1):
-    # clamp them to a real page so the gather is safe; those positions are masked later.
-    pages = block_tables[:, :num_pages].long().clamp(0, P - 1)  # [B, num_pages]
-    k = kv_cache[layer, 0][pages].view(B, num_pages * S, Hk, D)[:, :max_len]
-    v = kv_cache[layer, 1][pages].view(B, num_pages * S, Hk, D)[:, :max_len]
-    return k, v
+    # clamp them to a real page so the gather is safe; those positions are zeroed below.
+    pages = block_tables[:, :num_pages].reshape(-1).long().clamp(0, P - 1)  # [B * num_pages]
+    # index_select on the page axis is a contiguous gather (several times faster than advanced
+    # indexing); .float() is a no-op for fp32 caches and the fp32 upcast for bf16 / fp16 ones.
+    k = kv_cache[layer, 0].index_select(0, pages).float().view(B * Lp, Hk * D)
+    v = kv_cache[layer, 1].index_select(0, pages).float().view(B * Lp, Hk * D)
+    # Slots past a sequence's length may hold uninitialised memory (NaN / inf), and a masked
+    # score or a zero softmax weight times NaN is still NaN: zero those slots in the copy.
+    invalid = (torch.arange(Lp, device=lens.device)[None, :] >= lens[:, None]).view(-1).nonzero().squeeze(1)
+    if invalid.numel():
+        k.index_fill_(0, invalid, 0.0)
+        v.index_fill_(0, invalid, 0.0)
+    return k.view(B, Lp, Hk, D).transpose(1, 2), v.view(B, Lp, Hk, D).transpose(1, 2)
+
+
+def _grouped_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """q ``[B, H, Q, D]``, k / v ``[B, Hk, L, D]`` fp32, allowed ``[B, 1, Q, L]`` (True = attend)."""
+    if _SDPA_HAS_GQA:
+        # PyTorch's fused CPU kernel reads each KV head once for its G query heads.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale, enable_gqa=True)
+    G = q.shape[1] // k.shape[1]
+    if G > 1:  # PyTorch < 2.5 has no grouped SDPA: repeat the KV heads instead
+        k, v = k.repeat_interleave(G, dim=1), v.repeat_interleave(G, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, scale=scale)
 
 
 def paged_attention(
@@ -73,33 +102,24 @@ def paged_attention(
 ) -> torch.Tensor:
     """Causal attention of ragged query rows over paged KV; see ``ponder.ops.paged_attention``.
 
-    Gathers every sequence's KV into a padded ``[B, max_len, Hk, D]`` tensor and runs one masked
-    softmax attention in fp32, grouped so a KV head serves its G query heads without being
-    repeated. Query rows are padded per sequence to ``[B, max_q, H, D]`` (decode: max_q = 1).
+    Gathers every sequence's KV into a padded ``[B, Hk, Lp, D]`` fp32 tensor and runs one masked
+    softmax attention, grouped so a KV head serves its G query heads. Query rows are padded per
+    sequence to ``[B, H, max_q, D]`` (decode: max_q = 1, a plain view).
     """
     T, H, D = q.shape
-    Hk = kv_cache.shape[4]
-    G = H // Hk
     B = seq_lens.shape[0]
     if T == 0 or B == 0:
         return q.new_zeros(q.shape)
     lens = seq_lens.long()
     indptr = query_indptr.long()
     num_q = indptr[1:] - indptr[:-1]  # [B]
-    max_len = int(lens.max())
     max_q = int(num_q.max())
-
-    k, v = _gather_kv(kv_cache, layer, block_tables, max_len)
-    key_pos = torch.arange(max_len, device=q.device)
-    key_valid = key_pos[None, :] < lens[:, None]  # [B, max_len], True = real token
-    kf = k.float()
-    # Slots past a sequence's length may hold uninitialised memory (NaN/inf); zero them so a
-    # zero attention weight cannot turn into 0 * NaN.
-    vf = v.float().masked_fill(~key_valid[:, :, None, None], 0.0)
+    k, v = _gather_kv(kv_cache, layer, block_tables, lens)  # [B, Hk, Lp, D] each
+    Lp = k.shape[2]
 
     decode = max_q == 1 and T == B
     if decode:
-        q_pad = q.view(B, 1, H, D)
+        q_pad = q.unsqueeze(1)  # [B, 1, H, D]
     else:
         row_seq = torch.repeat_interleave(torch.arange(B, device=q.device), num_q, output_size=T)  # [T]
         row_j = torch.arange(T, device=q.device) - indptr[row_seq]  # [T]
@@ -109,18 +129,15 @@ def paged_attention(
     # last real position so their (discarded) softmax never sees an all-masked row.
     q_pos = lens[:, None] - num_q[:, None] + torch.arange(max_q, device=q.device)[None, :]
     q_pos = torch.minimum(q_pos, (lens[:, None] - 1).clamp_min(0))  # [B, max_q]
+    key_pos = torch.arange(Lp, device=q.device)
 
-    out_pad = torch.empty(B, max_q, Hk, G, D, dtype=torch.float32, device=q.device)
-    rows_per_chunk = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * max_len))
+    out_pad = torch.empty(B, max_q, H, D, dtype=torch.float32, device=q.device)
+    rows_per_chunk = max(1, _MAX_SCORE_ELEMENTS // max(1, B * H * Lp))
     for q0 in range(0, max_q, rows_per_chunk):
         q1 = min(max_q, q0 + rows_per_chunk)
-        qc = q_pad[:, q0:q1].float().view(B, q1 - q0, Hk, G, D)
-        scores = torch.einsum("bqhgd,blhd->bhgql", qc, kf) * scale  # [B, Hk, G, Qc, max_len]
-        allowed = key_pos[None, None, :] <= q_pos[:, q0:q1, None]  # [B, Qc, max_len]
-        scores.masked_fill_(~allowed[:, None, None], float("-inf"))
-        probs = torch.softmax(scores, dim=-1)
-        out_pad[:, q0:q1] = torch.einsum("bhgql,blhd->bqhgd", probs, vf)
-    out_pad = out_pad.view(B, max_q, H, D)
+        qc = q_pad[:, q0:q1].float().transpose(1, 2)  # [B, H, Qc, D]
+        allowed = key_pos[None, None, :] <= q_pos[:, q0:q1, None]  # [B, Qc, Lp]
+        out_pad[:, q0:q1] = _grouped_attention(qc, k, v, allowed[:, None], scale).transpose(1, 2)
     if decode:
         return out_pad.view(T, H, D).to(q.dtype)
     return out_pad[row_seq, row_j].to(q.dtype)
@@ -134,7 +151,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (weight * normed.to(x.dtype)).to(x.dtype)
 
 
-def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Rotate q ``[T, H, D]`` and k ``[T, Hk, D]`` by the angles of ``positions`` (rotate_half
     convention). cos/sin are cast to the input's dtype first, as transformers does, so the
     result equals ``apply_rotary_pos_emb`` bit for bit."""
@@ -156,22 +175,43 @@ def rotary(q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_sin: t
 _M32 = 0xFFFFFFFF
 _ROW_INIT = 0x9E3779B9
 _VOCAB_SALT = 0x632BE5AB
+_FMIX_C1 = 0x85EBCA6B
+_FMIX_C2 = 0xC2B2AE35
 
 
-def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
-    """``(a * c) mod 2**32`` for uint32 values a in int64 and a uint32 constant c, overflow-free."""
-    lo = a * (c & 0xFFFF)  # < 2**48
-    hi = ((a * (c >> 16)) & 0xFFFF) << 16  # only the low 16 bits of the high product survive mod 2**32
-    return (lo + hi) & _M32
+def _mul32_(h: torch.Tensor, c: int, tmp: torch.Tensor) -> None:
+    """``h = (h * c) mod 2**32`` in place, for uint32 values in int64: the product is split at
+    16 bits of c so no intermediate reaches 2**49."""
+    torch.mul(h, c & 0xFFFF, out=tmp)
+    h.mul_(c >> 16).bitwise_and_(0xFFFF).bitwise_left_shift_(16).add_(tmp).bitwise_and_(_M32)
 
 
-def fmix32(h: torch.Tensor) -> torch.Tensor:
-    """MurmurHash3's 32-bit finaliser (a bijection on uint32 with full avalanche)."""
-    h = h ^ (h >> 16)
-    h = _mul32(h, 0x85EBCA6B)
-    h = h ^ (h >> 13)
-    h = _mul32(h, 0xC2B2AE35)
-    return h ^ (h >> 16)
+def _xorshift_(h: torch.Tensor, s: int, tmp: torch.Tensor) -> None:
+    torch.bitwise_right_shift(h, s, out=tmp)
+    h.bitwise_xor_(tmp)
+
+
+def fmix32_(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser, in place on uint32 values held in an int64 tensor:
+    ``h ^= h >> 16; h *= 0x85EBCA6B; h ^= h >> 13; h *= 0xC2B2AE35; h ^= h >> 16`` (mod 2**32).
+    A bijection on uint32 with full avalanche. Works in place because the hash runs over
+    ``[B, V]`` every decode step and allocations dominate its cost on the CPU."""
+    tmp = torch.empty_like(h)
+    _xorshift_(h, 16, tmp)
+    _mul32_(h, _FMIX_C1, tmp)
+    _xorshift_(h, 13, tmp)
+    _mul32_(h, _FMIX_C2, tmp)
+    _xorshift_(h, 16, tmp)
+    return h
+
+
+def _fmix32_np(h: np.ndarray) -> np.ndarray:
+    # uint64 holds every 32 x 32-bit product exactly; numpy's unsigned arithmetic is defined.
+    h = h ^ (h >> np.uint64(16))
+    h = (h * np.uint64(_FMIX_C1)) & np.uint64(_M32)
+    h = h ^ (h >> np.uint64(13))
+    h = (h * np.uint64(_FMIX_C2)) & np.uint64(_M32)
+    return h ^ (h >> np.uint64(16))
 
 
 def sampling_row_hash(keys: torch.Tensor) -> torch.Tensor:
@@ -181,18 +221,36 @@ def sampling_row_hash(keys: torch.Tensor) -> torch.Tensor:
     child_index, position, in that order; negative values taken in two's complement):
     ``h = fmix32(h ^ word)``.
     """
+    if keys.device.type == "cpu":
+        # 80 dependent operations on B values: numpy runs them ~10x faster than torch here
+        words = keys.detach().contiguous().numpy().view(np.uint64)
+        h = np.full(words.shape[0], _ROW_INIT, dtype=np.uint64)
+        for i in range(4):
+            h = _fmix32_np(h ^ (words[:, i] & np.uint64(_M32)))
+            h = _fmix32_np(h ^ (words[:, i] >> np.uint64(32)))
+        return torch.from_numpy(h.astype(np.int64))
+    return _row_hash_torch(keys)
+
+
+def _row_hash_torch(keys: torch.Tensor) -> torch.Tensor:
     h = torch.full(keys.shape[:1], _ROW_INIT, dtype=torch.int64, device=keys.device)
     for i in range(4):
         col = keys[:, i]
-        h = fmix32(h ^ (col & _M32))
-        h = fmix32(h ^ ((col >> 32) & _M32))
+        h = fmix32_(h ^ (col & _M32))
+        h = fmix32_(h ^ ((col >> 32) & _M32))
     return h
 
 
 @functools.lru_cache(maxsize=8)
 def _vocab_hash(vocab_size: int, device: str) -> torch.Tensor:
+    """``fmix32((v + 0x632BE5AB) mod 2**32)`` for every vocab index v: ``[V]`` int64, cached."""
     v = torch.arange(vocab_size, dtype=torch.int64, device=device)
-    return fmix32((v + _VOCAB_SALT) & _M32)
+    return fmix32_(v.add_(_VOCAB_SALT).bitwise_and_(_M32))
+
+
+def _uniforms_from_bits(bits: torch.Tensor) -> torch.Tensor:
+    """uint32 bits -> ``((bits >> 8) | 1) * 2**-24``: fp32, exact, in (0, 1). Destroys bits."""
+    return bits.bitwise_right_shift_(8).bitwise_or_(1).to(torch.float32).mul_(2.0**-24)
 
 
 def sampling_uniforms(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -202,8 +260,40 @@ def sampling_uniforms(keys: torch.Tensor, vocab_size: int) -> torch.Tensor:
     ``u = ((bits >> 8) | 1) * 2**-24``: an odd multiple of 2**-24, exact in fp32, never 0 or 1.
     """
     vh = _vocab_hash(vocab_size, str(keys.device))
-    bits = fmix32(sampling_row_hash(keys)[:, None] ^ vh[None, :])
-    return ((bits >> 8) | 1).to(torch.float32) * (2.0**-24)
+    return _uniforms_from_bits(fmix32_(sampling_row_hash(keys)[:, None] ^ vh[None, :]))
+
+
+# Gumbel noise -log(-log u) for u in [2**-24, 1 - 2**-24] lies in [-2.81, 16.64]: a token whose
+# scaled logit is more than the spread (19.45) below the row's best allowed one can never win the
+# Gumbel-max. 1.0 of margin covers fp32 rounding of the sums; skipping those tokens' hashes gives
+# bit-identical tokens and makes peaked (typical language-model) rows cheap.
+_GUMBEL_SPREAD = 19.45 + 1.0
+# Below this fraction of surviving (row, token) pairs, the noise is hashed only for them.
+_SPARSE_FRACTION = 0.25
+# Nucleus thresholds are first searched among this many top tokens; rows whose nucleus is wider
+# fall back to a full sort (rare for language-model rows, common for flat random ones).
+_TOP_P_PROBE = 256
+
+
+def _nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """``[R]`` smallest kept probability of each row's nucleus (``probs [R, V]``, ``top_p [R]``)."""
+    R, V = probs.shape
+    thresh = torch.empty(R, dtype=probs.dtype, device=probs.device)
+    todo = torch.arange(R, device=probs.device)
+    for k in (min(_TOP_P_PROBE, V), V):
+        sub = probs.index_select(0, todo)
+        sorted_p = sub.topk(k, dim=-1).values if k < V else sub.sort(dim=-1, descending=True).values
+        mass = sorted_p.cumsum(-1)
+        p = top_p.index_select(0, todo)
+        # keep the highest-probability tokens while the mass before them is < top_p
+        num_keep = ((mass - sorted_p) < p[:, None]).sum(-1).clamp_min(1)
+        # decided when the probed tokens already hold top_p: every later token has mass before it >= top_p
+        done = mass[:, -1] >= p if k < V else torch.ones_like(p, dtype=torch.bool)
+        thresh[todo[done]] = sorted_p.gather(1, (num_keep - 1)[:, None]).squeeze(1)[done]
+        todo = todo[~done]
+        if todo.numel() == 0:
+            break
+    return thresh
 
 
 def _allowed_mask(logits: torch.Tensor, scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -219,32 +309,44 @@ def _allowed_mask(logits: torch.Tensor, scaled: torch.Tensor, top_k: torch.Tenso
         allowed &= (logits >= thresh) | ~use_k[:, None]
     use_p = top_p < 1.0
     if bool(use_p.any()):
-        probs = torch.softmax(scaled.masked_fill(~allowed, float("-inf")), dim=-1)
-        sorted_p = probs.sort(dim=-1, descending=True).values
-        mass_before = sorted_p.cumsum(-1) - sorted_p
-        # keep the highest-probability tokens until the mass before them reaches top_p
-        num_keep = (mass_before < top_p[:, None]).sum(-1).clamp_min(1)  # [B]
-        p_thresh = sorted_p.gather(1, (num_keep - 1)[:, None])
-        allowed &= (probs >= p_thresh) | ~use_p[:, None]
+        rows = use_p.nonzero().squeeze(1)
+        probs = torch.softmax(scaled.index_select(0, rows).masked_fill_(~allowed[rows], float("-inf")), dim=-1)
+        p_thresh = _nucleus_threshold(probs, top_p.index_select(0, rows))
+        allowed[rows] &= probs >= p_thresh[:, None]
     return allowed
+
+
+def _gumbel_argmax(scaled: torch.Tensor, candidate: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+    """``argmax over candidate v of scaled[v] - log(-log u[v])`` per row: ``[B]`` int64."""
+    B, V = scaled.shape
+    num_cand = int(candidate.sum())
+    if num_cand < _SPARSE_FRACTION * B * V:
+        rows, cols = candidate.nonzero(as_tuple=True)
+        vh = _vocab_hash(V, str(keys.device))
+        u = _uniforms_from_bits(fmix32_(sampling_row_hash(keys)[rows] ^ vh[cols]))
+        perturbed = torch.full_like(scaled, float("-inf"))
+        perturbed[rows, cols] = scaled[rows, cols] - u.log_().neg_().log_()
+    else:
+        u = sampling_uniforms(keys, V)
+        perturbed = (scaled - u.log_().neg_().log_()).masked_fill_(~candidate, float("-inf"))
+    return perturbed.argmax(dim=-1)
 
 
 def sample(
     logits: torch.Tensor, keys: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """One token per row by Gumbel-max; see ``ponder.ops.sample`` for the exact definition."""
-    B, V = logits.shape
     lf = logits.float()
     logprobs_all = torch.log_softmax(lf, dim=-1)
     greedy_tok = lf.argmax(dim=-1)
     greedy = (temperature <= 0) | (top_k == 1)
-    if B == 0 or bool(greedy.all()):
+    if bool(greedy.all()):
         tokens = greedy_tok
     else:
         t = torch.where(greedy, torch.ones_like(temperature), temperature)
         scaled = lf / t[:, None]
         allowed = _allowed_mask(lf, scaled, top_k, top_p)
-        gumbel = -torch.log(-torch.log(sampling_uniforms(keys, V)))
-        perturbed = (scaled + gumbel).masked_fill_(~allowed, float("-inf"))
-        tokens = torch.where(greedy, greedy_tok, perturbed.argmax(dim=-1))
+        best = scaled.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True)
+        candidate = allowed & (scaled >= best - _GUMBEL_SPREAD) & ~greedy[:, None]
+        tokens = torch.where(greedy, greedy_tok, _gumbel_argmax(scaled, candidate, keys))
     return tokens, logprobs_all.gather(1, tokens[:, None]).squeeze(1)

@@ -8,7 +8,7 @@ from typing import Mapping, Optional, Tuple
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 _SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 # Keys of a transformers rope_parameters / rope_scaling dict that carry no scaling information
@@ -141,11 +141,14 @@ def rotary(
     _checks.dim_size("cos_sin", cos_sin, 1, D, "D, q's head dim")
     _checks.same_device("q", q, k=k, positions=positions, cos_sin=cos_sin)
     if _checks.value_checks(check, q.device) and T:
-        lo, hi = int(positions.min()), int(positions.max())
+        pos = _checks.host_array(positions)
+        lo, hi = int(pos.min()), int(pos.max())
         if lo < 0 or hi >= cos_sin.shape[0]:
             raise IndexError(
                 f"positions must lie in [0, {cos_sin.shape[0]}) (the rows of cos_sin), got values in [{lo}, {hi}]"
             )
     if T == 0:
         return torch.empty_like(q), torch.empty_like(k)
+    if direct_call(q, k, positions, cos_sin):
+        return implementation("rotary", backend, q.device)(q, k, positions, cos_sin)
     return _rotary_op(q, k, positions, cos_sin, backend)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Optional, Tuple
 
+import numpy as np
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 
 def _check_sample(logits, keys, temperature, top_k, top_p, check) -> None:
@@ -26,18 +27,16 @@ def _check_sample(logits, keys, temperature, top_k, top_p, check) -> None:
     _checks.same_device("logits", logits, keys=keys, temperature=temperature, top_k=top_k, top_p=top_p)
     if not _checks.value_checks(check, logits.device) or B == 0:
         return
-    bad = ~(temperature >= 0) | ~torch.isfinite(temperature)
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0])
-        raise ValueError(f"temperature[{b}] = {float(temperature[b])} must be a finite value >= 0 (0 = greedy)")
-    bad = (top_k < 0) | (top_k > V)
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0])
-        raise ValueError(f"top_k[{b}] = {int(top_k[b])} must lie in [0, {V}] (0 = off, V = vocabulary size)")
-    bad = ~(top_p > 0) | ~(top_p <= 1)
-    if bool(bad.any()):
-        b = int(bad.nonzero()[0])
-        raise ValueError(f"top_p[{b}] = {float(top_p[b])} must lie in (0, 1] (1 = off)")
+    temp, k, p = (_checks.host_array(t) for t in (temperature, top_k, top_p))
+    bad = np.flatnonzero(~(temp >= 0) | ~np.isfinite(temp))
+    if bad.size:
+        raise ValueError(f"temperature[{bad[0]}] = {temp[bad[0]]} must be a finite value >= 0 (0 = greedy)")
+    bad = np.flatnonzero((k < 0) | (k > V))
+    if bad.size:
+        raise ValueError(f"top_k[{bad[0]}] = {k[bad[0]]} must lie in [0, {V}] (0 = off, V = vocabulary size)")
+    bad = np.flatnonzero(~(p > 0) | ~(p <= 1))
+    if bad.size:
+        raise ValueError(f"top_p[{bad[0]}] = {p[bad[0]]} must lie in (0, 1] (1 = off)")
 
 
 @torch.library.custom_op("ponder::sample", mutates_args=())
@@ -99,4 +98,6 @@ def sample(
     _check_sample(logits, keys, temperature, top_k, top_p, check)
     if logits.shape[0] == 0:
         return logits.new_empty(0, dtype=torch.int64), logits.new_empty(0, dtype=torch.float32)
+    if direct_call(logits, keys, temperature, top_k, top_p):
+        return implementation("sample", backend, logits.device)(logits, keys, temperature, top_k, top_p)
     return _sample_op(logits, keys, temperature, top_k, top_p, backend)
