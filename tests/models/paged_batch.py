@@ -34,7 +34,8 @@ class PagedSequences:
         pages = list(self.pages[parent])
         if self.lens[parent] % self.page_size:
             fresh = self.free.pop()
-            ops.copy_pages(kv_cache, torch.tensor([pages[-1]], dtype=torch.int32), torch.tensor([fresh], dtype=torch.int32))
+            src, dst = (torch.tensor([page], dtype=torch.int32) for page in (pages[-1], fresh))
+            ops.copy_pages(kv_cache, src, dst)
             pages[-1] = fresh
         self.pages[child] = pages
         self.lens[child] = self.lens[parent]

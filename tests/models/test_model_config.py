@@ -110,3 +110,22 @@ def test_direct_construction_validates():
     with pytest.raises(ValueError, match="vocab_size must be a positive int, got 0"):
         ModelConfig(vocab_size=0, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1,
                     num_kv_heads=1, head_dim=8)
+
+
+def test_bias_layout_must_exist_in_the_family():
+    base = dict(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1, num_heads=1, num_kv_heads=1,
+                head_dim=8)
+    with pytest.raises(ValueError, match=r"\(True, False\) is not a llama layout"):
+        ModelConfig(**base, attention_bias=True, model_type="llama")
+    with pytest.raises(ValueError, match=r"\(False, False\) is not a qwen2 layout"):
+        ModelConfig(**base, model_type="qwen2")
+
+
+def test_capped_mistral_window_does_not_come_back_on_reload():
+    transformers = pytest.importorskip("transformers")
+    mistral = dict(LLAMA31_V4, model_type="mistral", rope_scaling=None, max_position_embeddings=32768,
+                   sliding_window=4096)
+    cfg = ModelConfig.from_hf(mistral)
+    d = cfg.to_hf()
+    hf = transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+    assert hf.sliding_window is None and ModelConfig.from_hf(hf) == cfg

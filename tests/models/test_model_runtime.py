@@ -43,6 +43,8 @@ def test_allocate_kv_cache_and_bytes_per_token(model):
         model.allocate_kv_cache(0, 4)
     with pytest.raises(ValueError, match="page_size must be a positive int, got 2.5"):
         model.allocate_kv_cache(3, 2.5)
+    with pytest.raises(TypeError, match="dtype must be .* got torch.int64"):
+        model.allocate_kv_cache(3, 2, dtype=torch.int64)
 
 
 def test_bf16_cast_keeps_the_rope_table_in_fp32():
@@ -148,3 +150,26 @@ def test_constructor_validates():
         DecoderLM({"vocab_size": 3})
     with pytest.raises(TypeError, match="dtype must be"):
         DecoderLM(CFG, dtype=torch.int32)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cuda_matches_cpu(dtype):
+    """Same weights and batch on CUDA and CPU. fp32: cuBLAS and CPU BLAS sum in different
+    orders (TF32 is off by default for matmuls), ~1e-6 relative per layer, so 1e-4. bf16: one
+    bf16 rounding difference (0.4%) of logits of magnitude ~1 after a few layers, so 5e-2."""
+    torch.manual_seed(0)
+    cpu = DecoderLM(CFG, dtype=dtype, init_std=0.2)
+    gpu = DecoderLM(CFG, dtype=dtype, device="cuda")
+    gpu.load_state_dict(cpu.state_dict())
+    assert gpu.cos_sin.device.type == "cuda" and gpu.cos_sin.dtype == torch.float32
+    kv_cpu, batch = _batch(cpu)
+    kv_gpu = gpu.allocate_kv_cache(8, 4)
+    assert kv_gpu.device.type == "cuda" and kv_gpu.dtype == dtype
+    batch_gpu = {k: v.cuda() for k, v in batch.items()}
+    want = cpu.logits(cpu(kv_cache=kv_cpu, **batch))
+    got = gpu.logits(gpu(kv_cache=kv_gpu, **batch_gpu, check=True)).cpu()
+    tol = 1e-4 if dtype == torch.float32 else 5e-2
+    torch.testing.assert_close(got, want, atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="input_ids is on cpu but the model is on cuda"):
+        gpu(kv_cache=kv_gpu, **dict(batch_gpu, input_ids=batch["input_ids"]))

@@ -22,6 +22,9 @@ _ROPE_KEYS = {
     "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
 }
 
+# (q/k/v bias, output-projection bias) layouts each family has in transformers.
+_BIASES = {"llama": {(False, False), (True, True)}, "qwen2": {(True, False)}, "mistral": {(False, False)}}
+
 TokenIds = Union[int, Tuple[int, ...], None]
 
 
@@ -75,6 +78,10 @@ class ModelConfig:
             raise ValueError(f"hidden_act must be 'silu' (SwiGLU MLP), got {self.hidden_act!r}")
         if self.model_type not in SUPPORTED_MODEL_TYPES:
             raise ValueError(f"model_type must be one of {SUPPORTED_MODEL_TYPES}, got {self.model_type!r}")
+        biases = (self.attention_bias, self.attention_out_bias)
+        if biases not in _BIASES[self.model_type]:
+            raise ValueError(f"(attention_bias, attention_out_bias) = {biases} is not a {self.model_type} layout; "
+                             f"expected one of {sorted(_BIASES[self.model_type])}")
         if self.rope_scaling is not None:
             object.__setattr__(self, "rope_scaling", _check_rope_scaling(dict(self.rope_scaling)))
 
@@ -175,6 +182,9 @@ class ModelConfig:
         }
         if self.model_type == "llama":
             out["attention_bias"] = self.attention_bias
+        else:
+            # max_position_embeddings is already capped at any window; none must apply on reload
+            out["sliding_window"] = None
         return out
 
 

@@ -22,6 +22,14 @@ from ponder.models.config import ModelConfig
 from ponder.models.value_head import ValueHead
 
 
+FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def check_dtype(name: str, dtype) -> None:
+    if dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be torch.float32, torch.bfloat16 or torch.float16, got {dtype!r}")
+
+
 class DecoderLayer(nn.Module):
     """Weights of one block. q/k/v and gate/up are stored fused: one matmul each instead of
     three / two (the loaders concatenate the Hugging Face tensors)."""
@@ -55,8 +63,7 @@ class DecoderLM(nn.Module):
         super().__init__()
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config must be a ModelConfig, got {type(config).__name__}")
-        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
-            raise TypeError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+        check_dtype("dtype", dtype)
         self.config = config
         kw = dict(dtype=dtype, device=device)
         self.embed = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, **kw))
@@ -95,8 +102,11 @@ class DecoderLM(nn.Module):
         # module moves, so a bf16 cast of the model never rounds the angles.
         cfg = self.config
         device = self.embed.device
+        if device.type == "meta":
+            self.cos_sin = torch.empty(cfg.max_position_embeddings, cfg.head_dim, device="meta")
+            return
         table = ops.rope_cache(cfg.head_dim, cfg.max_position_embeddings, cfg.rope_theta, cfg.rope_scaling)
-        self.cos_sin = table.to(device) if device.type != "meta" else torch.empty_like(table, device="meta")
+        self.cos_sin = table.to(device)
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
@@ -126,6 +136,8 @@ class DecoderLM(nn.Module):
         for name, value in (("num_pages", num_pages), ("page_size", page_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if dtype is not None:
+            check_dtype("dtype", dtype)
         cfg = self.config
         shape = (cfg.num_layers, 2, num_pages, page_size, cfg.num_kv_heads, cfg.head_dim)
         return torch.zeros(shape, dtype=dtype or self.dtype, device=device if device is not None else self.device)

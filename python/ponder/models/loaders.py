@@ -21,7 +21,7 @@ from typing import Dict, Iterator, Optional
 import torch
 
 from ponder.models.config import ModelConfig
-from ponder.models.llama import DecoderLM
+from ponder.models.llama import DecoderLM, check_dtype
 from ponder.models.weights import VALUE_HEAD_KEYS, hf_to_ponder, ponder_to_hf
 
 logger = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
     dtype: parameter dtype (fp32, bf16 or fp16); device: where the weights go (default CPU).
     """
+    check_dtype("dtype", dtype)
     path = os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"path must be a checkpoint directory, got {path!r}")
@@ -136,6 +137,7 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
     Weights are dequantized to fp32 by ``gguf`` and then cast to ``dtype``.
     """
+    check_dtype("dtype", dtype)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no GGUF file at {path!r}")

