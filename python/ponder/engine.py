@@ -181,6 +181,7 @@ class Engine:
                 torch.as_tensor(tables, device=dev),
                 torch.as_tensor(lens, device=dev),
                 torch.as_tensor(indptr, device=dev),
+                check=False,  # the page table builds consistent metadata; skip per-step value checks
             )
         self.stats.model_calls += 1
         return hidden

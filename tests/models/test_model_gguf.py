@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
 
+from gguf_reference import transformers_model
 from paged_batch import PagedSequences
 from ponder.models import find_smollm2_gguf, load_gguf, load_tokenizer
 
@@ -19,40 +19,10 @@ MESSAGES = [{"role": "user", "content": "What is 7 times 8? Answer briefly."}]
 NEW_TOKENS = 8
 
 
-def _transformers_model(path: str, names_from):
-    """transformers' own model for the GGUF. ``from_pretrained(gguf_file=...)`` needs accelerate,
-    which ponder does not depend on; without it, follow the same steps by hand: transformers'
-    GGUF utilities parse the metadata into a config and dequantize and rename the tensors.
-    ``names_from`` (a ModelConfig) only shapes the meta-device skeleton whose parameter names
-    transformers maps GGUF names onto; the reference model's config is transformers' parse."""
-    directory, name = os.path.split(path)
-    try:
-        return transformers.AutoModelForCausalLM.from_pretrained(
-            directory, gguf_file=name, attn_implementation="eager", dtype=torch.float32).eval()
-    except ValueError as exc:
-        if "accelerate" not in str(exc):
-            raise
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-
-    def config_of(d):
-        d = dict(d)
-        return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
-
-    with torch.device("meta"):
-        skeleton = transformers.AutoModelForCausalLM.from_config(config_of(names_from.to_hf()))
-    parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)
-    model = transformers.AutoModelForCausalLM.from_config(config_of(parsed["config"]),
-                                                          attn_implementation="eager").eval()
-    missing, unexpected = model.load_state_dict(parsed["tensors"], strict=False)
-    assert set(missing) <= {"lm_head.weight"} and not unexpected, (missing, unexpected)
-    model.tie_weights()
-    return model
-
-
 @pytest.fixture(scope="module")
 def smollm():
     model = load_gguf(GGUF)
-    return model, _transformers_model(GGUF, model.config), load_tokenizer(GGUF)
+    return model, transformers_model(GGUF, model.config), load_tokenizer(GGUF)
 
 
 def test_tokenizer_round_trips_a_chat_prompt(smollm):

