@@ -5,4 +5,5 @@
 
 namespace ponder {
 void bind_cuda(pybind11::module_& m);
+void bind_attention_plan(pybind11::module_& m);
 }  // namespace ponder

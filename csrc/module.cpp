@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "ponder native core: search forest, KV page table, CUDA launchers";
   py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
   ponder::bind_cuda(m);
+  ponder::bind_attention_plan(m);
 }
