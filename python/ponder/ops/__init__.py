@@ -28,6 +28,7 @@ from ponder.ops.kv import append_kv, copy_pages
 from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
 from ponder.ops.sampling import sample
+from ponder.ops.value_score import value_score
 
 __all__ = [
     "BACKENDS",
@@ -40,4 +41,5 @@ __all__ = [
     "rope_cache",
     "rotary",
     "sample",
+    "value_score",
 ]
