@@ -29,6 +29,7 @@ from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
 from ponder.ops.sampling import sample
 from ponder.ops.value_score import value_score
+from ponder.ops import triton_backend as _triton_backend  # noqa: F401  (registers the "triton" backend of each op)
 
 __all__ = [
     "BACKENDS",
