@@ -169,13 +169,18 @@ def _bench(args):
             t_paged = triton.testing.do_bench(
                 lambda: tb.paged_decode(q, kv, 0, bt, sl, qi, scale, out=out_paged), return_mode="median"
             )
-            t_sdpa = triton.testing.do_bench(lambda: _sdpa(torch, q, k, v, scale), return_mode="median") if k is not None else None
+            t_sdpa = None
+            if k is not None:
+                t_sdpa = triton.testing.do_bench(lambda: _sdpa(torch, q, k, v, scale), return_mode="median")
             fewest = 2 * Hk * D * nbytes * (P + B * s)
             gbs = fewest / (t_shared * 1e-3) / 1e9
             pct = f" {100 * gbs / hbm:3.0f}%" if hbm else ""
             line = (f"Hk={Hk:2d} G={G} P={P:5d} B={B:3d} s={s:4d} | shared {t_shared * 1e3:8.1f} us {gbs:6.0f} GB/s{pct}"
                     f" | paged {t_paged * 1e3:8.1f} us x{t_paged / t_shared:5.1f}")  # fmt: skip
-            line += f" | sdpa {t_sdpa * 1e3:8.1f} us x{t_sdpa / t_shared:5.1f}" if t_sdpa is not None else " | sdpa  (gathered KV too large)"
+            if t_sdpa is not None:
+                line += f" | sdpa {t_sdpa * 1e3:8.1f} us x{t_sdpa / t_shared:5.1f}"
+            else:
+                line += " | sdpa  (gathered KV does not fit)"
             line += f" | plan {plan_ms:6.2f} ms ({plan.num_items} items)"
             print(line, flush=True)
             del q, kv, k, v, plan, out_shared, out_paged

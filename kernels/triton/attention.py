@@ -25,7 +25,7 @@ def _attend_pages(
     q_ptr, kv_ptr, pages_ptr, num_tokens, row_t, row_head, row_ok, kvh,
     stride_qt, stride_qh, k_base, v_plane, token_stride, sm_scale_log2,
     PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Online-softmax attention of BLOCK_M query rows over ``num_tokens`` tokens whose pages are
     ``pages_ptr[0..]``. Returns (acc [BLOCK_M, BLOCK_D] fp32 unnormalised, m [BLOCK_M] running max
@@ -48,7 +48,7 @@ def _attend_pages(
         k = tl.load(kv_ptr + kv_off, mask=kv_mask, other=0.0)
         v = tl.load(kv_ptr + v_plane + kv_off, mask=kv_mask, other=0.0)
         if USE_DOT:
-            s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision="ieee")  # [BLOCK_M, BLOCK_N]
+            s = tl.dot(q.to(k.dtype), tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
         else:
             s = tl.sum(q.to(tl.float32)[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
         s = tl.where(n_ok[None, :], s * sm_scale_log2, float("-inf"))
@@ -57,7 +57,7 @@ def _attend_pages(
         p = tl.exp2(s - m_new[:, None])
         l = l * alpha + tl.sum(p, axis=1)
         if USE_DOT:
-            pv = tl.dot(p.to(v.dtype), v, input_precision="ieee")
+            pv = tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
         else:
             pv = tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
         acc = acc * alpha[:, None] + pv
@@ -86,7 +86,7 @@ def _shared_prefix_attention_kernel(
     item_queries_ptr, part_out_ptr, part_lse_ptr,
     item_offset, num_heads, stride_qt, stride_qh, k_base, v_plane, token_stride, sm_scale_log2,
     GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):  # fmt: skip
     """Grid (items, Hk): one plan item x one KV head; rows are (item query j, group head g)."""
     item = item_offset + tl.program_id(0)
@@ -103,7 +103,7 @@ def _shared_prefix_attention_kernel(
     acc, m, l = _attend_pages(
         q_ptr, kv_ptr, item_pages_ptr + page_begin, num_tokens, row_t, head, row_ok, kvh,
         stride_qt, stride_qh, k_base, v_plane, token_stride, sm_scale_log2,
-        PAGE_SIZE, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, USE_DOT,
+        PAGE_SIZE, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, USE_DOT, DOT_PRECISION,
     )  # fmt: skip
     _store_partial(part_out_ptr, part_lse_ptr, q_begin + j, head, row_ok, acc, m, l, num_heads, HEAD_DIM, BLOCK_D)
 
@@ -134,7 +134,8 @@ def _paged_decode_kernel(
     num_seqs, max_pages, chunk_pages, num_heads, stride_qt, stride_qh, stride_ot, stride_oh,
     k_base, v_plane, token_stride, sm_scale_log2,
     GROUP: tl.constexpr, PAGE_SIZE: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, USE_DOT: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):  # fmt: skip
     """Grid (T, chunks, Hk): query row t against KV chunk c (``chunk_pages`` pages) of its
     sequence, causally. With SPLIT the result is a partial in slot ``t * chunks + c``; without,
@@ -156,7 +157,7 @@ def _paged_decode_kernel(
     acc, m, l = _attend_pages(
         q_ptr, kv_ptr, pages_ptr, num_tokens, row_t, head, row_ok, kvh,
         stride_qt, stride_qh, k_base, v_plane, token_stride, sm_scale_log2,
-        PAGE_SIZE, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, USE_DOT,
+        PAGE_SIZE, HEAD_DIM, BLOCK_D, BLOCK_M, BLOCK_N, USE_DOT, DOT_PRECISION,
     )  # fmt: skip
     if SPLIT:
         slot = row_t * tl.num_programs(1) + c

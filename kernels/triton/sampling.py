@@ -108,9 +108,9 @@ def _sample_kernel(
     row = tl.program_id(0)
     row_off = row.to(tl.int64) * stride_row
     # Pass 1: max, first argmax, min and the log-sum-exp of the raw logits.
-    z_max = float("-inf")
-    arg = 0
-    z_min = float("inf")
+    z_max = tl.full([], float("-inf"), tl.float32)
+    arg = tl.zeros([], tl.int32)
+    z_min = tl.full([], float("inf"), tl.float32)
     run_max = tl.full([], float("-inf"), tl.float32)
     run_sum = tl.zeros([], tl.float32)
     for v0 in range(0, V, BLOCK_V):
@@ -141,11 +141,11 @@ def _sample_kernel(
             kappa = kappa.to(tl.int32)
             thresh = (kappa ^ ((kappa >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
         s_max = tl.math.div_rn(z_max, temperature)
-        total = 1.0
-        p_key = 0
+        total = tl.full([], 1.0, tl.float32)
+        p_key = tl.zeros([], tl.int32)
         use_p = top_p < 1.0
         if use_p:
-            total = 0.0
+            total = tl.zeros([], tl.float32)
             for v0 in range(0, V, BLOCK_V):
                 offs = v0 + tl.arange(0, BLOCK_V)
                 z = _load_row(logits_ptr, row_off, offs, V)
@@ -157,8 +157,8 @@ def _sample_kernel(
             ).to(tl.int32)  # fmt: skip
         # The Gumbel-max draw over the allowed tokens.
         h_row = _row_hash(keys_ptr, row)
-        best = float("-inf")
-        token = 0
+        best = tl.full([], float("-inf"), tl.float32)
+        token = tl.zeros([], tl.int32)
         for v0 in range(0, V, BLOCK_V):
             offs = v0 + tl.arange(0, BLOCK_V)
             z = _load_row(logits_ptr, row_off, offs, V)

@@ -97,6 +97,9 @@ def test_shared_prefix_attention_refuses_a_mismatched_plan():
     other = plan_attention([[0, 1], [0, 2]], [4, 3], 2).to("cpu")
     with pytest.raises(ValueError, match="page_size 2"):
         triton_backend.shared_prefix_attention(torch.zeros(2, 2, 8), kv, 0, other, 0.3)
+    wide = plan_attention([[0]] * 40, [3] * 40, 4).to("cpu")  # 40 queries x G=4 = 160 rows in one tile
+    with pytest.raises(ValueError, match=r"max_queries_per_item <= 32"):
+        triton_backend.shared_prefix_attention(torch.zeros(40, 4, 8), kv, 0, wide, 0.3)
 
 
 def test_shared_prefix_and_per_branch_plans_agree_on_a_wide_tree(device):

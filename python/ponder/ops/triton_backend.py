@@ -29,9 +29,12 @@ from ponder.ops.value_score import MODES as _SCORE_MODES  # the kernel's MODE co
 __all__ = ["paged_decode", "plan_options", "shared_prefix_attention"]
 
 _LOG2E = 1.4426950408889634
-# Upper bound on the elements of the [rows, tokens, D] product tile of the non-tensor-core path,
-# so one block's temporaries stay in registers.
-_PRODUCT_TILE = 8192
+# Target elements of the [rows, tokens, D] product tile of the non-tensor-core path (at least 16
+# tokens are loaded per step): M=1, D=128 gets 32 tokens and 127 registers instead of 237 at 64.
+_PRODUCT_TILE = 4096
+# Largest query-row tile of the shared-prefix kernel: 128 x 128 fp32 accumulators fit 8 warps
+# (244 registers); 256 rows spill.
+_MAX_TILE_ROWS = 128
 # Split-KV decode keeps at least this many tokens per chunk: below it the extra partial writes
 # and the merge cost more than the parallelism gains.
 _MIN_CHUNK_TOKENS = 256
@@ -57,13 +60,24 @@ def _pow2(n: int) -> int:
 
 
 def _attention_tiles(rows: int, head_dim: int):
-    """(BLOCK_M, BLOCK_D, BLOCK_N, USE_DOT) for a tile of ``rows`` query rows: tensor cores
-    (tl.dot) from 16 rows on, broadcast-multiply-reduce below that."""
+    """(BLOCK_M, BLOCK_D, BLOCK_N, USE_DOT, num_warps) for a tile of ``rows`` query rows: tensor
+    cores (tl.dot) from 16 rows on, broadcast-multiply-reduce below that. Sizes keep every variant
+    within 255 registers per thread without spills (ptxas -v for sm_90a at D=128)."""
     block_m = _pow2(rows)
     block_d = max(16, _pow2(head_dim))
     if block_m >= 16:
-        return block_m, block_d, 64 if block_m * block_d <= 64 * 128 else 32, True
-    return block_m, block_d, max(16, min(64, _PRODUCT_TILE // (block_m * block_d))), False
+        if block_m == 16:
+            return block_m, block_d, 32, True, 4  # 198 registers
+        return block_m, block_d, 64 if block_m <= 64 else 32, True, 8  # 158 (M=64), 244 (M=128)
+    block_n = max(16, min(64, _PRODUCT_TILE // (block_m * block_d)))
+    # [M, N, D] products above 8192 elements need 8 warps (M=8, N=16: 254 -> 166 registers).
+    return block_m, block_d, block_n, False, 4 if block_m * block_n * block_d <= 8192 else 8
+
+
+def _dot_precision(kv_cache: torch.Tensor) -> str:
+    # fp32 caches keep full fp32 products (tf32 would cost ~3 decimal digits); 16-bit operands
+    # are exact on tensor cores whatever this says.
+    return "ieee" if kv_cache.dtype == torch.float32 else "tf32"
 
 
 def _layer_offsets(kv_cache: torch.Tensor, layer: int):
@@ -160,7 +174,7 @@ def paged_decode(
     splits = num_splits if num_splits is not None else _default_splits(q, Hk, max_pages * S)
     chunk_pages = _cdiv(max_pages, max(1, min(splits, max_pages)))
     splits = _cdiv(max_pages, chunk_pages)
-    block_m, block_d, block_n, use_dot = _attention_tiles(G, D)
+    block_m, block_d, block_n, use_dot, num_warps = _attention_tiles(G, D)
     k_base, v_plane, token_stride = _layer_offsets(kv_cache, layer)
     split = splits > 1
     if split:
@@ -174,7 +188,7 @@ def paged_decode(
         B, max_pages, chunk_pages, H, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_base, v_plane, token_stride, float(scale) * _LOG2E,
         GROUP=G, PAGE_SIZE=S, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n,
-        USE_DOT=use_dot, SPLIT=split,
+        USE_DOT=use_dot, DOT_PRECISION=_dot_precision(kv_cache), SPLIT=split, num_warps=num_warps,
     )  # fmt: skip
     if split:
         _merge(part_out, part_lse, None, None, out, splits)
@@ -227,6 +241,11 @@ def shared_prefix_attention(
     if plan.item_pages.device != q.device:
         raise ValueError(f"the plan is on {plan.item_pages.device} but q is on {q.device}; use plan.to(q.device)")
     G = H // Hk
+    if plan.max_item_queries * G > _MAX_TILE_ROWS:
+        raise ValueError(
+            f"the plan puts up to {plan.max_item_queries} queries x {G} heads in one item, over {_MAX_TILE_ROWS} rows; "
+            f"build it with max_queries_per_item <= {_MAX_TILE_ROWS // G} (see plan_options)"
+        )
     out = torch.empty_like(q) if out is None else out
     if T == 0:
         return out
@@ -243,13 +262,14 @@ def shared_prefix_attention(
     ):
         if last <= first:
             continue
-        block_m, block_d, block_n, use_dot = _attention_tiles(rows, D)
+        block_m, block_d, block_n, use_dot, num_warps = _attention_tiles(rows, D)
         _launch(
             "attention", "_shared_prefix_attention_kernel", (last - first, Hk),
             q, kv_cache, plan.item_page_indptr, plan.item_pages, plan.item_num_tokens, plan.item_query_indptr,
             plan.item_queries, part_out, part_lse,
             first, H, q.stride(0), q.stride(1), k_base, v_plane, token_stride, float(scale) * _LOG2E,
             GROUP=G, PAGE_SIZE=S, HEAD_DIM=D, BLOCK_D=block_d, BLOCK_M=block_m, BLOCK_N=block_n, USE_DOT=use_dot,
+            DOT_PRECISION=_dot_precision(kv_cache), num_warps=num_warps,
         )  # fmt: skip
     _merge(part_out, part_lse, plan.merge_indptr, plan.merge_slots, out, 0)
     return out
@@ -267,7 +287,7 @@ def _sample(logits, keys, temperature, top_k, top_p):
     _launch(
         "sampling", "_sample_kernel", (B,),
         logits, keys.contiguous(), temperature, top_k, top_p, tokens, logprobs, V, logits.stride(0),
-        BLOCK_V=min(1024, _pow2(V)), NUM_PIVOTS=16,
+        BLOCK_V=min(1024, _pow2(V)), NUM_PIVOTS=16, num_warps=8,
     )  # fmt: skip
     return tokens, logprobs
 
