@@ -135,10 +135,15 @@ def _merge(part_out, part_lse, merge_indptr, merge_slots, out, slots_per_row: in
     )  # fmt: skip
 
 
+@functools.lru_cache(maxsize=None)
+def _num_sms(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
 def _default_splits(q: torch.Tensor, num_kv_heads: int, max_tokens: int) -> int:
     if q.device.type != "cuda":
         return 1
-    sms = torch.cuda.get_device_properties(q.device).multi_processor_count
+    sms = _num_sms(q.device.index if q.device.index is not None else torch.cuda.current_device())
     want = _cdiv(2 * sms, max(1, q.shape[0] * num_kv_heads))  # about two programs per SM
     return max(1, min(want, _cdiv(max_tokens, _MIN_CHUNK_TOKENS)))
 
