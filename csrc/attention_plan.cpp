@@ -21,6 +21,7 @@ struct Batch {
   int64_t page_size;
 
   int32_t page(int32_t b, int64_t col) const { return tables[b * max_pages + col]; }
+  int64_t used_columns(int32_t b) const { return (lens[b] + page_size - 1) / page_size; }
   // Valid tokens of branch b in column col: page_size for a full page, fewer for the last page,
   // 0 past the branch's end.
   int64_t tokens(int32_t b, int64_t col) const {
@@ -60,9 +61,9 @@ struct Segment {
   int64_t col_begin, col_end, num_tokens;
 };
 
-// Depth-first walk of the trie of block-table rows: each group is extended column by column
-// while all its members keep sharing full pages; where some members end or their pages differ,
-// the segment closes and the members that go on are partitioned into child groups.
+// Depth-first walk of the trie of block-table rows: each group is extended while all its members
+// keep sharing full pages; where some members end or their pages differ, the segment closes and
+// the members that go on are partitioned into child groups.
 std::vector<Segment> find_segments(const Batch& batch, int64_t num_branches) {
   std::vector<Segment> segments;
   std::vector<int32_t> all(static_cast<size_t>(num_branches));
@@ -76,21 +77,24 @@ std::vector<Segment> find_segments(const Batch& batch, int64_t num_branches) {
     Group g = std::move(stack.back());
     stack.pop_back();
     const int32_t lead = g.members.front();
-    int64_t end = g.col, tokens = 0;
-    while (true) {
-      const int64_t n = batch.tokens(lead, end);
-      tokens += n;
-      ++end;
-      if (n < batch.page_size || end == batch.max_pages) break;  // a partial page ends everyone
-      const int64_t next_tokens = batch.tokens(lead, end);
-      const int32_t next_page = batch.page(lead, end);
-      bool same = next_tokens > 0;
-      for (size_t i = 1; same && i < g.members.size(); ++i) {
-        const int32_t b = g.members[i];
-        same = batch.tokens(b, end) == next_tokens && batch.page(b, end) == next_page;
-      }
-      if (!same) break;
+    // Column col > g.col joins the segment when every column before it is a full page and each
+    // member holds the lead's page there with as many valid tokens. Full pages of two branches
+    // hold the same count; past the shorter one's full pages the counts agree only when the
+    // lengths do. Each member's row is compared with the lead's as one contiguous run.
+    const int64_t lead_len = batch.lens[lead];
+    const int64_t lead_full = lead_len / batch.page_size;
+    int64_t end = std::min(batch.used_columns(lead), lead_full + 1);
+    const int32_t* lead_row = batch.tables + lead * batch.max_pages;
+    for (size_t i = 1; i < g.members.size() && end > g.col + 1; ++i) {
+      const int32_t b = g.members[i];
+      if (batch.lens[b] != lead_len) end = std::min(end, std::min<int64_t>(lead_full, batch.lens[b] / batch.page_size));
+      if (end <= g.col + 1) break;
+      const int32_t* row = batch.tables + b * batch.max_pages;
+      end = std::mismatch(row + g.col + 1, row + end, lead_row + g.col + 1).first - row;
     }
+    end = std::max(end, g.col + 1);
+    int64_t tokens = 0;
+    for (int64_t col = g.col; col < end; ++col) tokens += batch.tokens(lead, col);
     std::vector<int32_t> going_on;
     if (end < batch.max_pages) {
       for (int32_t b : g.members) {
