@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   ponder::bind_cuda(m);
   ponder::bind_forest(m);
   ponder::bind_page_table(m);
+  ponder::bind_attention_plan(m);
 }

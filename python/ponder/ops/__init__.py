@@ -40,6 +40,8 @@ from ponder.ops.kv import append_kv, copy_pages
 from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
 from ponder.ops.sampling import sample
+from ponder.ops.value_score import value_score
+from ponder.ops import triton_backend as _triton_backend  # noqa: F401  (registers the "triton" backend of each op)
 
 __all__ = [
     "BACKENDS",
@@ -52,4 +54,5 @@ __all__ = [
     "rope_cache",
     "rotary",
     "sample",
+    "value_score",
 ]

@@ -350,3 +350,32 @@ def sample(
         candidate = allowed & (scaled >= best - _GUMBEL_SPREAD) & ~greedy[:, None]
         tokens = torch.where(greedy, greedy_tok, _gumbel_argmax(scaled, candidate, keys))
     return tokens, logprobs_all.gather(1, tokens[:, None]).squeeze(1)
+
+
+def value_score(
+    hidden: torch.Tensor,
+    rows: torch.Tensor,
+    norm_weight,
+    eps: float,
+    direction: torch.Tensor,
+    bias: float,
+    parent_score: torch.Tensor,
+    depth: torch.Tensor,
+    mode: str,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Step scores and aggregated path scores; see ``ponder.ops.value_score`` for the definition."""
+    h = hidden[rows]  # [M, C]
+    if norm_weight is not None:
+        h = rms_norm(h, norm_weight, eps)
+    score = torch.sigmoid(h.float() @ direction.float() + bias)  # [M] fp32
+    parent = parent_score.float()
+    if mode == "last":
+        path = score
+    elif mode == "min":
+        path = torch.minimum(parent, score)
+    elif mode == "prod":
+        path = parent * score
+    else:  # "mean": parent holds the mean of the depth - 1 earlier steps
+        d = depth.float()
+        path = (parent * (d - 1) + score) / d
+    return score, torch.where(depth <= 1, score, path)

@@ -1,0 +1,195 @@
+"""``ponder demo`` and ``ponder solve``: the bundled Countdown model, answering at once vs searching.
+
+Every strategy runs on the same fixed, seeded problems with the bundled policy + value model on
+the CPU: greedy decoding (one sample, no search), best-of-N, step-level beam search and MCTS,
+each at a few budgets. Steps are lines; the value head scores each step; Countdown's exact
+checker tells the search when a path has finished (a line reached the target, or no legal move
+is left) and whether it is right. A problem counts as solved only when the answer the search
+returns passes the checker again, independently.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import ponder
+from ponder.tasks import countdown
+
+ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "countdown"
+STEP_STOP = ponder.StepStop(strings=("\n",), max_step_tokens=24)
+MAX_STEPS = 6  # 6 numbers need at most 5 lines; one spare for a wrong turn under the classic rule
+
+
+def load_model(path: Optional[os.PathLike] = None):
+    """(model, tokenizer) of the bundled Countdown model, or of a directory from ``ponder train``."""
+    from ponder.tasks.train import load_countdown
+
+    path = Path(path) if path is not None else ASSET_DIR
+    if not (path / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no Countdown model in {path}: train one with `ponder train countdown --out {path}`")
+    return load_countdown(path)
+
+
+def verifier(problems: Sequence[countdown.Problem]) -> ponder.Verifier:
+    """Ends a path when Countdown allows no further step; scores it 1 if solved, else 0."""
+
+    def judge(index: int, text: str):
+        lines = [ln for ln in text.split("\n") if ln.strip()]
+        problem = problems[index]
+        if not lines or (text.endswith("\n") and not countdown.is_terminal(problem, lines)):
+            return None
+        return countdown.check(problem, "\n".join(lines)).ok
+
+    return ponder.Verifier(judge)
+
+
+@dataclass
+class Strategy:
+    name: str
+    label: str
+    algorithm: str
+    options: Dict = field(default_factory=dict)
+    budget: Optional[ponder.Budget] = None
+    temperature: float = 1.0
+
+
+def strategies(quick: bool = False) -> List[Strategy]:
+    def budget(**kw):
+        return ponder.Budget(stop_on_verified=True, **kw)
+
+    out = [Strategy("greedy", "1 sample", "best_of_n", dict(n=1, max_steps=MAX_STEPS),
+                    budget(max_iterations=MAX_STEPS), temperature=0.0)]
+    for n in ((4,) if quick else (4, 16)):
+        out.append(Strategy("best-of-N", f"N={n}", "best_of_n", dict(n=n, max_steps=MAX_STEPS),
+                            budget(max_iterations=MAX_STEPS)))
+    for w in ((2,) if quick else (2, 4)):
+        out.append(Strategy("beam", f"width {w}", "beam_search", dict(width=w, expansion=3, max_steps=MAX_STEPS),
+                            budget(max_iterations=MAX_STEPS)))
+    for e in ((8,) if quick else (8, 16, 32, 64)):
+        out.append(Strategy("mcts", f"{e} expansions", "mcts",
+                            dict(num_children=3, leaves_per_tree=2, c_puct=1.0, final="score"),
+                            budget(max_expansions=e, max_iterations=4 * e)))
+    return out
+
+
+def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy, seed: int = 0,
+                 progress: bool = False):
+    eng = ponder.Engine(model, tok, num_pages=8192, page_size=16)
+    t0 = time.perf_counter()
+    results = ponder.search([p.prompt() for p in problems], eng, scorer="value", algorithm=s.algorithm,
+                            budget=s.budget, seed=seed, verifier=verifier(problems), stop=STEP_STOP,
+                            sampling=ponder.SamplingParams(temperature=s.temperature), progress=progress,
+                            **s.options)
+    wall = time.perf_counter() - t0
+    solved = [countdown.check(p, r.answer).ok for p, r in zip(problems, results)]
+    tokens = sum(r.stats["tokens_generated"] for r in results)
+    return {"strategy": s.name, "budget": s.label, "solved": sum(solved) / len(problems),
+            "tokens_per_problem": tokens / len(problems), "wall_s": wall, "results": results}
+
+
+def print_table(rows, file=None) -> None:
+    print(f"{'strategy':<10} {'budget':<15} {'solved':>7} {'tokens/problem':>15} {'wall s':>7}", file=file)
+    for r in rows:
+        print(f"{r['strategy']:<10} {r['budget']:<15} {100 * r['solved']:>6.1f}% {r['tokens_per_problem']:>15.1f} "
+              f"{r['wall_s']:>7.2f}", file=file)
+
+
+def plot(rows, path: str) -> bool:
+    """Accuracy against tokens generated, one line per strategy; False without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    for name in dict.fromkeys(r["strategy"] for r in rows):
+        pts = sorted((r["tokens_per_problem"], 100 * r["solved"]) for r in rows if r["strategy"] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    ax.set_xscale("log")
+    ax.set_xlabel("tokens generated per problem")
+    ax.set_ylabel("solved (%)")
+    ax.set_title("Countdown: thinking longer with a value model")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = False, seed: int = 2026,
+             quick: bool = False, out_dir: str = ".", progress: bool = True, model_dir=None) -> List[Dict]:
+    """Run every strategy on the same problems; print the table; write the plot and one tree."""
+    model, tok = load_model(model_dir)
+    problems = countdown.generate(num_problems, seed=seed, num_numbers=num_numbers, all_numbers=all_numbers)
+    rule = "all numbers" if all_numbers else "any subset"
+    print(f"Countdown: {num_problems} problems with {num_numbers} numbers (rule: {rule}), seed {seed}")
+    rows = []
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is a dependency; this only guards a broken install
+        tqdm = None
+    plan = strategies(quick)
+    bar = tqdm(plan, desc="demo", unit="run", disable=not progress) if tqdm else plan
+    for s in bar:
+        if tqdm and progress:
+            bar.set_postfix_str(f"{s.name} {s.label}")
+        rows.append(run_strategy(model, tok, problems, s))
+    print_table(rows)
+    os.makedirs(out_dir, exist_ok=True)
+    png = os.path.join(out_dir, "ponder-demo.png")
+    if plot(rows, png):
+        print(f"wrote {png}")
+    else:
+        print("matplotlib is not installed (pip install 'ponder[plot]'): no plot written")
+    tree = next(r for r in reversed(rows) if r["strategy"] == "mcts")["results"][0]
+    with open(os.path.join(out_dir, "ponder-demo-tree.dot"), "w") as f:
+        f.write(tree.to_dot())
+    with open(os.path.join(out_dir, "ponder-demo-tree.json"), "w") as f:
+        f.write(tree.to_json())
+    print(f"wrote {os.path.join(out_dir, 'ponder-demo-tree.dot')} and .json (MCTS tree of problem 0)")
+    return rows
+
+
+def solve(numbers: Sequence[int], target: int, all_numbers: bool = False, algorithm: str = "mcts",
+          budget: int = 64, seed: int = 0, model_dir=None, progress: bool = True) -> Dict:
+    """Solve one problem; returns the result, the checked steps and the answer expression."""
+    problem = countdown.Problem(tuple(numbers), target, all_numbers)
+    model, tok = load_model(model_dir)
+    if algorithm == "mcts":
+        s = Strategy("mcts", "", "mcts", dict(num_children=3, leaves_per_tree=2, final="score"),
+                     ponder.Budget(max_expansions=budget, max_iterations=4 * budget, stop_on_verified=True))
+    elif algorithm == "beam_search":
+        s = Strategy("beam", "", "beam_search", dict(width=budget, expansion=3, max_steps=MAX_STEPS),
+                     ponder.Budget(max_iterations=MAX_STEPS, stop_on_verified=True))
+    elif algorithm == "best_of_n":
+        s = Strategy("best-of-N", "", "best_of_n", dict(n=budget, max_steps=MAX_STEPS),
+                     ponder.Budget(max_iterations=MAX_STEPS, stop_on_verified=True))
+    elif algorithm == "greedy":
+        s = strategies()[0]
+    else:
+        raise ValueError(f"algorithm must be mcts, beam_search, best_of_n or greedy, got {algorithm!r}")
+    out = run_strategy(model, tok, [problem], s, seed=seed, progress=progress)
+    result = out["results"][0]
+    verdict = countdown.check(problem, result.answer)
+    return {"problem": problem, "result": result, "check": verdict,
+            "answer": verdict.answer_expr if verdict.ok else None, "wall_s": out["wall_s"]}
+
+
+def format_solution(out: Dict) -> str:
+    p, r, v = out["problem"], out["result"], out["check"]
+    lines = [p.prompt().rstrip()]
+    lines += [ln for ln in r.answer.split("\n") if ln.strip()]
+    lines.append(f"answer: {v.answer_expr}" if v.ok else f"not solved: {v.reason}")
+    st = r.stats
+    lines.append(json.dumps({"verified": bool(v.ok), "tokens_generated": st["tokens_generated"],
+                             "expansions": st["expansions"], "model_calls": st["model_calls"],
+                             "wall_s": round(out["wall_s"], 3), "stop_reason": st["stop_reason"]}))
+    return "\n".join(lines)
