@@ -356,7 +356,7 @@ class Forest:
     # --- export --------------------------------------------------------------------------------
     def arrays(self) -> Dict[str, np.ndarray]:
         """Every array as a read-only zero-copy view (see the class docstring on staleness)."""
-        return {name: self._core.view(name) for name in self._core.column_names()}
+        return self._core.views()
 
     def export(self) -> Dict[str, np.ndarray]:
         """Every array as an owned copy (for JSON / DOT / training-data export)."""
