@@ -191,10 +191,6 @@ class Harness:
             ("backup nan", lambda f: f.backup([n, n], [0.5, nan]), lambda m: m.backup([n, n], [0.5, nan])),
             ("backup discount", lambda f: f.backup([n], [0.5], 0.0), lambda m: m.backup([n], [0.5], 0.0)),
             ("cancel bad id", lambda f: f.cancel([n, bad]), lambda m: m.cancel([n, bad])),
-            ("children bad parent", lambda f: f.add_children([n, bad], [1, 1], [0.5, 0.5]),
-             lambda m: m.add_children([n, bad], [1, 1], [0.5, 0.5], [[], []])),
-            ("children negative prior", lambda f: f.add_children([r], [2], [0.5, -1.0]),
-             lambda m: m.add_children([r], [2], [0.5, -1.0], [[], []])),
             ("release bad id", lambda f: f.release(bad), lambda m: m.release(bad)),
             ("top_k duplicate", lambda f: f.top_k([n, n], 1, "value"), lambda m: m.top_k([n, n], 1, "value")),
             ("best_path bad root", lambda f: f.best_path(bad), lambda m: m.best_path(bad, "visits")),
@@ -202,6 +198,13 @@ class Harness:
             ("set_rewards nan", lambda f: f.set_rewards([n], [nan]), lambda m: m.set_rewards([n], [nan])),
             ("set_page_seqs bad", lambda f: f.set_page_seqs([n], [-5]), lambda m: m.set_page_seqs([n], [-5])),
         ]
+        open_ = [x for x in alive if not m.terminal[x]]
+        if open_:  # a parent that can take children, so the call has exactly one fault
+            o = rng.choice(open_)
+            cases.append(("children bad parent", lambda f: f.add_children([o, bad], [1, 1], [0.5, 0.5]),
+                          lambda m: m.add_children([o, bad], [1, 1], [0.5, 0.5], [[], []])))
+            cases.append(("children negative prior", lambda f: f.add_children([o], [2], [0.5, -1.0]),
+                          lambda m: m.add_children([o], [2], [0.5, -1.0], [[], []])))
         if non_roots:
             x = rng.choice(non_roots)
             cases.append(("select non-root", lambda f: f.select([x], 1, 1.0, 1.0, 0.0), lambda m: m.select([x], 1, 1.0, 1.0, 0.0)))
