@@ -225,12 +225,6 @@ void bind_forest(py::module_& m) {
              unlocked(s, [&](Forest& f) { f.set_terminal(n, fl); return 0; });
            },
            py::arg("nodes"), py::arg("flags"))
-      .def("column_names",
-           [](PyForest& s) {
-             std::vector<std::string> names;
-             for (const auto& c : locked(s, [](Forest& f) { return f.columns(); })) names.push_back(c.name);
-             return names;
-           })
       .def("views",
            [](PyForest& s) {
              py::dict out;

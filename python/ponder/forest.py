@@ -51,6 +51,8 @@ def _vector(name: str, x) -> np.ndarray:
 
 def _int32(name: str, x, *, ids: bool) -> np.ndarray:
     a = _vector(name, x)
+    if a.dtype == np.int32:  # already in range: skip the min/max passes
+        return np.ascontiguousarray(a)
     if a.size == 0:
         return np.empty(0, np.int32)
     if a.dtype.kind not in "iu":

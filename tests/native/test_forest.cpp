@@ -102,6 +102,8 @@ PONDER_TEST(forest_select_puct_and_virtual_loss) {
   CHECK(select(f, {0}, 1) == V{2});
   f.cancel(std::vector<int32_t>{2});
   CHECK(select(f, {0}, 1, 1.0, 1.0, /*fpu=*/1.0) == V{3});  // 1 + 0.283 beats 1.112
+  Forest tie = star({0.25f, 0.25f, 0.25f});
+  CHECK(select(tie, {0}, 1) == V{1});  // equal scores: the earliest sibling
 }
 
 PONDER_TEST(forest_progressive_widening_and_discount) {
@@ -146,6 +148,31 @@ PONDER_TEST(forest_queries_and_release) {
   CHECK_EQ(f.num_alive(), 3);
   CHECK_THROWS(f.release(4), std::invalid_argument);
   CHECK_THROWS(f.path_tokens(99), std::out_of_range);
+}
+
+PONDER_TEST(forest_column_owners_outlive_growth) {
+  Forest f(1);
+  f.add_roots(std::vector<int32_t>{5}, std::vector<int64_t>{0, 1});
+  f.backup(std::vector<int32_t>{0}, std::vector<float>{1.0f}, 1.0);
+  std::vector<ponder::ColumnRef> held = f.columns();  // like numpy views: they keep their buffers
+  Kids k({0}, {300}, std::vector<float>(300, 0.5f));
+  k.add(f);  // grows every column several times; shared buffers are copied, not reallocated
+  f.backup(std::vector<int32_t>{0}, std::vector<float>{1.0f}, 1.0);
+  const void* old_visits = nullptr;
+  for (const auto& c : held) {
+    CHECK_EQ(c.length, 1);
+    if (c.name == "visits") old_visits = c.data;
+    if (c.name == "visits") CHECK_EQ(*static_cast<const int32_t*>(c.data), 1);  // the old snapshot
+    if (c.name == "tokens") CHECK_EQ(*static_cast<const int32_t*>(c.data), 5);
+  }
+  CHECK_EQ(f.visits(0), 2);
+  for (const auto& c : f.columns())
+    if (c.name == "visits") CHECK(c.data != old_visits && c.length == 301);
+  held.clear();  // the old buffers go now; the next growth reallocates in place
+  Kids more({0}, {2000}, std::vector<float>(2000, 0.1f));
+  more.add(f);
+  CHECK_EQ(f.num_children(0), 2300);
+  CHECK_EQ(f.visits(0), 2);
 }
 
 PONDER_TEST(forest_errors_leave_forest_unchanged) {
