@@ -10,6 +10,10 @@
 
 namespace ponder {
 
+// The documented PUCT formula, evaluated in this order in double precision; tests/forest_model.py
+// and benchmarks/py_forest.py repeat the order so all three pick the same child even on near ties.
+// (Where a compiler fuses value_sum - virtual_loss * count into one FMA, the last bit can differ,
+// but only when that product is inexact, i.e. for a non-integral virtual_loss.)
 int32_t Forest::best_child_puct(int32_t n, const SelectParams& p) const {
   const double sqrt_parent = std::sqrt(static_cast<double>(std::max(visits_[n] + virtual_loss_[n], 1)));
   int32_t best = NO_NODE;
