@@ -82,8 +82,11 @@ PathBy parse_by(const std::string& by) {
 }
 
 py::dtype dtype_of(const ColumnRef& c) {
-  return py::dtype(detail::concat(c.kind == 'b' ? "?" : (c.kind == 'f' ? "f" : "i"),
-                                  c.kind == 'b' ? "" : std::to_string(c.itemsize)));
+  switch (c.kind) {
+    case 'b': return py::dtype::of<bool>();
+    case 'f': return c.itemsize == 8 ? py::dtype::of<double>() : py::dtype::of<float>();
+    default: return c.itemsize == 8 ? py::dtype::of<int64_t>() : py::dtype::of<int32_t>();
+  }
 }
 
 // A read-only numpy array over the column's buffer whose base owns that buffer.
@@ -92,7 +95,7 @@ py::array view_of(const ColumnRef& c) {
   py::capsule base(holder, [](void* p) { delete static_cast<std::shared_ptr<const void>*>(p); });
   py::array a(dtype_of(c), {static_cast<py::ssize_t>(c.length)}, {static_cast<py::ssize_t>(c.itemsize)},
               c.data, base);
-  a.attr("setflags")(py::arg("write") = false);
+  py::detail::array_proxy(a.ptr())->flags &= ~py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
   return a;
 }
 
@@ -222,12 +225,13 @@ void bind_forest(py::module_& m) {
              unlocked(s, [&](Forest& f) { f.set_terminal(n, fl); return 0; });
            },
            py::arg("nodes"), py::arg("flags"))
-      .def("column_names",
+      .def("views",
            [](PyForest& s) {
-             std::vector<std::string> names;
-             for (const auto& c : locked(s, [](Forest& f) { return f.columns(); })) names.push_back(c.name);
-             return names;
-           })
+             py::dict out;
+             for (const auto& c : locked(s, [](Forest& f) { return f.columns(); })) out[py::str(c.name)] = view_of(c);
+             return out;
+           },
+           "Every array as a read-only zero-copy view (see view), in one call.")
       .def("view",
            [](PyForest& s, const std::string& name) {
              for (const auto& c : locked(s, [](Forest& f) { return f.columns(); }))

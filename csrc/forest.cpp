@@ -23,16 +23,6 @@ std::string where(const char* arg, int64_t index) {
   return index < 0 ? std::string(arg) : detail::concat(arg, "[", index, "]");
 }
 
-template <typename T>
-void check_finite(const char* arg, Span<T> xs) {
-  for (int64_t i = 0; i < xs.size; ++i)
-    PONDER_CHECK_ARG(std::isfinite(xs[i]), arg, "[", i, "]=", xs[i], " is not finite; expected a finite number");
-}
-
-void check_len(const char* arg, int64_t got, const char* what, int64_t want) {
-  PONDER_CHECK_ARG(got == want, arg, " has length ", got, " but ", what, " is ", want);
-}
-
 }  // namespace
 
 Forest::Forest(int64_t initial_capacity) {
@@ -86,8 +76,21 @@ void Forest::check_root(const char* arg, int64_t index, int32_t node) const {
                    " is not a root (its parent is ", parent_[node], ")");
 }
 
+void Forest::check_finite(const char* arg, Span<float> xs) {
+  for (int64_t i = 0; i < xs.size; ++i)
+    PONDER_CHECK_ARG(std::isfinite(xs[i]), arg, "[", i, "]=", xs[i], " is not finite; expected a finite number");
+}
+
+void Forest::check_len(const char* arg, int64_t got, const char* what, int64_t want) {
+  PONDER_CHECK_ARG(got == want, arg, " has length ", got, " but ", what, " is ", want);
+}
+
 void Forest::check_nodes(const char* arg, Span<int32_t> nodes) const {
-  for (int64_t i = 0; i < nodes.size; ++i) check_node(arg, i, nodes[i]);
+  for (int64_t i = 0; i < nodes.size; ++i) {
+    if (i + kLookahead < nodes.size && nodes[i + kLookahead] >= 0 && nodes[i + kLookahead] < num_nodes_)
+      PONDER_PREFETCH(&alive_[nodes[i + kLookahead]]);  // batches of scattered leaves
+    check_node(arg, i, nodes[i]);
+  }
 }
 
 void Forest::check_indptr(const char* arg, Span<int64_t> indptr, int64_t rows, int64_t num_tokens) const {
@@ -168,8 +171,8 @@ std::vector<int32_t> Forest::add_children(const ChildBatch& b) {
     c += b.counts[i];
   }
   PONDER_CHECK_ARG(num_nodes_ + c <= kMaxNodes, "adding ", c, " children exceeds the node limit ", kMaxNodes);
+  check_nodes("parents", b.parents);
   for (int64_t i = 0; i < m; ++i) {
-    check_node("parents", i, b.parents[i]);
     PONDER_CHECK_ARG(!terminal_[b.parents[i]], "parents[", i, "]: node ", b.parents[i],
                      " is terminal and cannot get children");
   }
@@ -200,39 +203,59 @@ std::vector<int32_t> Forest::add_children(const ChildBatch& b) {
 
   reserve_nodes(c);
   reserve_tokens(b.tokens.size);
-  std::vector<int32_t> ids(c);
-  int64_t j = 0;
-  for (int64_t i = 0; i < m; ++i) {
-    for (int32_t k = 0; k < b.counts[i]; ++k, ++j) {
-      const int64_t lo = b.tokens_indptr[j];
-      const int32_t id = new_node(b.parents[i], b.tokens.data + lo, b.tokens_indptr[j + 1] - lo);
-      prior_[id] = b.priors[j];
-      const float reward = b.rewards ? (*b.rewards)[j] : 0.0f;
-      reward_[id] = reward;
-      path_score_[id] = b.path_scores ? (*b.path_scores)[j] : reward;
-      terminal_[id] = b.terminal ? (*b.terminal)[j] : false;
-      page_seq_[id] = b.page_seqs ? (*b.page_seqs)[j] : NO_PAGES;
-      ids[j] = id;
-    }
+  // Children take ids base .. base + c - 1 in order. Fields are written column by column (one
+  // sequential stream at a time), then each parent's group is linked in.
+  const int64_t base = num_nodes_, end = base + c;
+  const auto fill = [&](auto& col, auto value) { std::fill(col.data() + base, col.data() + end, value); };
+  const auto copy = [&](auto& col, const auto* src) { std::copy(src, src + c, col.data() + base); };
+  fill(first_child_, NO_NODE);
+  fill(last_child_, NO_NODE);
+  fill(num_children_, 0);
+  fill(visits_, 0);
+  fill(virtual_loss_, 0);
+  fill(value_sum_, 0.0);
+  fill(alive_, true);
+  fill(pending_, false);
+  copy(prior_, b.priors.data);
+  b.rewards ? copy(reward_, b.rewards->data) : fill(reward_, 0.0f);
+  copy(path_score_, b.path_scores ? b.path_scores->data : reward_.data() + base);
+  b.terminal ? copy(terminal_, b.terminal->data) : fill(terminal_, false);
+  b.page_seqs ? copy(page_seq_, b.page_seqs->data) : fill(page_seq_, NO_PAGES);
+  for (int64_t j = 0; j < c; ++j) {
+    token_offset_[base + j] = num_tokens_ + b.tokens_indptr[j];
+    token_len_[base + j] = static_cast<int32_t>(b.tokens_indptr[j + 1] - b.tokens_indptr[j]);
   }
-  return ids;
-}
+  std::copy(b.tokens.data, b.tokens.data + b.tokens.size, tokens_.data() + num_tokens_);
+  num_tokens_ += b.tokens.size;
 
-// Depth-first preorder over the subtree at start, children in sibling order, without a stack:
-// after a node's subtree, continue at its next sibling or at the next sibling of an ancestor.
-template <typename F>
-void Forest::preorder(int32_t start, F&& visit) const {
-  int32_t n = start;
-  while (true) {
-    visit(n);
-    if (first_child_[n] != NO_NODE) {
-      n = first_child_[n];
-      continue;
+  auto id = static_cast<int32_t>(base);
+  for (int64_t i = 0; i < m; ++i) {
+    if (i + kLookahead < m) {  // parents are scattered: fetch what linking a group touches ahead
+      const int32_t ahead = b.parents[i + kLookahead];
+      PONDER_PREFETCH(&last_child_[ahead]);
+      PONDER_PREFETCH(&depth_[ahead]);
+      PONDER_PREFETCH(&tree_[ahead]);
+      PONDER_PREFETCH(&num_children_[ahead]);
     }
-    while (n != start && next_sibling_[n] == NO_NODE) n = parent_[n];
-    if (n == start) return;
-    n = next_sibling_[n];
+    const int32_t p = b.parents[i], n = b.counts[i], last = id + n - 1;
+    std::fill(parent_.data() + id, parent_.data() + id + n, p);
+    std::fill(depth_.data() + id, depth_.data() + id + n, depth_[p] + 1);
+    std::fill(tree_.data() + id, tree_.data() + id + n, tree_[p]);
+    for (int32_t x = id; x < last; ++x) next_sibling_[x] = x + 1;
+    next_sibling_[last] = NO_NODE;
+    if (last_child_[p] == NO_NODE)
+      first_child_[p] = id;
+    else
+      next_sibling_[last_child_[p]] = id;
+    last_child_[p] = last;
+    num_children_[p] += n;
+    id = last + 1;
   }
+  num_nodes_ = end;
+  num_alive_ += c;
+  std::vector<int32_t> ids(c);
+  for (int64_t j = 0; j < c; ++j) ids[j] = static_cast<int32_t>(base + j);
+  return ids;
 }
 
 std::vector<int32_t> Forest::release(int32_t node) {
@@ -263,209 +286,6 @@ std::vector<int32_t> Forest::release(int32_t node) {
     --num_children_[p];
   }
   return pages;
-}
-
-int32_t Forest::best_child_puct(int32_t n, const SelectParams& p) const {
-  const double sqrt_parent = std::sqrt(static_cast<double>(std::max(visits_[n] + virtual_loss_[n], 1)));
-  int32_t best = NO_NODE;
-  double best_score = 0.0;
-  for (int32_t c = first_child_[n]; c != NO_NODE; c = next_sibling_[c]) {
-    const int32_t n_eff = visits_[c] + virtual_loss_[c];
-    const double q = n_eff > 0 ? (value_sum_[c] - p.virtual_loss * virtual_loss_[c]) / n_eff : p.fpu;
-    const double u = p.c_puct * static_cast<double>(prior_[c]) * sqrt_parent / (1.0 + n_eff);
-    const double score = q + u;
-    if (best == NO_NODE || score > best_score) {
-      best = c;
-      best_score = score;
-    }
-  }
-  return best;
-}
-
-void Forest::add_virtual_loss(int32_t leaf, int32_t delta) {
-  for (int32_t a = leaf; a != NO_PARENT; a = parent_[a]) virtual_loss_[a] += delta;
-}
-
-void Forest::select(Span<int32_t> roots, const SelectParams& p, int32_t* out) {
-  PONDER_CHECK_ARG(p.leaves_per_tree >= 1, "leaves_per_tree=", p.leaves_per_tree, " must be >= 1");
-  PONDER_CHECK_ARG(std::isfinite(p.c_puct) && p.c_puct >= 0, "c_puct=", p.c_puct, " must be finite and >= 0");
-  PONDER_CHECK_ARG(std::isfinite(p.virtual_loss) && p.virtual_loss >= 0, "virtual_loss=", p.virtual_loss,
-                   " must be finite and >= 0");
-  PONDER_CHECK_ARG(std::isfinite(p.fpu), "fpu=", p.fpu, " must be finite");
-  PONDER_CHECK_ARG(std::isfinite(p.pw_k) && p.pw_k >= 0, "pw_k=", p.pw_k, " must be finite and >= 0");
-  PONDER_CHECK_ARG(p.pw_alpha >= 0 && p.pw_alpha <= 1, "pw_alpha=", p.pw_alpha, " must lie in [0, 1]");
-  for (int64_t i = 0; i < roots.size; ++i) check_root("roots", i, roots[i]);
-
-  const int32_t k = p.leaves_per_tree;
-  std::fill(out, out + roots.size * k, NO_NODE);
-  for (int64_t r = 0; r < roots.size; ++r) {
-    for (int32_t j = 0; j < k; ++j) {
-      int32_t n = roots[r];
-      while (!terminal_[n] && num_children_[n] > 0) {
-        if (p.pw_k > 0 &&
-            num_children_[n] < p.pw_k * std::pow(static_cast<double>(std::max(visits_[n], 1)), p.pw_alpha))
-          break;  // progressive widening: n may take another child before it is descended
-        n = best_child_puct(n, p);
-      }
-      if (pending_[n]) break;  // the tree has no distinct leaf left for this call
-      pending_[n] = true;
-      add_virtual_loss(n, 1);
-      out[r * k + j] = n;
-    }
-  }
-}
-
-void Forest::backup(Span<int32_t> nodes, Span<float> values, double discount) {
-  check_len("values", values.size, "len(nodes)", nodes.size);
-  PONDER_CHECK_ARG(discount > 0 && discount <= 1, "discount=", discount, " must lie in (0, 1]");
-  check_nodes("nodes", nodes);
-  check_finite("values", values);
-  for (int64_t i = 0; i < nodes.size; ++i) {
-    const int32_t n = nodes[i];
-    const int32_t vl = pending_[n] ? 1 : 0;
-    pending_[n] = false;
-    double v = values[i];
-    for (int32_t a = n; a != NO_PARENT; a = parent_[a]) {
-      visits_[a] += 1;
-      value_sum_[a] += v;
-      virtual_loss_[a] -= vl;
-      v *= discount;
-    }
-  }
-}
-
-void Forest::cancel(Span<int32_t> nodes) {
-  check_nodes("nodes", nodes);
-  for (int64_t i = 0; i < nodes.size; ++i) {
-    const int32_t n = nodes[i];
-    if (!pending_[n]) continue;
-    pending_[n] = false;
-    add_virtual_loss(n, -1);
-  }
-}
-
-double Forest::key_of(int32_t n, TopKKey key) const {
-  switch (key) {
-    case TopKKey::kPathScore: return path_score_[n];
-    case TopKKey::kReward: return reward_[n];
-    case TopKKey::kPrior: return prior_[n];
-    case TopKKey::kVisits: return visits_[n];
-    case TopKKey::kValue:
-      return visits_[n] > 0 ? value_sum_[n] / visits_[n] : -std::numeric_limits<double>::infinity();
-  }
-  throw_invalid("unknown top_k key");
-}
-
-std::vector<int32_t> Forest::top_k(Span<int32_t> frontier, int32_t k, TopKKey key, bool by_tree) const {
-  PONDER_CHECK_ARG(k >= 1, "k=", k, " must be >= 1");
-  check_nodes("frontier", frontier);
-  {
-    std::vector<int32_t> sorted(frontier.data, frontier.data + frontier.size);
-    std::sort(sorted.begin(), sorted.end());
-    const auto dup = std::adjacent_find(sorted.begin(), sorted.end());
-    PONDER_CHECK_ARG(dup == sorted.end(), "frontier contains node ", dup == sorted.end() ? 0 : *dup,
-                     " more than once");
-  }
-  struct Item {
-    double key;
-    int32_t node;
-  };
-  // Groups in order of first appearance; a single group when not by_tree.
-  std::unordered_map<int32_t, int32_t> group_of;
-  std::vector<std::vector<Item>> groups;
-  for (int64_t i = 0; i < frontier.size; ++i) {
-    const int32_t n = frontier[i];
-    const int32_t t = by_tree ? tree_[n] : 0;
-    auto it = group_of.find(t);
-    if (it == group_of.end()) {
-      it = group_of.emplace(t, static_cast<int32_t>(groups.size())).first;
-      groups.emplace_back();
-    }
-    groups[it->second].push_back({key_of(n, key), n});
-  }
-  const auto better = [](const Item& a, const Item& b) {
-    return a.key > b.key || (a.key == b.key && a.node < b.node);
-  };
-  std::vector<int32_t> out;
-  for (auto& g : groups) {
-    const auto take = std::min<size_t>(g.size(), static_cast<size_t>(k));
-    std::partial_sort(g.begin(), g.begin() + take, g.end(), better);
-    for (size_t i = 0; i < take; ++i) out.push_back(g[i].node);
-  }
-  return out;
-}
-
-std::vector<int32_t> Forest::best_path(int32_t root, PathBy by) const {
-  check_root("root", -1, root);
-  std::vector<int32_t> path;
-  if (by == PathBy::kScore) {
-    int32_t best_terminal = NO_NODE, best_leaf = NO_NODE;
-    const auto better = [&](int32_t a, int32_t b) {  // b is NO_NODE or an earlier candidate
-      return b == NO_NODE || path_score_[a] > path_score_[b] || (path_score_[a] == path_score_[b] && a < b);
-    };
-    preorder(root, [&](int32_t n) {
-      if (terminal_[n] && better(n, best_terminal)) best_terminal = n;
-      if (num_children_[n] == 0 && better(n, best_leaf)) best_leaf = n;
-    });
-    for (int32_t n = best_terminal != NO_NODE ? best_terminal : best_leaf; n != NO_PARENT; n = parent_[n])
-      path.push_back(n);
-    std::reverse(path.begin(), path.end());
-    return path;
-  }
-  const double neg_inf = -std::numeric_limits<double>::infinity();
-  const auto mean = [&](int32_t c) { return visits_[c] > 0 ? value_sum_[c] / visits_[c] : neg_inf; };
-  int32_t n = root;
-  path.push_back(n);
-  while (first_child_[n] != NO_NODE) {
-    int32_t best = first_child_[n];
-    for (int32_t c = next_sibling_[best]; c != NO_NODE; c = next_sibling_[c]) {
-      if (by == PathBy::kVisits) {
-        if (visits_[c] > visits_[best] || (visits_[c] == visits_[best] && mean(c) > mean(best))) best = c;
-      } else if (visits_[c] > 0 && (visits_[best] == 0 || mean(c) > mean(best))) {
-        best = c;
-      }
-    }
-    n = best;
-    path.push_back(n);
-  }
-  return path;
-}
-
-std::vector<int32_t> Forest::frontier(Span<int32_t> roots) const {
-  for (int64_t i = 0; i < roots.size; ++i) check_root("roots", i, roots[i]);
-  std::vector<int32_t> out;
-  for (int64_t i = 0; i < roots.size; ++i)
-    preorder(roots[i], [&](int32_t n) {
-      if (num_children_[n] == 0 && !terminal_[n]) out.push_back(n);
-    });
-  return out;
-}
-
-std::vector<int32_t> Forest::node_tokens(int32_t node) const {
-  check_node("node", -1, node);
-  const int32_t* t = tokens_.data() + token_offset_[node];
-  return std::vector<int32_t>(t, t + token_len_[node]);
-}
-
-std::vector<int32_t> Forest::path_tokens(int32_t node) const {
-  check_node("node", -1, node);
-  int64_t total = 0;
-  for (int32_t a = node; a != NO_PARENT; a = parent_[a]) total += token_len_[a];
-  std::vector<int32_t> out(total);
-  int64_t end = total;  // fill back to front: the walk visits node first, root last
-  for (int32_t a = node; a != NO_PARENT; a = parent_[a]) {
-    end -= token_len_[a];
-    std::copy(tokens_.data() + token_offset_[a], tokens_.data() + token_offset_[a] + token_len_[a],
-              out.begin() + end);
-  }
-  return out;
-}
-
-std::vector<int32_t> Forest::children(int32_t node) const {
-  check_node("node", -1, node);
-  std::vector<int32_t> out;
-  for (int32_t c = first_child_[node]; c != NO_NODE; c = next_sibling_[c]) out.push_back(c);
-  return out;
 }
 
 void Forest::set_path_scores(Span<int32_t> nodes, Span<float> values) {

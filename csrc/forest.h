@@ -11,10 +11,20 @@
 #pragma once
 
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <memory>
+#include <new>
 #include <optional>
 #include <string>
+#include <type_traits>
 #include <vector>
+
+#if defined(__GNUC__) || defined(__clang__)
+#define PONDER_PREFETCH(addr) __builtin_prefetch(addr)
+#else
+#define PONDER_PREFETCH(addr) ((void)(addr))
+#endif
 
 namespace ponder {
 
@@ -33,9 +43,16 @@ struct Span {
   const T& operator[](int64_t i) const { return data[i]; }
 };
 
-// Growable array in a shared buffer. Growth allocates a new buffer and copies the used prefix.
+// Growable array in a shared buffer. A buffer no view shares grows in place (realloc, which can
+// remap pages instead of copying); a shared one is copied into a new buffer and left to its views.
 template <typename T>
 class Column {
+  static_assert(std::is_trivially_copyable<T>::value, "columns hold plain values");
+  struct Block {
+    T* data = nullptr;
+    ~Block() { std::free(data); }
+  };
+
  public:
   T* data() { return ptr_; }
   const T* data() const { return ptr_; }
@@ -44,15 +61,24 @@ class Column {
   int64_t capacity() const { return cap_; }
   std::shared_ptr<const void> owner() const { return buf_; }
   void grow(int64_t new_cap, int64_t used) {
-    std::shared_ptr<T> fresh(new T[new_cap], std::default_delete<T[]>());
-    for (int64_t i = 0; i < used; ++i) fresh.get()[i] = ptr_[i];
-    buf_ = std::move(fresh);
-    ptr_ = buf_.get();
+    const size_t bytes = static_cast<size_t>(new_cap) * sizeof(T);
+    if (buf_ && buf_.use_count() == 1) {
+      T* p = static_cast<T*>(std::realloc(buf_->data, bytes));
+      if (p == nullptr) throw std::bad_alloc();
+      buf_->data = p;
+    } else {
+      auto fresh = std::make_shared<Block>();
+      fresh->data = static_cast<T*>(std::malloc(bytes));
+      if (fresh->data == nullptr) throw std::bad_alloc();
+      if (used > 0) std::memcpy(fresh->data, ptr_, static_cast<size_t>(used) * sizeof(T));
+      buf_ = std::move(fresh);
+    }
+    ptr_ = buf_->data;
     cap_ = new_cap;
   }
 
  private:
-  std::shared_ptr<T> buf_;
+  std::shared_ptr<Block> buf_;
   T* ptr_ = nullptr;
   int64_t cap_ = 0;
 };
@@ -145,6 +171,11 @@ class Forest {
   int32_t tree(int32_t n) const { return tree_[n]; }
 
  private:
+  // How many items ahead batched loops prefetch: enough to cover a miss (~100 ns) at ~10-20 ns per item.
+  static constexpr int64_t kLookahead = 8;
+
+  static void check_finite(const char* arg, Span<float> xs);
+  static void check_len(const char* arg, int64_t got, const char* what, int64_t want);
   void reserve_nodes(int64_t extra);
   void reserve_tokens(int64_t extra);
   int32_t new_node(int32_t parent, const int32_t* toks, int64_t ntok);
@@ -154,6 +185,9 @@ class Forest {
   void check_nodes(const char* arg, Span<int32_t> nodes) const;
   void check_indptr(const char* arg, Span<int64_t> indptr, int64_t rows, int64_t num_tokens) const;
   int32_t best_child_puct(int32_t n, const SelectParams& p) const;
+  bool is_leaf(int32_t n, const SelectParams& p) const;
+  void prefetch_node(int32_t n) const;
+  void prefetch_children(int32_t n) const;
   void add_virtual_loss(int32_t leaf, int32_t delta);
   double key_of(int32_t n, TopKKey key) const;
   template <typename F>
@@ -171,5 +205,22 @@ class Forest {
   Column<bool> terminal_, alive_, pending_;
   Column<int32_t> tokens_;
 };
+
+// Depth-first preorder over the subtree at start, children in sibling order, without a stack:
+// after a node's subtree, continue at its next sibling or at the next sibling of an ancestor.
+template <typename F>
+void Forest::preorder(int32_t start, F&& visit) const {
+  int32_t n = start;
+  while (true) {
+    visit(n);
+    if (first_child_[n] != NO_NODE) {
+      n = first_child_[n];
+      continue;
+    }
+    while (n != start && next_sibling_[n] == NO_NODE) n = parent_[n];
+    if (n == start) return;
+    n = next_sibling_[n];
+  }
+}
 
 }  // namespace ponder

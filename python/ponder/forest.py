@@ -51,6 +51,8 @@ def _vector(name: str, x) -> np.ndarray:
 
 def _int32(name: str, x, *, ids: bool) -> np.ndarray:
     a = _vector(name, x)
+    if a.dtype == np.int32:  # already in range: skip the min/max passes
+        return np.ascontiguousarray(a)
     if a.size == 0:
         return np.empty(0, np.int32)
     if a.dtype.kind not in "iu":
@@ -74,13 +76,15 @@ def _indptr(name: str, x) -> np.ndarray:
 
 def _float32(name: str, x, n: Optional[int] = None, what: str = "sum(counts)") -> np.ndarray:
     a = _vector(name, x)
-    if a.size and a.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
-    with np.errstate(over="ignore"):
-        out = np.ascontiguousarray(a, dtype=np.float32)
-    bad = np.flatnonzero(~np.isfinite(out))
-    if bad.size:
-        i = int(bad[0])
+    if a.dtype == np.float32:
+        out = np.ascontiguousarray(a)
+    else:
+        if a.size and a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        with np.errstate(over="ignore"):  # overflow to inf is reported below, naming the entry
+            out = np.ascontiguousarray(a, dtype=np.float32)
+    if not np.isfinite(out).all():
+        i = int(np.flatnonzero(~np.isfinite(out))[0])
         raise ValueError(f"{name}[{i}]={a[i]} is not finite as float32; expected a finite number")
     _check_len(name, out, n, what)
     return out
@@ -356,7 +360,7 @@ class Forest:
     # --- export --------------------------------------------------------------------------------
     def arrays(self) -> Dict[str, np.ndarray]:
         """Every array as a read-only zero-copy view (see the class docstring on staleness)."""
-        return {name: self._core.view(name) for name in self._core.column_names()}
+        return self._core.views()
 
     def export(self) -> Dict[str, np.ndarray]:
         """Every array as an owned copy (for JSON / DOT / training-data export)."""
