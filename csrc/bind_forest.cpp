@@ -211,6 +211,13 @@ void bind_forest(py::module_& m) {
              unlocked(s, [&](Forest& f) { f.set_rewards(n, v); return 0; });
            },
            py::arg("nodes"), py::arg("values"))
+      .def("set_priors",
+           [](PyForest& s, const Arr<int32_t>& nodes, const Arr<float>& values) {
+             auto n = span("nodes", nodes);
+             auto v = span("values", values);
+             unlocked(s, [&](Forest& f) { f.set_priors(n, v); return 0; });
+           },
+           py::arg("nodes"), py::arg("values"))
       .def("set_page_seqs",
            [](PyForest& s, const Arr<int32_t>& nodes, const Arr<int32_t>& seqs) {
              auto n = span("nodes", nodes);

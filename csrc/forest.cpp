@@ -302,6 +302,15 @@ void Forest::set_rewards(Span<int32_t> nodes, Span<float> values) {
   for (int64_t i = 0; i < nodes.size; ++i) reward_[nodes[i]] = values[i];
 }
 
+void Forest::set_priors(Span<int32_t> nodes, Span<float> values) {
+  check_len("values", values.size, "len(nodes)", nodes.size);
+  check_nodes("nodes", nodes);
+  check_finite("values", values);
+  for (int64_t i = 0; i < nodes.size; ++i)
+    PONDER_CHECK_ARG(values[i] >= 0.0f, "values[", i, "]=", values[i], " is a negative prior; expected >= 0");
+  for (int64_t i = 0; i < nodes.size; ++i) prior_[nodes[i]] = values[i];
+}
+
 void Forest::set_page_seqs(Span<int32_t> nodes, Span<int32_t> seqs) {
   check_len("seqs", seqs.size, "len(nodes)", nodes.size);
   check_nodes("nodes", nodes);

@@ -142,6 +142,7 @@ class Forest {
   // Batched setters.
   void set_path_scores(Span<int32_t> nodes, Span<float> values);
   void set_rewards(Span<int32_t> nodes, Span<float> values);
+  void set_priors(Span<int32_t> nodes, Span<float> values);
   void set_page_seqs(Span<int32_t> nodes, Span<int32_t> seqs);
   void set_terminal(Span<int32_t> nodes, Span<bool> flags);
 

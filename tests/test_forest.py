@@ -458,3 +458,21 @@ def test_concurrent_calls_are_serialised():
     assert f.visits[roots].tolist() == [1 + 2 * 199] * len(roots)
     assert f.num_nodes - len(roots) == 2 * f.visits[roots].sum()  # two children per backed-up leaf
     assert not f.pending.any() and not f.virtual_loss.any()
+
+
+def test_set_priors_changes_puct_choice_and_validates():
+    f = Forest()
+    root = f.add_root([1])
+    a, b = f.add_children([root], [2], [0.9, 0.1], [2, 3], [0, 1, 2]).tolist()
+    f.backup([a, b], [0.5, 0.5])
+    # equal Q, so the prior decides: 0.9 vs 0.1 picks a; after swapping the priors b wins
+    assert f.select([root], 1, 1.0, 0.0, 0.0)[0, 0] == a
+    f.cancel([a])
+    f.set_priors([a, b], [0.1, 0.9])
+    np.testing.assert_allclose(f.prior[[a, b]], [0.1, 0.9])
+    assert f.select([root], 1, 1.0, 0.0, 0.0)[0, 0] == b
+    with pytest.raises(ValueError, match="negative prior"):
+        f.set_priors([a], [-0.5])
+    with pytest.raises(ValueError, match="not finite"):
+        f.set_priors([a], [float("nan")])
+    np.testing.assert_allclose(f.prior[[a, b]], [0.1, 0.9])  # unchanged after the refusals

@@ -179,3 +179,17 @@ def test_budget_that_can_never_stop_is_refused():
         Budget(converge_tol=0.01, converge_patience=3, stop_on_verified=True)
     with pytest.raises(ValueError, match="go together"):
         Budget(max_iterations=3, converge_tol=0.1)
+
+
+def test_root_dirichlet_noise_is_seeded_and_keeps_a_distribution():
+    def priors(seed):
+        fake = FakePolicy(by_index=(0.5,), max_depth=4)
+        ponder.mcts(["12"], fake, budget=Budget(max_iterations=1), num_children=4, dirichlet_alpha=0.3,
+                    dirichlet_eps=0.5, seed=seed, progress=False)
+        return np.asarray(fake.forest.prior)[fake.forest.children(0)]
+
+    p0 = priors(0)
+    np.testing.assert_allclose(p0.sum(), 1.0, rtol=1e-5)
+    assert not np.allclose(p0, 0.25)  # the fake's priors are uniform; the noise moved them
+    np.testing.assert_array_equal(p0, priors(0))
+    assert not np.array_equal(p0, priors(1))

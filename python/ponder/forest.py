@@ -345,6 +345,11 @@ class Forest:
         n = _int32("nodes", nodes, ids=True)
         self._core.set_rewards(n, _float32("values", values, n.size, "len(nodes)"))
 
+    def set_priors(self, nodes: ArrayLike, values: ArrayLike) -> None:
+        """prior[nodes[i]] = values[i] (finite, >= 0), in order (e.g. root Dirichlet noise)."""
+        n = _int32("nodes", nodes, ids=True)
+        self._core.set_priors(n, _float32("values", values, n.size, "len(nodes)"))
+
     def set_page_seqs(self, nodes: ArrayLike, seqs: ArrayLike) -> None:
         """page_seq[nodes[i]] = seqs[i] (a handle >= 0 or NO_PAGES), in order."""
         n = _int32("nodes", nodes, ids=True)
