@@ -51,11 +51,12 @@ def _save_tiny(family: str, path, seed: int = 0):
         for name, p in model.named_parameters():
             noise = torch.randn(p.shape, generator=gen)
             p.copy_(1.0 + 0.2 * noise if "norm" in name else 0.3 * noise)
-        # Point EOS's output row along the mean final hidden state, so its logit sits near
-        # EOS_LOGIT and EOS is among the top few tokens at many steps: beams end at all lengths.
+        # Tilt the output rows of EOS and SECOND_EOS toward the mean final hidden state, which
+        # lifts their logits by about EOS_LOGIT: they are among the top few tokens at many steps,
+        # so beams end at all lengths and several candidates of a step can end at once.
         sample = torch.randint(0, VOCAB, (8, 12), generator=gen)
         mean = model.model(sample).last_hidden_state.mean(dim=(0, 1))
-        model.get_output_embeddings().weight[EOS] = EOS_LOGIT * mean / mean.dot(mean)
+        model.get_output_embeddings().weight[[EOS, SECOND_EOS]] += EOS_LOGIT * mean / mean.dot(mean)
     model.save_pretrained(str(path))
     return model
 
@@ -104,6 +105,7 @@ def assert_all_pages_returned(eng):
 CASES = [  # num_beams, length_penalty, early_stopping, num_return_sequences
     (1, 1.0, False, 1),
     (1, 0.5, True, 1),
+    (1, 2.0, "never", 1),  # beam search with W=1 would go on past the first EOS; greedy stops
     (2, 0.0, True, 2),
     (3, -1.0, False, 2),
     (4, 1.0, False, 3),
@@ -142,12 +144,15 @@ def test_eos_ends_beams_early(pair):
         assert_matches(out, hf_generate(hf, prompt, cfg))
 
 
-@pytest.mark.parametrize("W", [1, 3])
+@pytest.mark.parametrize("W", [1, 2, 3])
 def test_several_eos_tokens(pair, W):
-    """Two EOS tokens widen the candidate set to 3 W per step, as in transformers."""
+    """Two EOS tokens widen the candidate set to 3 W per step, as in transformers. With both
+    likely, often fewer than W of the best 2 W candidates go on; es="never" with lp > 0 keeps
+    those prompts searching to the end, so a 2 W candidate set changes the results."""
     hf, model = pair
     eos = (EOS, SECOND_EOS)
-    cfg = TokenBeamConfig(num_beams=W, max_new_tokens=MAX_NEW, num_return_sequences=W, eos_token_ids=eos)
+    cfg = TokenBeamConfig(num_beams=W, max_new_tokens=14, length_penalty=2.0, early_stopping="never",
+                          num_return_sequences=W, eos_token_ids=eos)
     outs = token_beam_search(_engine(model), PROMPTS, cfg)
     for prompt, out in zip(PROMPTS, outs):
         assert_matches(out, hf_generate(hf, prompt, cfg, eos=eos))
@@ -268,3 +273,20 @@ def test_bad_call_arguments(pair):
     again = token_beam_search(eng, PROMPTS, ok)
     fresh = token_beam_search(_engine(model), PROMPTS, ok)
     assert [s.tolist() for o in again for s in o.sequences] == [s.tolist() for o in fresh for s in o.sequences]
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(pair):
+    _, model = pair
+    cfg = TokenBeamConfig(num_beams=4, max_new_tokens=MAX_NEW, length_penalty=0.5, num_return_sequences=2)
+    on_cpu = token_beam_search(_engine(model), PROMPTS, cfg)
+    eng = _engine(model.to("cuda"))
+    try:
+        on_gpu = token_beam_search(eng, PROMPTS, cfg)
+    finally:
+        model.to("cpu")  # the module-scoped model is shared with the CPU tests
+    for a, b in zip(on_cpu, on_gpu):
+        assert [s.tolist() for s in a.sequences] == [s.tolist() for s in b.sequences]
+        # fp32 CUDA vs CPU matmuls (TF32 off by default for matmul) differ by summation order only
+        np.testing.assert_allclose(a.sequence_scores, b.sequence_scores, **SCORE_TOL)
+    assert_all_pages_returned(eng)

@@ -12,15 +12,14 @@ num_eos) * W``):
    candidates; keep the best ``K`` (beam ``w``, token ``v`` is candidate ``w * V + v``). At ``t = 0``
    only beam 0 is real; the other ``W - 1`` hold the prompt with score ``-1e9``, as in transformers.
 2. a candidate ends its hypothesis when its token is an EOS token or ``t + 1 == n``; the best ``W``
-   candidates that did not end become the running beams (when fewer than ``W`` did not end, ended
-   ones fill up with ``-1e9`` added, as in transformers).
+   candidates that did not end become the running beams (before step ``n - 1`` there are always
+   ``W`` of them: a beam adds at most ``num_eos`` ended candidates to the ``K``).
 3. ended candidates among the first ``W`` of the ``K`` join the ``W`` finished hypotheses with
-   score ``sum_logprob / (t + 1) ** lp``; the best ``W`` of old and new stay. No candidate joins
-   once all ``W`` are finished with ``es=True``, or once the stopping heuristic says the running
-   beams cannot improve: the best running sum divided by ``(t + 1) ** lp`` (by ``n ** lp`` when
-   ``es="never"`` and ``lp > 0``) is not above the worst finished score while all ``W`` finished.
-4. the prompt stops when that heuristic has fired, when ``es=True`` and all ``W`` finished, or
-   when every candidate ended (``t + 1 == n``). The best ``r`` finished hypotheses are returned.
+   score ``sum_logprob / (t + 1) ** lp``; the best ``W`` of old and new stay.
+4. the prompt stops when every candidate ended (``t + 1 == n``), when ``es=True`` and all ``W``
+   slots hold finished hypotheses, or when all ``W`` do and the best running sum divided by
+   ``(t + 1) ** lp`` (by ``n ** lp`` when ``es="never"`` and ``lp > 0``) is not above the worst
+   finished score. The best ``r`` finished hypotheses are returned.
 
 Supported settings: ``num_beams >= 1`` (``num_beams=1`` is greedy decoding, which is what
 transformers runs for it; transformers reports no ``sequences_scores`` there, and this returns
@@ -138,8 +137,7 @@ class _Beams:
 
     run_scores [B, W] fp32 and run_tokens [B, W, n] int64: running beams (log-prob sums, tokens);
     fin_scores / fin_tokens / fin_len / fin_flag [B, W]: finished hypotheses, best first
-    (fin_flag False marks a slot no hypothesis filled yet); heur [B, 1] bool: the stopping
-    heuristic still allows improvement.
+    (fin_flag False marks a slot no hypothesis filled yet).
     """
 
     def __init__(self, num_prompts: int, cfg: TokenBeamConfig, eos: torch.Tensor, device: torch.device):
@@ -154,7 +152,6 @@ class _Beams:
         self.fin_tokens = torch.zeros(B, W, n, dtype=torch.int64, device=device)
         self.fin_len = torch.zeros(B, W, dtype=torch.int64, device=device)
         self.fin_flag = torch.zeros(B, W, dtype=torch.bool, device=device)
-        self.heur = torch.ones(B, 1, dtype=torch.bool, device=device)
 
     def greedy_step(self, rows: torch.Tensor, logits: torch.Tensor, t: int):
         """logits [b, 1, V] -> (source beam [b, 1], token [b, 1], done [b])."""
@@ -193,16 +190,17 @@ class _Beams:
         self.run_scores[rows] = run_scores
         self.run_tokens[rows] = torch.take_along_dim(cand_tokens, keep[:, :, None], dim=1)
 
-        fin_flag, heur = self.fin_flag[rows], self.heur[rows]
         just = hits & self.top_mask[None, :]  # [b, K]
+        # transformers also adds -1e9 here for batch rows whose search is over (heuristic fired,
+        # or all W finished with es=True) but which keep stepping with the rest of the batch; such
+        # a prompt has left the batch here, so both terms would always be 0. For the same reason
+        # its heuristic flag needs no memory: a prompt still here has it set.
         cand = top_lp / ((t + 1) ** lp)
-        cand = cand + (fin_flag.all(dim=-1, keepdim=True) & (es is True)).to(torch.float32) * _NEG
-        cand = cand + (~heur).to(torch.float32) * _NEG
         cand = cand + (~just).to(torch.float32) * _NEG
         merged = torch.cat((self.fin_scores[rows], cand), dim=1)  # [b, W + K]
         pick = torch.topk(merged, W)[1]  # [b, W]
         fin_scores = merged.gather(1, pick)
-        fin_flag = torch.cat((fin_flag, just), dim=1).gather(1, pick)
+        fin_flag = torch.cat((self.fin_flag[rows], just), dim=1).gather(1, pick)
         lengths = torch.cat((self.fin_len[rows], torch.full_like(top_tok, t + 1)), dim=1)
         all_tokens = torch.cat((self.fin_tokens[rows], cand_tokens), dim=1)  # [b, W + K, n]
         self.fin_scores[rows], self.fin_flag[rows] = fin_scores, fin_flag
@@ -212,9 +210,8 @@ class _Beams:
         best_len = n if (es == "never" and lp > 0.0) else t + 1
         best_running = run_scores[:, :1] / (best_len ** lp)  # [b, 1]
         worst = torch.where(fin_flag, fin_scores.min(dim=1, keepdim=True)[0], _NEG)  # [b, W]
-        heur = heur & (best_running > worst).any(dim=-1, keepdim=True)
-        self.heur[rows] = heur
-        done = ~(heur[:, 0] & ~(fin_flag.all(dim=1) & (es is True)) & ~hits.all(dim=1))
+        improvable = (best_running > worst).any(dim=-1)  # [b]
+        done = ~(improvable & ~(fin_flag.all(dim=1) & (es is True)) & ~hits.all(dim=1))
         return top_src.gather(1, keep), top_tok.gather(1, keep), done
 
     def output(self, row: int, r: int) -> Tuple[List[np.ndarray], np.ndarray]:
@@ -246,19 +243,13 @@ class _Search:
             self.stats[p].kv_pages_peak = int(self.pt.pages(seq).size)
 
     def reseat(self, p: int, src: Sequence[int]) -> None:
-        """New running beams of prompt ``p`` continue old beams ``src``: the first continuation
-        of an owned beam takes its handle, later ones fork it; uncontinued beams are freed."""
+        """New running beams of prompt ``p`` continue old beams ``src``: each forks its source
+        (a refcount increment), then the old handles are freed, so a beam continued once ends up
+        alone on its pages again and one continued by none loses its pages at once."""
         old, owned = self.seqs[p], self.owned[p]
-        taken = [False] * len(old)
-        new = []
-        for s in src:
-            if owned[s] and not taken[s]:
-                taken[s] = True
-                new.append(old[s])
-            else:
-                new.append(self.pt.fork(old[s]))  # never allocates, so it cannot fail midway
-        for s, h in enumerate(old):
-            if owned[s] and not taken[s]:
+        new = [self.pt.fork(old[s]) for s in src]  # fork never allocates, so it cannot fail midway
+        for h, mine in zip(old, owned):
+            if mine:
                 self.pt.free(h)
         self.seqs[p], self.owned[p] = new, [True] * len(new)
 
