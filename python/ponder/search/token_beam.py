@@ -292,6 +292,7 @@ class _Search:
             src, tok, done = src.cpu().numpy(), tok.cpu().numpy(), done.cpu().numpy()
             for i, p in enumerate(active):
                 if done[i]:
+                    logger.debug("token beam search: prompt %d done after %d steps", p, t + 1)
                     self.drop(p)
                 else:
                     self.reseat(p, src[i].tolist())
