@@ -17,10 +17,13 @@ from ponder.search import (
     Budget,
     MCTSConfig,
     SearchResult,
+    TokenBeamConfig,
+    TokenBeamOutput,
     beam_search,
     best_of_n,
     mcts,
     search,
+    token_beam_search,
 )
 
 __all__ = [
@@ -37,6 +40,8 @@ __all__ = [
     "SamplingParams",
     "SearchResult",
     "StepStop",
+    "TokenBeamConfig",
+    "TokenBeamOutput",
     "TokenPairPRM",
     "ValueHead",
     "Verifier",
@@ -45,4 +50,5 @@ __all__ = [
     "best_of_n",
     "mcts",
     "search",
+    "token_beam_search",
 ]

@@ -18,11 +18,12 @@ from ponder.search.best_of_n import BestOfN, BestOfNConfig
 from ponder.search.budget import STOP_REASONS, Budget
 from ponder.search.mcts import MCTS, MCTSConfig
 from ponder.search.result import SearchResult
+from ponder.search.token_beam import TokenBeamConfig, TokenBeamOutput, token_beam_search
 
 ALGORITHMS = {"mcts": (MCTS, MCTSConfig), "beam_search": (BeamSearch, BeamConfig), "best_of_n": (BestOfN, BestOfNConfig)}
 
 __all__ = ["ALGORITHMS", "STOP_REASONS", "BeamConfig", "BestOfNConfig", "Budget", "MCTSConfig", "SearchResult",
-           "beam_search", "best_of_n", "mcts", "search"]
+           "TokenBeamConfig", "TokenBeamOutput", "beam_search", "best_of_n", "mcts", "search", "token_beam_search"]
 
 
 def _config(algorithm: str, config, options: dict):
