@@ -151,6 +151,26 @@ void bind_page_table(py::module_& m) {
       .def("allocate", &allocate, py::arg("tokens"))
       .def("fork", [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return t.fork(seq); }); },
            py::arg("seq"))
+      .def("fork_many",
+           [](BoundPageTable& self, const py::object& seqs) {
+             const Int32View s = int32_view(seqs, "seqs");
+             std::vector<int32_t> children;
+             {
+               py::gil_scoped_release nogil;
+               std::lock_guard<std::mutex> lock(self.mu);
+               self.table.fork_many(s.data, s.size, children);
+             }
+             return to_numpy(children);
+           },
+           py::arg("seqs"))
+      .def("free_many",
+           [](BoundPageTable& self, const py::object& seqs) {
+             const Int32View s = int32_view(seqs, "seqs");
+             py::gil_scoped_release nogil;
+             std::lock_guard<std::mutex> lock(self.mu);
+             self.table.free_many(s.data, s.size);
+           },
+           py::arg("seqs"))
       .def("append", &append, py::arg("seqs"), py::arg("counts"), py::arg("tokens") = py::none())
       .def("free", [](BoundPageTable& self, int32_t seq) { locked(self, [&](PageTable& t) { t.free(seq); }); },
            py::arg("seq"))

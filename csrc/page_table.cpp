@@ -18,6 +18,56 @@ std::string arg_desc(const char* name, int64_t index, int64_t value) {
 
 }  // namespace
 
+PrefixIndex::PrefixIndex(int32_t num_pages) {
+  size_t capacity = 2;
+  shift_ = 63;
+  while (capacity < 2 * static_cast<size_t>(num_pages)) capacity *= 2, --shift_;
+  hashes_.assign(capacity, 0);
+  pages_.assign(capacity, kEmpty);
+  mask_ = capacity - 1;
+}
+
+// Probe loops are bounded by the capacity: the table is never more than half full, so the
+// bound is never reached, but a broken invariant must not turn into an endless loop.
+int32_t PrefixIndex::find(uint64_t hash) const {
+  size_t i = home(hash);
+  for (size_t n = 0; n <= mask_; ++n, i = (i + 1) & mask_) {
+    if (pages_[i] == kEmpty || hashes_[i] == hash) return pages_[i];
+  }
+  return kEmpty;
+}
+
+void PrefixIndex::insert(uint64_t hash, int32_t page) {
+  size_t i = home(hash);
+  for (size_t n = 0; pages_[i] != kEmpty; ++n, i = (i + 1) & mask_) {
+    if (n == mask_) throw std::logic_error("PrefixIndex: no free bucket left");
+  }
+  hashes_[i] = hash;
+  pages_[i] = page;
+}
+
+void PrefixIndex::erase(uint64_t hash) {
+  size_t hole = home(hash);
+  for (size_t n = 0;; ++n, hole = (hole + 1) & mask_) {
+    if (pages_[hole] == kEmpty || n > mask_) return;
+    if (hashes_[hole] == hash) break;
+  }
+  // Pull later entries of the probe run back into the hole unless their home lies cyclically in
+  // (hole, j]: then moving them would put them before their home, where find cannot reach them.
+  size_t j = hole;
+  for (size_t n = 0; n < mask_; ++n) {
+    j = (j + 1) & mask_;
+    if (pages_[j] == kEmpty) break;
+    const size_t k = home(hashes_[j]);
+    const bool stays = hole <= j ? (hole < k && k <= j) : (hole < k || k <= j);
+    if (stays) continue;
+    hashes_[hole] = hashes_[j];
+    pages_[hole] = pages_[j];
+    hole = j;
+  }
+  pages_[hole] = kEmpty;
+}
+
 PageTable::PageTable(int32_t num_pages, int32_t page_size, bool prefix_cache, int hash_bits)
     : num_pages_(num_pages), page_size_(page_size), prefix_cache_(prefix_cache) {
   PONDER_CHECK_ARG(num_pages >= 1, "num_pages must be >= 1, got ", num_pages);
@@ -36,6 +86,7 @@ PageTable::PageTable(int32_t num_pages, int32_t page_size, bool prefix_cache, in
     page_uid_.assign(num_pages, 0);
     page_parent_uid_.assign(num_pages, 0);
     page_tokens_.assign(static_cast<size_t>(num_pages) * page_size, 0);
+    cache_ = PrefixIndex(num_pages);
   }
 }
 
@@ -57,36 +108,40 @@ void PageTable::check_tokens(const int32_t* tokens, int64_t n, const char* arg) 
   }
 }
 
-void PageTable::validate_append(const int32_t* seqs, const int32_t* counts, int64_t m) const {
+int64_t PageTable::plan_append(const int32_t* seqs, const int32_t* counts, int64_t m, int64_t* total) const {
   PONDER_CHECK_ARG(m >= 0, "the number of sequences must be >= 0, got ", m);
+  // Copy-on-write is simulated with ref_drop_: once earlier siblings in this call have copied a
+  // shared partial page away, the last holder writes into it in place and needs no copy. The
+  // guard clears the simulation on every exit, validation errors included.
+  struct ClearDrops {
+    const PageTable& pt;
+    ~ClearDrops() {
+      for (int32_t p : pt.touched_) pt.ref_drop_[p] = 0;
+      pt.touched_.clear();
+    }
+  } clear_drops{*this};
   ++stamp_;
+  int64_t need = 0, sum = 0;
   for (int64_t i = 0; i < m; ++i) {
     const int32_t slot = slot_index(seqs[i], "seqs", i);
     if (slot_stamp_[slot] == stamp_) throw_invalid(arg_desc("seqs", i, seqs[i]), " is listed more than once");
     slot_stamp_[slot] = stamp_;
-    if (counts[i] < 0) throw_invalid(arg_desc("counts", i, counts[i]), " must be >= 0");
-  }
-}
-
-int64_t PageTable::append_need(const int32_t* seqs, const int32_t* counts, int64_t m) const {
-  // Copy-on-write is simulated with ref_drop_: once earlier siblings in this call have copied a
-  // shared partial page away, the last holder writes into it in place and needs no copy.
-  int64_t need = 0;
-  std::vector<int32_t> touched;
-  for (int64_t i = 0; i < m; ++i) {
-    if (counts[i] == 0) continue;
-    const Seq& s = seqs_[seq_slot_[seqs[i]]];
-    const int64_t len = s.num_tokens;
-    need += ceil_div(len + counts[i], page_size_) - ceil_div(len, page_size_);
-    if (len % page_size_ != 0) {
+    const int32_t count = counts[i];
+    if (count < 0) throw_invalid(arg_desc("counts", i, count), " must be >= 0");
+    if (count == 0) continue;
+    sum += count;
+    const Seq& s = seqs_[slot];
+    const int64_t room = free_slots_in_last_page(s);
+    if (count > room) need += ceil_div(count - room, page_size_);  // the only division, once a page
+    if (room != 0) {
       const int32_t last = s.pages.back();
       if (refcount_[last] - ref_drop_[last] > 1) {
         ++need;
-        if (ref_drop_[last]++ == 0) touched.push_back(last);
+        if (ref_drop_[last]++ == 0) touched_.push_back(last);
       }
     }
   }
-  for (int32_t p : touched) ref_drop_[p] = 0;
+  *total = sum;
   return need;
 }
 
@@ -124,9 +179,8 @@ int64_t PageTable::match_prefix(const int32_t* tokens, int64_t n, std::vector<in
     const int32_t* page_tokens = tokens + k * page_size_;
     hash = page_hash(hash, page_tokens);
     ++*queries;
-    const auto it = cache_.find(hash);
-    if (it == cache_.end() || !same_content(it->second, uid, page_tokens)) break;
-    const int32_t page = it->second;
+    const int32_t page = cache_.find(hash);
+    if (page == PrefixIndex::kEmpty || !same_content(page, uid, page_tokens)) break;
     if (hits) hits->push_back(page);
     if (refcount_[page] == 0) ++*evictable_hits;
     uid = page_uid_[page];
@@ -180,17 +234,23 @@ int32_t PageTable::fork(int32_t seq) {
   return id;
 }
 
+void PageTable::fork_many(const int32_t* seqs, int64_t m, std::vector<int32_t>& children) {
+  PONDER_CHECK_ARG(m >= 0, "the number of sequences must be >= 0, got ", m);
+  for (int64_t i = 0; i < m; ++i) slot_index(seqs[i], "seqs", i);
+  check_handles_left(m);
+  children.resize(m);
+  for (int64_t i = 0; i < m; ++i) children[i] = fork(seqs[i]);
+}
+
 void PageTable::append(const int32_t* seqs, const int32_t* counts, int64_t m, const int32_t* tokens,
                        int64_t num_tokens, std::vector<int64_t>& slot_mapping, std::vector<int32_t>& copy_src,
                        std::vector<int32_t>& copy_dst) {
-  validate_append(seqs, counts, m);
   int64_t total = 0;
-  for (int64_t i = 0; i < m; ++i) total += counts[i];
+  const int64_t need = plan_append(seqs, counts, m, &total);
   if (tokens != nullptr) {
     PONDER_CHECK_ARG(num_tokens == total, "tokens must hold sum(counts)=", total, " ids, got ", num_tokens);
     check_tokens(tokens, num_tokens, "tokens");
   }
-  const int64_t need = append_need(seqs, counts, m);
   if (need > static_cast<int64_t>(free_.size()) + lru_size_) throw_full("append", need, 0);
 
   slot_mapping.resize(total);
@@ -204,12 +264,23 @@ void PageTable::append(const int32_t* seqs, const int32_t* counts, int64_t m, co
   }
 }
 
-void PageTable::free(int32_t seq) {
-  const int32_t slot = slot_index(seq, "seq");
+void PageTable::free(int32_t seq) { free_slot(seq, slot_index(seq, "seq")); }
+
+void PageTable::free_many(const int32_t* seqs, int64_t m) {
+  PONDER_CHECK_ARG(m >= 0, "the number of sequences must be >= 0, got ", m);
+  ++stamp_;
+  for (int64_t i = 0; i < m; ++i) {
+    const int32_t slot = slot_index(seqs[i], "seqs", i);
+    if (slot_stamp_[slot] == stamp_) throw_invalid(arg_desc("seqs", i, seqs[i]), " is listed more than once");
+    slot_stamp_[slot] = stamp_;
+  }
+  for (int64_t i = 0; i < m; ++i) free_slot(seqs[i], seq_slot_[seqs[i]]);
+}
+
+void PageTable::free_slot(int32_t seq, int32_t slot) {
   Seq& s = seqs_[slot];
   for (auto it = s.pages.rbegin(); it != s.pages.rend(); ++it) release(*it);
   s.pages.clear();
-  s.tail.clear();
   s.num_tokens = 0;
   seq_slot_[seq] = -1;
   free_slots_.push_back(slot);
@@ -230,8 +301,8 @@ bool PageTable::can_allocate(const int32_t* tokens, int64_t n) const {
 }
 
 bool PageTable::can_append(const int32_t* seqs, const int32_t* counts, int64_t m) const {
-  validate_append(seqs, counts, m);
-  return append_need(seqs, counts, m) <= static_cast<int64_t>(free_.size()) + lru_size_;
+  int64_t total = 0;
+  return plan_append(seqs, counts, m, &total) <= static_cast<int64_t>(free_.size()) + lru_size_;
 }
 
 int64_t PageTable::batch_tables(const int32_t* seqs, int64_t b, int32_t pad, int64_t width, std::vector<int32_t>& tables,
@@ -316,10 +387,14 @@ PageTableStats PageTable::stats() const {
 
 // ----------------------------------------------------------------------- state changes --------
 
-int32_t PageTable::new_seq_id() {
-  if (seq_slot_.size() >= static_cast<size_t>(std::numeric_limits<int32_t>::max())) {
+void PageTable::check_handles_left(int64_t m) const {
+  if (static_cast<int64_t>(seq_slot_.size()) + m > std::numeric_limits<int32_t>::max()) {
     throw std::overflow_error("all 2^31-1 sequence handles of this page table have been issued");
   }
+}
+
+int32_t PageTable::new_seq_id() {
+  check_handles_left(1);
   int32_t slot;
   if (!free_slots_.empty()) {
     slot = free_slots_.back();
@@ -384,7 +459,8 @@ void PageTable::extend(Seq& s, const int32_t* tokens, int64_t count, int64_t* sl
                        std::vector<int32_t>* copy_dst) {
   if (count == 0) return;
   const int64_t len = s.num_tokens;
-  int64_t offset = len % page_size_;
+  const int64_t room = free_slots_in_last_page(s);
+  int64_t offset = room == 0 ? 0 : page_size_ - room;
   if (offset != 0 && refcount_[s.pages.back()] > 1) {
     const int32_t old_page = s.pages.back();
     const int32_t new_page = take_page();
@@ -392,38 +468,35 @@ void PageTable::extend(Seq& s, const int32_t* tokens, int64_t count, int64_t* sl
     copy_src->push_back(old_page);
     copy_dst->push_back(new_page);
     s.pages.back() = new_page;
+    if (s.chain_ok) {
+      std::memcpy(&page_tokens_[static_cast<size_t>(new_page) * page_size_],
+                  &page_tokens_[static_cast<size_t>(old_page) * page_size_], sizeof(int32_t) * offset);
+    }
   }
-  if (tokens == nullptr) {
-    s.chain_ok = false;
-    s.tail.clear();
-  }
-  const bool record = tokens != nullptr && s.chain_ok;
-  int64_t page_base = offset == 0 ? 0 : static_cast<int64_t>(s.pages.back()) * page_size_;
+  if (tokens == nullptr) s.chain_ok = false;
+  const bool record = s.chain_ok;  // implies tokens != nullptr and prefix_cache_
+  int32_t page = offset == 0 ? NO_PAGE : s.pages.back();
   for (int64_t i = 0; i < count; ++i, ++offset) {
     if (offset == page_size_) offset = 0;
     if (offset == 0) {
-      const int32_t page = take_page();
+      page = take_page();
       s.pages.push_back(page);
-      page_base = static_cast<int64_t>(page) * page_size_;
     }
-    slots[i] = page_base + offset;
+    const int64_t base = static_cast<int64_t>(page) * page_size_;
+    slots[i] = base + offset;
     if (record) {
-      s.tail.push_back(tokens[i]);
-      if (offset == page_size_ - 1) {
-        register_full_page(s, s.pages.back());
-        s.tail.clear();
-      }
+      page_tokens_[base + offset] = tokens[i];
+      if (offset == page_size_ - 1) register_full_page(s, page);
     }
   }
   s.num_tokens = len + count;
 }
 
 void PageTable::register_full_page(Seq& s, int32_t page) {
-  const int32_t* tokens = s.tail.data();
+  const int32_t* tokens = &page_tokens_[static_cast<size_t>(page) * page_size_];
   const uint64_t hash = page_hash(s.chain_hash, tokens);
-  const auto it = cache_.find(hash);
-  if (it != cache_.end()) {
-    const int32_t existing = it->second;
+  const int32_t existing = cache_.find(hash);
+  if (existing != PrefixIndex::kEmpty) {
     if (same_content(existing, s.chain_uid, tokens)) {
       // Same content already cached (a sibling wrote it too): later pages chain onto that entry.
       s.chain_hash = hash;
@@ -432,11 +505,10 @@ void PageTable::register_full_page(Seq& s, int32_t page) {
     }
     uncache(existing);  // a different chain under the same hash: the newer page wins
   }
-  cache_.emplace(hash, page);
+  cache_.insert(hash, page);
   page_hash_[page] = hash;
   page_uid_[page] = next_uid_++;
   page_parent_uid_[page] = s.chain_uid;
-  std::memcpy(&page_tokens_[static_cast<size_t>(page) * page_size_], tokens, sizeof(int32_t) * page_size_);
   ++cached_;
   s.chain_hash = hash;
   s.chain_uid = page_uid_[page];

@@ -12,7 +12,6 @@
 #pragma once
 
 #include <cstdint>
-#include <unordered_map>
 #include <vector>
 
 #include "common.h"
@@ -33,6 +32,26 @@ struct PageTableStats {
   int64_t peak_used = 0;       // largest `used` seen so far
 };
 
+// Open-addressing map from a page's chain hash to its page id: linear probing, backward-shift
+// deletion (no tombstones). It holds at most one entry per page, so a capacity of at least twice
+// the pool keeps probes short and no operation ever allocates.
+class PrefixIndex {
+ public:
+  static constexpr int32_t kEmpty = -1;
+  PrefixIndex() = default;
+  explicit PrefixIndex(int32_t num_pages);
+  int32_t find(uint64_t hash) const;        // kEmpty when absent
+  void insert(uint64_t hash, int32_t page);  // hash must be absent
+  void erase(uint64_t hash);                 // no-op when absent
+
+ private:
+  size_t home(uint64_t hash) const { return static_cast<size_t>((hash * 0x9e3779b97f4a7c15ull) >> shift_); }
+  std::vector<uint64_t> hashes_;
+  std::vector<int32_t> pages_;  // kEmpty marks a free bucket
+  size_t mask_ = 0;
+  int shift_ = 63;
+};
+
 class PageTable {
  public:
   static constexpr int32_t NO_PAGE = -1;
@@ -50,6 +69,10 @@ class PageTable {
   // Child sharing every page of seq (refcount += 1 each). Never allocates a page.
   int32_t fork(int32_t seq);
 
+  // fork(seqs[i]) for every i, in order (a handle may repeat to get several children). All
+  // handles are validated before any child is made.
+  void fork_many(const int32_t* seqs, int64_t m, std::vector<int32_t>& children);
+
   // Reserve counts[i] new slots at the end of seqs[i], in input order. A partial last page that
   // is shared is first replaced by a fresh page; the (old, new) pair goes to copy_src / copy_dst.
   // tokens (nullable, sum(counts) ids) are recorded so pages that become full join the prefix
@@ -61,6 +84,9 @@ class PageTable {
   // Drop seq; its pages lose one reference, last page first (so a cached chain is evicted from
   // its tail). The handle is never reused.
   void free(int32_t seq);
+
+  // free(seqs[i]) for every i, in order; the handles must be live and distinct. All-or-nothing.
+  void free_many(const int32_t* seqs, int64_t m);
 
   // Whether allocate of that many tokens would succeed without any prefix hit (a safe bound).
   bool can_allocate(int64_t n_tokens) const;
@@ -97,18 +123,23 @@ class PageTable {
     bool chain_ok = false;
     uint64_t chain_hash = 0;  // hash of the last full page (kRootHash before any)
     uint64_t chain_uid = 0;   // cache uid of the last full page's content (0 before any)
-    std::vector<int32_t> tail;  // tokens of the partial last page, while chain_ok
   };
 
   static constexpr uint64_t kRootHash = 0x6a09e667f3bcc908ull;
+
+  // Slots left in the last page (0 when it is full or there is none). Derived from the page
+  // count, which always covers num_tokens exactly, to keep integer division off the hot path.
+  int64_t free_slots_in_last_page(const Seq& s) const {
+    return static_cast<int64_t>(s.pages.size()) * page_size_ - s.num_tokens;
+  }
 
   // Validation and lookups.
   int32_t slot_index(int32_t seq, const char* arg, int64_t index = -1) const;
   Seq& seq_ref(int32_t seq, const char* arg) { return seqs_[slot_index(seq, arg)]; }
   const Seq& seq_ref(int32_t seq, const char* arg) const { return seqs_[slot_index(seq, arg)]; }
   void check_tokens(const int32_t* tokens, int64_t n, const char* arg) const;
-  void validate_append(const int32_t* seqs, const int32_t* counts, int64_t m) const;
-  int64_t append_need(const int32_t* seqs, const int32_t* counts, int64_t m) const;
+  // Validates append's arguments and returns the new pages it needs and sum(counts).
+  int64_t plan_append(const int32_t* seqs, const int32_t* counts, int64_t m, int64_t* total) const;
   // Cached pages that allocate would reuse for tokens[0..n); counts how many are evictable.
   int64_t match_prefix(const int32_t* tokens, int64_t n, std::vector<int32_t>* hits, int64_t* evictable_hits,
                        int64_t* queries) const;
@@ -117,7 +148,9 @@ class PageTable {
   [[noreturn]] void throw_full(const char* op, int64_t need, int64_t evictable_hits) const;
 
   // State changes.
+  void check_handles_left(int64_t m) const;
   int32_t new_seq_id();
+  void free_slot(int32_t seq, int32_t slot);
   int32_t take_page();
   void add_ref(int32_t page);
   void release(int32_t page);
@@ -140,9 +173,11 @@ class PageTable {
 
   // Prefix cache: one entry per hash. A page is registered when page_uid_[p] != 0; uids are
   // never reused, so (tokens, parent uid) equal means the whole chain is equal.
-  std::unordered_map<uint64_t, int32_t> cache_;
+  PrefixIndex cache_;
   std::vector<uint64_t> page_hash_, page_uid_, page_parent_uid_;
-  std::vector<int32_t> page_tokens_;  // [num_pages, page_size] while prefix_cache
+  // [num_pages, page_size] token ids while prefix_cache: a registered page's row is frozen; a
+  // partial page's row fills up as its (only) writer appends, and is copied on copy-on-write.
+  std::vector<int32_t> page_tokens_;
   uint64_t next_uid_ = 1;
   int64_t cached_ = 0, queries_ = 0, hits_ = 0;
 
@@ -160,7 +195,7 @@ class PageTable {
   // Per-call scratch (duplicate detection and copy-on-write simulation in const checks).
   mutable std::vector<uint64_t> slot_stamp_;
   mutable uint64_t stamp_ = 0;
-  mutable std::vector<int32_t> ref_drop_;
+  mutable std::vector<int32_t> ref_drop_, touched_;
 };
 
 }  // namespace ponder

@@ -75,9 +75,12 @@ def _int32_array(name: str, value: Any) -> np.ndarray:
 
 
 def _int(name: str, value: Any, out_of_range: type = ValueError, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if type(value) is int:  # the common case, checked first: fork / free sit in search loops
+        v = value
+    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    v = int(value)
+    else:
+        v = int(value)
     if not lo <= v <= hi:
         raise out_of_range(f"{name}={v} is out of range [{lo}, {hi}]")
     return v
@@ -125,6 +128,11 @@ class PageTable:
         """A new sequence sharing every page of ``seq`` (same tokens). Never allocates."""
         return self._t.fork(_int("seq", seq))
 
+    def fork_many(self, seqs) -> np.ndarray:
+        """``int32[M]`` children, child i forked off ``seqs[i]`` (a handle may repeat). One call
+        for a whole search expansion; all handles are checked before any child is made."""
+        return self._t.fork_many(_int32_array("seqs", seqs))
+
     def append(self, seqs, counts, tokens=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Reserve ``counts[i]`` new token slots at the end of ``seqs[i]`` for every i, in order.
 
@@ -144,6 +152,10 @@ class PageTable:
     def free(self, seq: int) -> None:
         """Release ``seq``; freeing it again raises ``ValueError``."""
         self._t.free(_int("seq", seq))
+
+    def free_many(self, seqs) -> None:
+        """Free every handle in ``seqs`` (live and distinct), all-or-nothing."""
+        self._t.free_many(_int32_array("seqs", seqs))
 
     def can_allocate(self, tokens) -> bool:
         """Whether :meth:`allocate` would find its pages. Given an int (a token count), assumes no
