@@ -9,6 +9,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from ponder.tasks import countdown as cd
+from ponder.tasks import solver
 
 from oracle import brute_min_steps, oracle_ok
 
@@ -193,6 +194,24 @@ def test_solver_matches_brute_force(numbers, target, all_numbers):
         assert solution is None and cd.all_solutions(problem) == [] and cd.solutions(problem, 3) == []
     else:
         assert len(solution) == best and cd.check(problem, "\n".join(solution)).ok
+
+
+@settings(max_examples=25)
+@given(st.lists(st.integers(1, 15), min_size=5, max_size=5), st.integers(1, 150), st.booleans())
+def test_search_and_value_sets_agree_on_five_numbers(numbers, target, all_numbers):
+    # Up to 4 numbers the solver reads value sets (checked against brute force above); from 5
+    # on it searches. Both must agree on the same 5-number states.
+    state = tuple(sorted(numbers))
+    values = solver.full_values(state) if all_numbers else solver.reach_values(state)
+    assert solver.solvable(state, target, all_numbers) == (target in values)
+
+
+def test_shortest_solution_needing_every_number():
+    p = cd.Problem((1, 1, 1, 1, 1), 5)
+    assert brute_min_steps(p.numbers, 5, False) == 4
+    assert len(cd.solve(p)) == 4 and cd.check(p, "\n".join(cd.solve(p))).ok
+    assert len(cd.solve(cd.Problem((1, 1, 1, 1, 1), 6))) == 4  # (1 + 1 + 1) * (1 + 1)
+    assert cd.solve(cd.Problem((1, 1, 1, 1, 1), 7)) is None
 
 
 def test_all_solutions_literal():

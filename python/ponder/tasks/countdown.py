@@ -361,10 +361,11 @@ def check(problem: Problem, text: str) -> CheckResult:
     elif last != problem.target:
         return fail(f"the target {problem.target} is never reached (last result {last})")
     expr = _build_expression(problem, steps)
-    problem_with_expr = check_expression(problem, expr)
-    if problem_with_expr is not None:
-        # Unreachable for legal steps; kept as the independent re-check the docstring promises.
-        return fail(f"the steps' expression fails its re-check: {problem_with_expr}")
+    recheck = check_expression(problem, expr)
+    if recheck is not None:
+        # Unreachable for legal steps: the expression is evaluated independently of the
+        # step bookkeeping above, so a bug in either shows up here instead of a false "solved".
+        return fail(f"the steps' expression fails its re-check: {recheck}")
     if answer is not None:
         bad = check_expression(problem, answer)
         if bad is not None:
@@ -453,10 +454,11 @@ def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, mi
              solvable_only: bool = True) -> List[Problem]:
     """``n`` random problems, the same for the same arguments and ``seed``.
 
-    Numbers are drawn uniformly (with repetition) from ``[min_value, max_value]``, their count
-    uniformly from ``num_numbers`` (an int or an inclusive ``(lo, hi)``), the target uniformly
-    from ``[min_target, max_target]``; classic draws whose target is one of the numbers are
-    redrawn, and so are unsolvable ones when ``solvable_only``.
+    Each problem's count of numbers is uniform over ``num_numbers`` (an int or an inclusive
+    ``(lo, hi)``); its numbers are drawn uniformly (with repetition) from ``[min_value,
+    max_value]`` and its target uniformly from ``[min_target, max_target]``. Classic draws
+    whose target is one of the numbers are redrawn (same count), and so are unsolvable ones
+    when ``solvable_only``.
     """
     if not _is_int(n) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
@@ -471,10 +473,13 @@ def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, mi
     rng = random.Random(seed)
     out: List[Problem] = []
     max_draws = 1000 + 200 * n
+    count = rng.randint(lo, hi)
     for _ in range(max_draws):
         if len(out) == n:
             return out
-        numbers = tuple(rng.randint(min_value, max_value) for _ in range(rng.randint(lo, hi)))
+        # The count is drawn once per problem, not per draw: redrawing it with every rejected
+        # draw would starve the sizes that are less often solvable.
+        numbers = tuple(rng.randint(min_value, max_value) for _ in range(count))
         target = rng.randint(min_target, max_target)
         if not all_numbers and target in numbers:
             continue
@@ -482,6 +487,7 @@ def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, mi
         if solvable_only and not is_solvable(problem):
             continue
         out.append(problem)
+        count = rng.randint(lo, hi)
     if len(out) == n:
         return out
     raise ValueError(f"found only {len(out)} of {n} problems in {max_draws} draws: the knobs (num_numbers="

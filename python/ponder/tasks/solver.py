@@ -14,7 +14,7 @@ from __future__ import annotations
 import bisect
 import functools
 import random
-from typing import Iterator, List, Optional, Tuple
+from typing import FrozenSet, Iterator, List, Optional, Tuple
 
 State = Tuple[int, ...]
 SolverStep = Tuple[int, str, int, int]
@@ -22,6 +22,11 @@ SolverStep = Tuple[int, str, int, int]
 # Memo sizes: one entry is a key of a few small ints and a bool (~200 bytes), so 2**20 entries
 # stay near 200 MiB at worst; labelling 10**5 states of 6-number problems needs ~3 * 10**5.
 _MEMO_SIZE = 1 << 20
+# Multisets of up to this many numbers are decided from their full value sets, which do not
+# depend on the target and so are shared by every problem: a 4-number multiset of values up
+# to 20 reaches a few hundred values (a few KiB per set; 2**15 sets stay well under 1 GiB).
+_SET_MAX_SIZE = 4
+_SET_MEMO_SIZE = 1 << 15
 
 
 def _results(a: int, b: int) -> List[Tuple[str, int]]:
@@ -54,6 +59,42 @@ def moves(state: State) -> Iterator[Tuple[SolverStep, State]]:
                 yield (a, op, b, c), _insert(rest, c)
 
 
+def _sub_multisets(ms: State) -> Iterator[Tuple[State, State]]:
+    """Every distinct split of sorted ``ms`` into (part, rest), part non-empty."""
+    seen = set()
+    for mask in range(1, 1 << len(ms)):
+        part = tuple(x for i, x in enumerate(ms) if mask >> i & 1)
+        if part not in seen:
+            seen.add(part)
+            yield part, tuple(x for i, x in enumerate(ms) if not mask >> i & 1)
+
+
+@functools.lru_cache(maxsize=_SET_MEMO_SIZE)
+def full_values(ms: State) -> FrozenSet[int]:
+    """Every value of an expression that uses each element of sorted multiset ``ms`` once."""
+    if len(ms) == 1:
+        return frozenset(ms)
+    out = set()
+    first, rest = ms[:1], ms[1:]
+    # Splits (left, right) with the first element on the left count each unordered split once.
+    splits = [((), rest)] + [(extra, right) for extra, right in _sub_multisets(rest) if right]
+    for extra, right in splits:
+        lefts = full_values(tuple(sorted(first + extra)))
+        for y in full_values(right):
+            for x in lefts:
+                out.update(c for _, c in _results(max(x, y), min(x, y)))
+    return frozenset(out)
+
+
+@functools.lru_cache(maxsize=_SET_MEMO_SIZE)
+def reach_values(ms: State) -> FrozenSet[int]:
+    """Values that ``ms`` holds or that some step sequence from it produces (classic rule)."""
+    out = set()
+    for part, _ in _sub_multisets(ms):
+        out |= full_values(part)
+    return frozenset(out)
+
+
 @functools.lru_cache(maxsize=_MEMO_SIZE)
 def solvable(state: State, target: int, all_numbers: bool) -> bool:
     """Whether ``target`` can be reached from sorted multiset ``state``.
@@ -61,17 +102,15 @@ def solvable(state: State, target: int, all_numbers: bool) -> bool:
     Classic rule: some step sequence produces the target (a state already holding it counts
     as reached). All-numbers rule: the state can be reduced to exactly ``(target,)``.
     """
-    if len(state) == 1:
-        return state[0] == target
+    if len(state) <= _SET_MAX_SIZE:
+        return target in (full_values(state) if all_numbers else reach_values(state))
     if not all_numbers and target in state:
         return True
     children = []
     for (_, _, _, c), child in moves(state):
-        if c == target and (len(child) == 1 or not all_numbers):
+        if c == target and not all_numbers:
             return True
         children.append(child)
-    if len(state) == 2:
-        return False
     return any(solvable(child, target, all_numbers) for child in dict.fromkeys(children))
 
 
@@ -117,12 +156,17 @@ def _relevant(orig: State, pend: State, target: int, all_numbers: bool, budget: 
     if budget <= 0 or len(orig) + len(pend) < 2:
         return False
     merged = tuple(sorted(orig + pend))
-    # Reaching the target at all is necessary, and its memo (no orig / pend split) is smaller;
-    # under the all-numbers rule it is also sufficient, as every solution is relevant there.
-    if not solvable(merged, target, all_numbers):
-        return False
-    if all_numbers and budget >= len(merged) - 1:
-        return True
+    if budget >= len(merged) - 1:
+        # Unbounded: reaching the target at all is necessary, and its memo (no orig / pend
+        # split) is smaller; under the all-numbers rule it is also sufficient, as every
+        # solution is relevant there. Bounded searches skip this check: it would explore
+        # deeper than the budget.
+        if not solvable(merged, target, all_numbers):
+            return False
+        if all_numbers:
+            return True
+    elif all_numbers:
+        return False  # the all-numbers rule takes exactly len(merged) - 1 more steps
     for (_, _, _, c), o, p in _tagged_moves(orig, pend, all_numbers):
         if _finishes(o, p, c, target, all_numbers):
             return True
@@ -159,7 +203,15 @@ def shortest_length(numbers: State, target: int, all_numbers: bool) -> Optional[
     start = tuple(sorted(numbers))
     if not solvable(start, target, all_numbers):
         return None
-    for budget in range(1, len(start)):
+    if all_numbers:
+        return len(start) - 1
+    # A shortest classic solution uses some k numbers in k - 1 steps, and no intermediate
+    # result equals the target (a smaller subset would then do): the smallest subset whose
+    # value set holds the target gives the length. Value sets are cheap up to _SET_MAX_SIZE.
+    for k in range(2, min(len(start), _SET_MAX_SIZE) + 1):
+        if any(target in full_values(part) for part, _ in _sub_multisets(start) if len(part) == k):
+            return k - 1
+    for budget in range(_SET_MAX_SIZE, len(start)):
         if _relevant(start, (), target, all_numbers, budget):
             return budget
     raise AssertionError(f"solvable({start}, {target}) but no relevant solution was found")

@@ -123,15 +123,24 @@ class TraceSampler:
     """Seeded stream of examples over both rules and ``num_numbers`` numbers per problem.
 
     ``value_fraction`` of the examples are random / detour traces (value supervision only);
-    the rest are solution traces. Problems whose ``Problem.key()`` is in ``holdout`` are never
+    the rest are solution traces. Each problem serves ``examples_per_problem`` consecutive
+    examples: drawing a solvable problem costs about as much as an example, and the solver's
+    memo is warm for its second use. Problems whose ``Problem.key()`` is in ``holdout`` are never
     drawn. ``max_len`` drops (and redraws) longer sequences so batches fit the model.
     """
 
     def __init__(self, tokenizer: CharTokenizer, seed: int, num_numbers: Tuple[int, int] = (3, 6),
                  min_value: int = 1, max_value: int = 20, min_target: int = 10, max_target: int = 100,
-                 value_fraction: float = 0.4, max_len: int = 256, holdout: Iterable[tuple] = ()) -> None:
+                 value_fraction: float = 0.4, max_len: int = 256, holdout: Iterable[tuple] = (),
+                 examples_per_problem: int = 2) -> None:
         if not 0.0 <= value_fraction <= 1.0:
             raise ValueError(f"value_fraction must lie in [0, 1], got {value_fraction!r}")
+        if isinstance(examples_per_problem, bool) or not isinstance(examples_per_problem, int) \
+                or examples_per_problem < 1:
+            raise ValueError(f"examples_per_problem must be a positive int, got {examples_per_problem!r}")
+        self.examples_per_problem = examples_per_problem
+        self._problem: Optional[countdown.Problem] = None
+        self._uses_left = 0
         self.tokenizer = tokenizer
         self.rng = random.Random(seed)
         self.knobs = dict(num_numbers=num_numbers, min_value=min_value, max_value=max_value,
@@ -150,16 +159,29 @@ class TraceSampler:
 
     def example(self) -> Example:
         while True:
+            if self._uses_left == 0:
+                self._problem, self._uses_left = self.problem(), self.examples_per_problem
+            self._uses_left -= 1
             if self.rng.random() < self.value_fraction:
                 kind = "random" if self.rng.random() < 0.5 else "detour"
             else:
                 kind = "solution"
-            ex = make_example(self.problem(), kind, self.rng, self.tokenizer)
+            ex = make_example(self._problem, kind, self.rng, self.tokenizer)
             if len(ex.ids) <= self.max_len:
                 return ex
 
     def batch(self, size: int) -> dict:
+        """One :func:`collate` batch of ``size`` examples."""
         return collate([self.example() for _ in range(size)], self.tokenizer.pad_token_id)
+
+    def batches(self, size: int, group: int = 8) -> List[dict]:
+        """``group`` batches of ``size`` examples drawn together and grouped by length, in
+        shuffled order. Sequences run from ~30 to ~130 tokens; grouping cuts the padding of a
+        batch from ~30% of its tokens to a few percent."""
+        pool = sorted((self.example() for _ in range(size * group)), key=lambda ex: len(ex.ids))
+        out = [collate(pool[i * size:(i + 1) * size], self.tokenizer.pad_token_id) for i in range(group)]
+        self.rng.shuffle(out)
+        return out
 
 
 def collate(examples: Sequence[Example], pad_id: int) -> dict:

@@ -34,6 +34,8 @@ from ponder.tasks.traces import IGNORE_INDEX, TraceSampler
 logger = logging.getLogger(__name__)
 TOKENIZER_FILE = "tokenizer.json"
 METRICS_FILE = "metrics.json"
+# Batches drawn together and grouped by length (see TraceSampler.batches).
+_LENGTH_GROUP = 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -212,13 +214,16 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
                            holdout=held_out.keys, **knobs)
     optimizer = _optimizer(model, cfg)
     history = []
+    queue: list = []
     start = time.perf_counter()
     bar = _progress(cfg.steps, progress)
     model.train()
     for step in range(cfg.steps):
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
-        batch = sampler.batch(cfg.batch_size)
+        if not queue:
+            queue = sampler.batches(cfg.batch_size, _LENGTH_GROUP)
+        batch = queue.pop()
         loss, parts = joint_loss(model, batch, cfg.value_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
