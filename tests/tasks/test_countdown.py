@@ -24,11 +24,14 @@ def problems(max_numbers=5):
 
 def test_prompt_round_trip_and_key():
     p = cd.Problem((3, 7, 25, 50), 175)
-    assert p.prompt() == "numbers: 3 7 25 50 | target: 175 | rule: any\n"
+    assert p.prompt() == "3 7 25 50 -> 175 any\n"
     assert cd.Problem.from_prompt(p.prompt() + "25 * 7 = 175\n") == p
     q = cd.Problem([50, 25, 7, 3], 175)
     assert q.numbers == (50, 25, 7, 3) and q.key() == p.key()
-    assert cd.Problem((1, 2, 3, 4), 24, all_numbers=True).prompt().endswith("rule: all\n")
+    assert cd.Problem((1, 2, 3, 4), 24, all_numbers=True).prompt() == "1 2 3 4 -> 24 all\n"
+    for bad in ("3 7 -> 10", "numbers: 3 7 | target: 10 | rule: any", "3 7 -> 10 some"):
+        with pytest.raises(ValueError, match="does not start with a prompt"):
+            cd.Problem.from_prompt(bad)
 
 
 @pytest.mark.parametrize("args, exc, match", [

@@ -25,11 +25,15 @@ def test_encode_trace_layout():
     assert TOK.decode(ex.ids) == p.prompt() + "9 - 4 = 5\n6 * 5 = 30\n"
     assert ex.value_positions == (len(p.prompt()), len(p.prompt()) + 10, len(p.prompt()) + 21)
     assert all(ex.ids[i] == NEWLINE for i in ex.value_positions)
-    assert ex.policy_from == ex.value_positions[0]
+    assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1),)
     unsolved = encode_trace(TOK, p, lines[:1], [1, 1], policy=True, kind="solution")
     assert unsolved.ids[-1] == NEWLINE  # no <eos> before the problem is solved
-    value_only = encode_trace(TOK, p, lines[:1], [1, 0], policy=False, kind="random")
-    assert value_only.policy_from is None and value_only.value_labels == (1.0, 0.0)
+    value_only = encode_trace(TOK, p, lines, [1, 1, 0], policy=False, kind="random")
+    assert value_only.value_labels == (1.0, 1.0, 0.0)
+    # only the arithmetic is trained: from each '=' to the last digit of its result
+    trained = ["".join(TOK.decode(value_only.ids[s + 1:e + 1])) for s, e in value_only.target_spans]
+    assert trained == [" 5\n", " 30\n"]
+    assert all(value_only.ids[s] == TOK.encode("=")[0] for s, _ in value_only.target_spans)
     with pytest.raises(ValueError, match="labels must hold"):
         encode_trace(TOK, p, lines, [1, 1], policy=False, kind="random")
 
@@ -49,9 +53,9 @@ def test_examples_carry_exact_labels(kind):
             assert label == float(brute_solvable(list(state), p.target, p.all_numbers)), (p, lines[:k])
         if kind == "solution":
             assert cd.check(p, "\n".join(lines)).ok and ex.ids[-1] == TOK.eos_token_id
-            assert ex.policy_from is not None
+            assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1),)
         else:
-            assert ex.policy_from is None
+            assert len(ex.target_spans) == len(lines)
 
 
 def test_classic_solution_traces_are_short():
@@ -100,10 +104,13 @@ def test_collate_targets_and_balanced_weights():
     assert (B, T) == (2, len(solved.ids))
     assert batch["input_ids"][1, len(failed.ids):].eq(TOK.pad_token_id).all()
     targets = batch["targets"]
-    start = solved.policy_from
-    assert targets[0, :start].eq(IGNORE_INDEX).all() and targets[1].eq(IGNORE_INDEX).all()
+    start = solved.value_positions[0]
+    assert targets[0, :start].eq(IGNORE_INDEX).all()
     assert targets[0, start:T - 1].tolist() == list(solved.ids[start + 1:])
     assert targets[0, T - 1] == IGNORE_INDEX
+    (s, e), = failed.target_spans
+    assert TOK.decode(targets[1, s:e].tolist()) == " 15\n"
+    assert targets[1, :s].eq(IGNORE_INDEX).all() and targets[1, e:].eq(IGNORE_INDEX).all()
     flat = batch["input_ids"].view(-1)[batch["value_index"]]
     assert flat.eq(NEWLINE).all() and batch["value_index"].tolist()[3:] == [T + i for i in failed.value_positions]
     labels, weights = batch["value_labels"], batch["value_weights"]

@@ -7,16 +7,21 @@ Rules (both variants):
 * Every result is a positive integer: no negative results, no fractions (``a / b`` only when
   ``b`` divides ``a``) and no zero (``a - a`` is refused: a zero only ever serves to discard
   numbers, which would make the all-numbers rule trivial, and classic Countdown forbids it).
-* ``all_numbers=False`` (classic, ``rule: any``): any subset of the numbers may be used; the
+* ``all_numbers=False`` (classic, rule ``any``): any subset of the numbers may be used; the
   problem is solved by the first line whose result is the target, and nothing may follow it.
   The target may not be one of the numbers (that problem would be solved with no step).
-* ``all_numbers=True`` (the 24 game, ``rule: all``): every number is used exactly once; solved
+* ``all_numbers=True`` (the 24 game, rule ``all``): every number is used exactly once; solved
   when the last line leaves exactly one number and it is the target.
 
-Prompt format (one model serves both rules, so the rule is in the prompt)::
+Prompt format: the numbers, ``->``, the target and the rule (one model serves both rules, so
+the rule is in the prompt), then a newline::
 
-    numbers: 3 7 25 50 | target: 175 | rule: any
+    3 7 25 50 -> 175 any
     25 * 7 = 175
+
+The prompt is kept this short on purpose: the bundled model is trained on a CPU, and a
+spelled-out prompt (``numbers: .. | target: .. | rule: ..``) would be over half of every
+training sequence while carrying no supervision.
 
 The model writes step lines after the prompt line and ends with EOS after the solving line.
 Traces write operands larger-first (``7 + 3``, never ``3 + 7``) so one state has one spelling;
@@ -45,7 +50,7 @@ RULE_NAMES = {False: "any", True: "all"}
 ANSWER_PREFIX = "answer:"
 
 _STEP_RE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")
-_PROMPT_RE = re.compile(r"^numbers:((?: \d+)+) \| target: (\d+) \| rule: (any|all)$")
+_PROMPT_RE = re.compile(r"^(\d+(?: \d+)*) -> (\d+) (any|all)$")
 
 
 def _is_int(value) -> bool:
@@ -84,7 +89,7 @@ class Problem:
     def prompt(self) -> str:
         """The prompt line the model is conditioned on, newline included."""
         nums = " ".join(str(x) for x in self.numbers)
-        return f"numbers: {nums} | target: {self.target} | rule: {self.rule}\n"
+        return f"{nums} -> {self.target} {self.rule}\n"
 
     @classmethod
     def from_prompt(cls, text: str) -> "Problem":
@@ -94,7 +99,7 @@ class Problem:
         line = text.split("\n", 1)[0]
         m = _PROMPT_RE.match(line)
         if m is None:
-            raise ValueError(f"text does not start with a prompt 'numbers: A B .. | target: T | rule: any|all', "
+            raise ValueError(f"text does not start with a prompt 'A B .. -> T any|all', "
                              f"got {line!r}")
         return cls(tuple(int(x) for x in m.group(1).split()), int(m.group(2)), m.group(3) == "all")
 
@@ -355,7 +360,7 @@ def check(problem: Problem, text: str) -> CheckResult:
     if problem.all_numbers:
         left = sorted(pool.elements())
         if len(left) != 1:
-            return fail(f"numbers left unused: {' '.join(map(str, left))} (rule: all uses every number)")
+            return fail(f"numbers left unused: {' '.join(map(str, left))} (rule 'all' uses every number)")
         if last != problem.target:
             return fail(f"the last result {last} is not the target {problem.target}")
     elif last != problem.target:

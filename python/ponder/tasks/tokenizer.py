@@ -1,8 +1,8 @@
 """``CharTokenizer``: one token per character, for the bundled Countdown model.
 
 Ids 0, 1, 2 are ``<pad>``, ``<bos>``, ``<eos>``; the characters follow in the order of
-``chars``. The default alphabet covers the Countdown prompt and step lines: digits, ``+ - * /
-= ( )``, space, newline, ``: |`` and lowercase letters. Serialised as a small JSON dict::
+``chars``. The default alphabet covers the Countdown prompt, step lines and answer line:
+digits, ``+ - * / = ( )``, space, newline, ``: | >`` and lowercase letters. Serialised as a small JSON dict::
 
     {"type": "char", "version": 1, "chars": "0123...", "special_tokens": ["<pad>", "<bos>", "<eos>"]}
 """
@@ -14,7 +14,7 @@ import os
 from typing import Any, Dict, Iterable, List, Mapping
 
 SPECIAL_TOKENS = ("<pad>", "<bos>", "<eos>")
-DEFAULT_CHARS = "0123456789+-*/=() \n:|" + "abcdefghijklmnopqrstuvwxyz"
+DEFAULT_CHARS = "0123456789+-*/=() \n:|>" + "abcdefghijklmnopqrstuvwxyz"
 _TYPE = "char"
 _VERSION = 1
 

@@ -3,16 +3,18 @@
 One :class:`Example` is one token sequence ``<bos> prompt step-lines [<eos>]`` with two kinds
 of supervision:
 
-* policy: next-token targets on the step lines (and the ``<eos>`` after a solving line), only
-  for *solution* traces, which the solver draws in varied orders (random descents, so both
-  different solutions and different orders of the same solution's steps appear);
+* next-token targets. *Solution* traces, which the solver draws in varied orders (random
+  descents, so both different solutions and different orders of the same solution's steps
+  appear), are trained on all their step lines and the ``<eos>`` after the solving line.
+  The other traces are trained only on what follows each ``=``: the arithmetic, which is
+  right in every trace, while their choice of steps is not worth imitating;
 * value: at the newline that ends the prompt and each step line, whether the target can still
   be reached from the numbers left (exact solver label), for every kind of trace. *Random*
   traces (uniformly random legal steps) and *detour* traces (a solution prefix, then random
   steps) supply the unsolvable states; :func:`collate` weights positives and negatives
   equally within a batch.
 
-Example, ``numbers: 4 6 9 | target: 30 | rule: any`` with steps ``9 - 4 = 5`` / ``6 * 5 = 30``:
+Example, prompt ``4 6 9 -> 30 any`` with steps ``9 - 4 = 5`` / ``6 * 5 = 30``:
 value labels sit on the three newlines (1, 1, 1); the policy is trained on ``9 - 4 = 5\\n6 *
 5 = 30\\n<eos>``.
 """
@@ -36,12 +38,13 @@ SLACK_PROBABILITY = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One sequence. ``ids`` starts with ``<bos>``; ``policy_from`` is the first position whose
-    next token is a policy target (None: no policy loss); ``value_positions`` index the newline
-    ending each state, ``value_labels`` say whether that state is solvable (1.0) or not (0.0)."""
+    """One sequence. ``ids`` starts with ``<bos>``; each ``(start, end)`` of ``target_spans``
+    trains positions ``start .. end - 1`` to predict their next token; ``value_positions``
+    index the newline ending each state, ``value_labels`` say whether that state is solvable
+    (1.0) or not (0.0)."""
 
     ids: Tuple[int, ...]
-    policy_from: Optional[int]
+    target_spans: Tuple[Tuple[int, int], ...]
     value_positions: Tuple[int, ...]
     value_labels: Tuple[float, ...]
     kind: str
@@ -50,20 +53,24 @@ class Example:
 def encode_trace(tokenizer: CharTokenizer, problem: countdown.Problem, lines: Sequence[str],
                  labels: Sequence[float], policy: bool, kind: str) -> Example:
     """Tokenise ``problem``'s prompt and step ``lines``; ``labels[k]`` is the value label of the
-    state after k lines (``len(lines) + 1`` of them). A policy example that solves the problem
-    ends with ``<eos>``."""
+    state after k lines (``len(lines) + 1`` of them). ``policy``: train every step token (and
+    ``<eos>`` after a solving line), else only the tokens after each line's ``=``."""
     if len(labels) != len(lines) + 1:
         raise ValueError(f"labels must hold len(lines) + 1 = {len(lines) + 1} values, got {len(labels)}")
     ids = tokenizer.encode(problem.prompt(), add_bos=True)
     positions = [len(ids) - 1]
-    prompt_end = len(ids) - 1
+    spans = []
     for line in lines:
+        if not policy:
+            # from the '=' (predicting the space after it) to the last digit (predicting '\n')
+            spans.append((len(ids) + line.index("="), len(ids) + len(line)))
         ids += tokenizer.encode(line + "\n")
         positions.append(len(ids) - 1)
-    if policy and countdown.is_solved(problem, lines):
-        ids.append(tokenizer.eos_token_id)
-    return Example(tuple(ids), prompt_end if policy else None, tuple(positions),
-                   tuple(float(x) for x in labels), kind)
+    if policy:
+        if countdown.is_solved(problem, lines):
+            ids.append(tokenizer.eos_token_id)
+        spans = [(positions[0], len(ids) - 1)]
+    return Example(tuple(ids), tuple(spans), tuple(positions), tuple(float(x) for x in labels), kind)
 
 
 def _random_walk(problem: countdown.Problem, start: Tuple[int, ...], rng: random.Random,
@@ -188,7 +195,7 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
     """Pad examples to one batch.
 
     Returns ``input_ids [B, T]`` int64 (right-padded with ``pad_id``), ``targets [B, T]`` int64
-    (next token where the policy is trained, ``IGNORE_INDEX`` elsewhere), ``value_index [M]``
+    (next token inside the examples' target spans, ``IGNORE_INDEX`` elsewhere), ``value_index [M]``
     int64 (flat ``b * T + t`` positions), ``value_labels [M]`` fp32 and ``value_weights [M]``
     fp32 (positives and negatives each sum to 0.5 when both are present, else all sum to 1).
     """
@@ -201,8 +208,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
     for b, ex in enumerate(examples):
         ids = torch.tensor(ex.ids, dtype=torch.int64)
         input_ids[b, :len(ids)] = ids
-        if ex.policy_from is not None:
-            targets[b, ex.policy_from:len(ids) - 1] = ids[ex.policy_from + 1:]
+        for start, end in ex.target_spans:
+            targets[b, start:end] = ids[start + 1:end + 1]
         index += [b * T + t for t in ex.value_positions]
         labels += ex.value_labels
     value_labels = torch.tensor(labels, dtype=torch.float32)

@@ -215,6 +215,7 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
     optimizer = _optimizer(model, cfg)
     history = []
     queue: list = []
+    data_seconds = 0.0
     start = time.perf_counter()
     bar = _progress(cfg.steps, progress)
     model.train()
@@ -222,7 +223,9 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
         for group in optimizer.param_groups:
             group["lr"] = _lr_at(step, cfg)
         if not queue:
+            tic = time.perf_counter()
             queue = sampler.batches(cfg.batch_size, _LENGTH_GROUP)
+            data_seconds += time.perf_counter() - tic
         batch = queue.pop()
         loss, parts = joint_loss(model, batch, cfg.value_weight)
         optimizer.zero_grad(set_to_none=True)
@@ -241,7 +244,7 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
     tail = history[-max(1, len(history) // 10):]
     metrics: Dict[str, Any] = {
         "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": seed, "seconds": seconds,
-        "seconds_per_step": seconds / cfg.steps,
+        "seconds_per_step": seconds / cfg.steps, "data_seconds_per_step": data_seconds / cfg.steps,
         "num_parameters": sum(p.numel() for p in model.parameters()),
         "first_loss": history[0]["loss"],
         **{f"final_{k}": sum(h[k] for h in tail) / len(tail) for k in ("loss", "policy_loss", "value_loss")},
