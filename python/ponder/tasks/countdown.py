@@ -1,0 +1,500 @@
+"""Countdown: reach a target from a multiset of numbers with + - * /, one step per line.
+
+Rules (both variants):
+
+* A step is one line ``"a op b = c"`` with ``op`` one of ``+ - * /``. Its operands must be
+  available: each given number, and each result of an earlier step, can be used once.
+* Every result is a positive integer: no negative results, no fractions (``a / b`` only when
+  ``b`` divides ``a``) and no zero (``a - a`` is refused: a zero only ever serves to discard
+  numbers, which would make the all-numbers rule trivial, and classic Countdown forbids it).
+* ``all_numbers=False`` (classic, rule ``any``): any subset of the numbers may be used; the
+  problem is solved by the first line whose result is the target, and nothing may follow it.
+  The target may not be one of the numbers (that problem would be solved with no step).
+* ``all_numbers=True`` (the 24 game, rule ``all``): every number is used exactly once; solved
+  when the last line leaves exactly one number and it is the target.
+
+Prompt format: the numbers, ``->``, the target and the rule (one model serves both rules, so
+the rule is in the prompt), then a newline::
+
+    3 7 25 50 -> 175 any
+    25 * 7 = 175
+
+The prompt is kept this short on purpose: the bundled model is trained on a CPU, and a
+spelled-out prompt (``numbers: .. | target: .. | rule: ..``) would be over half of every
+training sequence while carrying no supervision.
+
+The model writes step lines after the prompt line and ends with EOS after the solving line.
+Traces write operands larger-first (``7 + 3``, never ``3 + 7``) so one state has one spelling;
+the checker accepts either order. ``answer_expression`` turns the steps into one fully
+parenthesised expression (``"((25 - 5) * (3 + 7))"``), and an ``answer: (...)`` line after
+the steps is accepted and re-checked by evaluating it.
+
+The exhaustive search itself lives in :mod:`ponder.tasks.solver` (plain multisets); the
+functions here wrap it with :class:`Problem` and return step lines.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+import re
+from collections import Counter
+from fractions import Fraction
+from typing import Iterable, List, Optional, Sequence, Tuple, Union
+
+from ponder.tasks import solver as _solver
+
+OPS = ("+", "-", "*", "/")
+MAX_NUMBERS = 8
+RULE_NAMES = {False: "any", True: "all"}
+ANSWER_PREFIX = "answer:"
+
+_STEP_RE = re.compile(r"^\s*(\d+)\s*([-+*/])\s*(\d+)\s*=\s*(\d+)\s*$")
+_PROMPT_RE = re.compile(r"^(\d+(?: \d+)*) -> (\d+) (any|all)$")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """A Countdown instance: ``numbers`` (a multiset, kept in the given order), ``target``."""
+
+    numbers: Tuple[int, ...]
+    target: int
+    all_numbers: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.numbers, (tuple, list)):
+            raise TypeError(f"numbers must be a tuple of ints, got {type(self.numbers).__name__}")
+        object.__setattr__(self, "numbers", tuple(self.numbers))
+        if not 2 <= len(self.numbers) <= MAX_NUMBERS:
+            raise ValueError(f"numbers must hold 2 to {MAX_NUMBERS} values, got {len(self.numbers)}: {self.numbers}")
+        for x in self.numbers:
+            if not _is_int(x) or x < 1:
+                raise ValueError(f"numbers must be positive ints, got {x!r} in {self.numbers}")
+        if not _is_int(self.target) or self.target < 1:
+            raise ValueError(f"target must be a positive int, got {self.target!r}")
+        if not isinstance(self.all_numbers, bool):
+            raise TypeError(f"all_numbers must be a bool, got {self.all_numbers!r}")
+        if not self.all_numbers and self.target in self.numbers:
+            raise ValueError(f"target {self.target} is one of the numbers {self.numbers}: under the classic "
+                             "rule that problem needs no step")
+
+    @property
+    def rule(self) -> str:
+        return RULE_NAMES[self.all_numbers]
+
+    def prompt(self) -> str:
+        """The prompt line the model is conditioned on, newline included."""
+        nums = " ".join(str(x) for x in self.numbers)
+        return f"{nums} -> {self.target} {self.rule}\n"
+
+    @classmethod
+    def from_prompt(cls, text: str) -> "Problem":
+        """Parse the first line of ``text`` as a prompt written by :meth:`prompt`."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        line = text.split("\n", 1)[0]
+        m = _PROMPT_RE.match(line)
+        if m is None:
+            raise ValueError(f"text does not start with a prompt 'A B .. -> T any|all', "
+                             f"got {line!r}")
+        return cls(tuple(int(x) for x in m.group(1).split()), int(m.group(2)), m.group(3) == "all")
+
+    def key(self) -> Tuple[Tuple[int, ...], int, bool]:
+        """Identity up to the order of the numbers (for de-duplication and held-out sets)."""
+        return tuple(sorted(self.numbers)), self.target, self.all_numbers
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One parsed line ``a op b = result`` (the stated result, not necessarily correct)."""
+
+    a: int
+    op: str
+    b: int
+    result: int
+
+    def __str__(self) -> str:
+        return f"{self.a} {self.op} {self.b} = {self.result}"
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckResult:
+    """Verdict of :func:`check`. ``reason`` is ``"solved"`` when ok, otherwise what is wrong."""
+
+    ok: bool
+    reason: str
+    steps: Tuple[Step, ...]
+    answer_expr: Optional[str]
+
+
+def apply_op(a: int, op: str, b: int) -> Optional[int]:
+    """``a op b`` when it is a legal Countdown result (a positive integer), else None."""
+    if op == "+":
+        return a + b
+    if op == "*":
+        return a * b
+    if op == "-":
+        return a - b if a > b else None
+    if op == "/":
+        return a // b if b > 0 and a % b == 0 else None
+    raise ValueError(f"op must be one of {OPS}, got {op!r}")
+
+
+def _illegal_reason(a: int, op: str, b: int) -> str:
+    if op == "-":
+        return f"{a} - {b} is {'zero' if a == b else 'negative'}, results must be positive"
+    return f"{a} / {b} is not an integer"
+
+
+def parse_step(line: str) -> Step:
+    """Parse ``"a op b = c"`` (spaces optional, non-negative integers without leading zeros).
+
+    Only the form is checked here; whether the arithmetic is right and the operands are
+    available is :func:`remaining`'s and :func:`check`'s business. Raises ``ValueError``.
+    """
+    if not isinstance(line, str):
+        raise TypeError(f"line must be a str, got {type(line).__name__}")
+    m = _STEP_RE.match(line)
+    if m is None:
+        raise ValueError(f"malformed step {line!r}: expected 'a op b = c' with op one of + - * /")
+    for tok in (m.group(1), m.group(3), m.group(4)):
+        if len(tok) > 1 and tok[0] == "0":
+            raise ValueError(f"malformed step {line!r}: number {tok!r} has a leading zero")
+    return Step(int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4)))
+
+
+def _as_step(step: Union[str, Step]) -> Step:
+    if isinstance(step, Step):
+        return step
+    if isinstance(step, str):
+        return parse_step(step)
+    raise TypeError(f"a step must be a str line or a Step, got {type(step).__name__}")
+
+
+def _apply_step(pool: Counter, step: Step) -> None:
+    """Check ``step`` against the available multiset ``pool`` and apply it (ValueError if illegal)."""
+    value = apply_op(step.a, step.op, step.b)
+    if value is None:
+        raise ValueError(f"step '{step}': {_illegal_reason(step.a, step.op, step.b)}")
+    if value != step.result:
+        raise ValueError(f"step '{step}': wrong arithmetic, {step.a} {step.op} {step.b} is {value}")
+    need = Counter((step.a, step.b))
+    for x, count in need.items():
+        if pool[x] < count:
+            have = " ".join(str(v) for v in sorted(pool.elements()))
+            raise ValueError(f"step '{step}': {x} is not available{' twice' if count > 1 else ''} "
+                             f"(available: {have})")
+    pool.subtract(need)
+    pool[value] += 1
+
+
+def remaining(problem: Problem, steps: Sequence[Union[str, Step]]) -> Tuple[int, ...]:
+    """The sorted multiset of numbers still usable after ``steps``; ValueError on an illegal step."""
+    pool = Counter(problem.numbers)
+    for i, step in enumerate(steps):
+        try:
+            _apply_step(pool, _as_step(step))
+        except ValueError as exc:
+            raise ValueError(f"steps[{i}]: {exc}") from None
+    return tuple(sorted(pool.elements()))
+
+
+def is_solved(problem: Problem, steps: Sequence[Union[str, Step]]) -> bool:
+    """Whether legal ``steps`` solve ``problem`` (see the module docstring for the two rules)."""
+    return check(problem, "\n".join(str(_as_step(s)) for s in steps)).ok if steps else False
+
+
+def is_terminal(problem: Problem, steps: Sequence[Union[str, Step]]) -> bool:
+    """True when no further step can follow: an illegal step, the target reached (classic: by
+    any line; all-numbers: with one number left), or fewer than two numbers left."""
+    pool = Counter(problem.numbers)
+    for step in steps:
+        try:
+            s = _as_step(step)
+            _apply_step(pool, s)
+        except ValueError:
+            return True
+        if not problem.all_numbers and s.result == problem.target:
+            return True
+    return sum(pool.values()) < 2
+
+
+def _evaluate(expr: str, problem: Problem) -> Tuple[int, List[int]]:
+    """Evaluate an answer expression under the Countdown rules: (value, numbers it uses)."""
+    tokens = re.findall(r"\d+|[-+*/()]|\S", expr)
+    pos = 0
+    leaves: List[int] = []
+
+    def peek() -> Optional[str]:
+        return tokens[pos] if pos < len(tokens) else None
+
+    def combine(x: Fraction, op: str, y: Fraction) -> Fraction:
+        value = {"+": x + y, "-": x - y, "*": x * y, "/": x / y if y else None}[op]
+        if value is None or value.denominator != 1 or value <= 0:
+            raise ValueError(f"{x} {op} {y} is not a positive integer")
+        return value
+
+    def factor() -> Fraction:
+        nonlocal pos
+        tok = peek()
+        if tok == "(":
+            pos += 1
+            value = sum_()
+            if peek() != ")":
+                raise ValueError(f"missing ')' in {expr!r}")
+            pos += 1
+            return value
+        if tok is None or not tok.isdigit():
+            raise ValueError(f"expected a number or '(' in {expr!r}, got {tok!r}")
+        pos += 1
+        leaves.append(int(tok))
+        return Fraction(int(tok))
+
+    def product() -> Fraction:
+        nonlocal pos
+        value = factor()
+        while peek() in ("*", "/"):
+            op = tokens[pos]
+            pos += 1
+            value = combine(value, op, factor())
+        return value
+
+    def sum_() -> Fraction:
+        nonlocal pos
+        value = product()
+        while peek() in ("+", "-"):
+            op = tokens[pos]
+            pos += 1
+            value = combine(value, op, product())
+        return value
+
+    value = sum_()
+    if pos != len(tokens):
+        raise ValueError(f"unexpected {tokens[pos]!r} in {expr!r}")
+    return int(value), leaves
+
+
+def check_expression(problem: Problem, expr: str) -> Optional[str]:
+    """None when ``expr`` is a valid answer for ``problem``, else the reason it is not."""
+    try:
+        value, leaves = _evaluate(expr, problem)
+    except ValueError as exc:
+        return f"answer {expr!r}: {exc}"
+    extra = Counter(leaves) - Counter(problem.numbers)
+    if extra:
+        return f"answer {expr!r} uses {sorted(extra.elements())} more often than the numbers allow"
+    if problem.all_numbers and Counter(leaves) != Counter(problem.numbers):
+        return f"answer {expr!r} does not use every number once"
+    if value != problem.target:
+        return f"answer {expr!r} evaluates to {value}, not the target {problem.target}"
+    return None
+
+
+def answer_expression(problem: Problem, steps: Sequence[Union[str, Step]]) -> str:
+    """One fully parenthesised expression equivalent to ``steps``, e.g. ``"((25 - 5) * (3 + 7))"``.
+
+    ``steps`` must solve ``problem`` (ValueError otherwise). An operand that is both a given
+    number and an earlier result is read as the most recent result. The expression is checked
+    by evaluating it before it is returned.
+    """
+    parsed = [_as_step(s) for s in steps]
+    result = check(problem, "\n".join(str(s) for s in parsed))
+    if not result.ok:
+        raise ValueError(f"steps do not solve the problem: {result.reason}")
+    return result.answer_expr
+
+
+def _build_expression(problem: Problem, steps: Sequence[Step]) -> str:
+    # Items are (value, expression); results are appended, so scanning from the end prefers
+    # the most recent result over a given number of the same value.
+    items: List[Tuple[int, str]] = [(x, str(x)) for x in problem.numbers]
+    for s in steps:
+        exprs = []
+        for operand in (s.a, s.b):
+            idx = max(i for i, (v, _) in enumerate(items) if v == operand)
+            exprs.append(items.pop(idx)[1])
+        items.append((s.result, f"({exprs[0]} {s.op} {exprs[1]})"))
+    return items[-1][1]
+
+
+def check(problem: Problem, text: str) -> CheckResult:
+    """Exact verdict on a completion: step lines, optionally an ``answer: (...)`` last line.
+
+    ``text`` may start with the prompt line (it is skipped); trailing blank lines are ignored.
+    Any legal solution is accepted; every rejection names the line and what is wrong.
+    """
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a Problem, got {type(problem).__name__}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    lines = text.split("\n")
+    if lines and lines[0].strip() == problem.prompt().strip():
+        lines = lines[1:]
+    while lines and not lines[-1].strip():
+        lines.pop()
+    answer = None
+    if lines and lines[-1].strip().startswith(ANSWER_PREFIX):
+        answer = lines.pop().strip()[len(ANSWER_PREFIX):].strip()
+    steps: List[Step] = []
+
+    def fail(reason: str) -> CheckResult:
+        return CheckResult(False, reason, tuple(steps), None)
+
+    pool = Counter(problem.numbers)
+    for i, line in enumerate(lines, 1):
+        if steps and not problem.all_numbers and steps[-1].result == problem.target:
+            return fail(f"line {i}: a step after the target was reached on line {i - 1}")
+        try:
+            step = parse_step(line)
+            _apply_step(pool, step)
+        except ValueError as exc:
+            return fail(f"line {i}: {exc}")
+        steps.append(step)
+    if not steps:
+        return fail("no step lines")
+    last = steps[-1].result
+    if problem.all_numbers:
+        left = sorted(pool.elements())
+        if len(left) != 1:
+            return fail(f"numbers left unused: {' '.join(map(str, left))} (rule 'all' uses every number)")
+        if last != problem.target:
+            return fail(f"the last result {last} is not the target {problem.target}")
+    elif last != problem.target:
+        return fail(f"the target {problem.target} is never reached (last result {last})")
+    expr = _build_expression(problem, steps)
+    recheck = check_expression(problem, expr)
+    if recheck is not None:
+        # Unreachable for legal steps: the expression is evaluated independently of the
+        # step bookkeeping above, so a bug in either shows up here instead of a false "solved".
+        return fail(f"the steps' expression fails its re-check: {recheck}")
+    if answer is not None:
+        bad = check_expression(problem, answer)
+        if bad is not None:
+            return fail(bad)
+    return CheckResult(True, "solved", tuple(steps), expr)
+
+
+# ---- solver -------------------------------------------------------------------------------
+def _lines(steps: Sequence[_solver.SolverStep]) -> List[str]:
+    return [f"{a} {op} {b} = {c}" for a, op, b, c in steps]
+
+
+def _check_problem(problem) -> None:
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem must be a Problem, got {type(problem).__name__}")
+
+
+def is_solvable(problem: Problem, state: Optional[Iterable[int]] = None) -> bool:
+    """Whether the target can still be reached from ``state``, the multiset of numbers left
+    (default: the problem's numbers; see :func:`remaining`). Memoised across calls.
+
+    Classic rule: a state that holds the target counts as reached. All-numbers rule: the
+    state must reduce to exactly the target.
+    """
+    _check_problem(problem)
+    if state is None:
+        state = problem.numbers
+    try:
+        values = tuple(sorted(state))
+    except TypeError:
+        raise TypeError(f"state must be an iterable of ints, got {state!r}") from None
+    if not values or not all(_is_int(x) and x >= 1 for x in values):
+        raise ValueError(f"state must be a non-empty multiset of positive ints, got {values}")
+    return _solver.solvable(values, problem.target, problem.all_numbers)
+
+
+def solve(problem: Problem) -> Optional[List[str]]:
+    """A shortest solution as step lines (deterministic), or None when there is none."""
+    _check_problem(problem)
+    steps = _solver.shortest_solution(problem.numbers, problem.target, problem.all_numbers)
+    return None if steps is None else _lines(steps)
+
+
+def solutions(problem: Problem, limit: int = 16, seed: int = 0, max_steps: Optional[int] = None) -> List[List[str]]:
+    """Up to ``limit`` distinct solutions of at most ``max_steps`` steps (default: any) in
+    varied orders, drawn by seeded random descents.
+
+    Every step of every solution contributes to the answer. Fewer than ``limit`` come back
+    when the problem has fewer (or they are not found in ``8 * limit`` draws).
+    """
+    _check_problem(problem)
+    if not _is_int(limit) or limit < 1:
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
+    if max_steps is not None and (not _is_int(max_steps) or max_steps < 1):
+        raise ValueError(f"max_steps must be None or a positive int, got {max_steps!r}")
+    rng = random.Random(seed)
+    found: dict = {}
+    for _ in range(8 * limit):
+        steps = _solver.sample_solution(problem.numbers, problem.target, problem.all_numbers, rng, max_steps)
+        if steps is None:
+            return []
+        found.setdefault(tuple(steps), None)
+        if len(found) == limit:
+            break
+    return [_lines(s) for s in found]
+
+
+def all_solutions(problem: Problem) -> List[List[str]]:
+    """Every distinct solution whose steps all contribute, shortest first (exponential in
+    the count of numbers: meant for up to 5 numbers)."""
+    _check_problem(problem)
+    return [_lines(s) for s in _solver.all_solutions(problem.numbers, problem.target, problem.all_numbers)]
+
+
+# ---- generator ----------------------------------------------------------------------------
+def _count_range(num_numbers) -> Tuple[int, int]:
+    lo, hi = (num_numbers, num_numbers) if _is_int(num_numbers) else tuple(num_numbers)
+    if not (_is_int(lo) and _is_int(hi) and 2 <= lo <= hi <= MAX_NUMBERS):
+        raise ValueError(f"num_numbers must be an int or an inclusive (lo, hi) pair within "
+                         f"[2, {MAX_NUMBERS}], got {num_numbers!r}")
+    return lo, hi
+
+
+def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, min_value: int = 1,
+             max_value: int = 20, min_target: int = 10, max_target: int = 100, all_numbers: bool = False,
+             solvable_only: bool = True) -> List[Problem]:
+    """``n`` random problems, the same for the same arguments and ``seed``.
+
+    Each problem's count of numbers is uniform over ``num_numbers`` (an int or an inclusive
+    ``(lo, hi)``); its numbers are drawn uniformly (with repetition) from ``[min_value,
+    max_value]`` and its target uniformly from ``[min_target, max_target]``. Classic draws
+    whose target is one of the numbers are redrawn (same count), and so are unsolvable ones
+    when ``solvable_only``.
+    """
+    if not _is_int(n) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if not _is_int(seed):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    lo, hi = _count_range(num_numbers)
+    for name, a, b in (("value", min_value, max_value), ("target", min_target, max_target)):
+        if not (_is_int(a) and _is_int(b) and 1 <= a <= b):
+            raise ValueError(f"min_{name} / max_{name} must be ints with 1 <= min <= max, got {a!r}, {b!r}")
+    if not isinstance(all_numbers, bool):
+        raise TypeError(f"all_numbers must be a bool, got {all_numbers!r}")
+    rng = random.Random(seed)
+    out: List[Problem] = []
+    max_draws = 1000 + 200 * n
+    count = rng.randint(lo, hi)
+    for _ in range(max_draws):
+        if len(out) == n:
+            return out
+        # The count is drawn once per problem, not per draw: redrawing it with every rejected
+        # draw would starve the sizes that are less often solvable.
+        numbers = tuple(rng.randint(min_value, max_value) for _ in range(count))
+        target = rng.randint(min_target, max_target)
+        if not all_numbers and target in numbers:
+            continue
+        problem = Problem(numbers, target, all_numbers)
+        if solvable_only and not is_solvable(problem):
+            continue
+        out.append(problem)
+        count = rng.randint(lo, hi)
+    if len(out) == n:
+        return out
+    raise ValueError(f"found only {len(out)} of {n} problems in {max_draws} draws: the knobs (num_numbers="
+                     f"{num_numbers}, values [{min_value}, {max_value}], targets [{min_target}, {max_target}], "
+                     f"all_numbers={all_numbers}) admit too few{' solvable' if solvable_only else ''} problems")
