@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("--json", action="store_true", help="print the information as JSON")
     p_info.set_defaults(func=_cmd_info)
 
-    p_demo = sub.add_parser("demo", help="Countdown with the bundled model: greedy vs best-of-N vs beam vs MCTS")
+    p_demo = sub.add_parser("demo", help="Countdown: greedy vs best-of-N vs beam search vs MCTS with a trained model")
     p_demo.add_argument("--quick", action="store_true", help="a few problems and one budget per strategy")
     p_demo.add_argument("--problems", type=_positive, default=None, help="number of problems (default 40; 6 with --quick)")
     p_demo.add_argument("--numbers", type=int, choices=range(3, 7), default=4, metavar="{3..6}",
@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--all-numbers", action="store_true", help="24-game rule: every number used exactly once")
     p_demo.add_argument("--seed", type=int, default=2026, help="problem seed (default 2026)")
     p_demo.add_argument("--out", default=".", help="directory for ponder-demo.png and the tree DOT/JSON")
-    p_demo.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p_demo.add_argument("--model", default=None,
+                        help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
     p_demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_demo.set_defaults(func=_cmd_demo)
 
@@ -88,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve.add_argument("--budget", type=_positive, default=64,
                          help="MCTS expansions, beam width or N (default 64)")
     p_solve.add_argument("--seed", type=int, default=0)
-    p_solve.add_argument("--model", default=None, help="model directory (default: the bundled model)")
+    p_solve.add_argument("--model", default=None,
+                         help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
     p_solve.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_solve.set_defaults(func=_cmd_solve)
 

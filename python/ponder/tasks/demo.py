@@ -1,7 +1,7 @@
-"""``ponder demo`` and ``ponder solve``: the bundled Countdown model, answering at once vs searching.
+"""``ponder demo`` and ``ponder solve``: a Countdown model answering at once vs searching.
 
-Every strategy runs on the same fixed, seeded problems with the bundled policy + value model on
-the CPU: greedy decoding (one sample, no search), best-of-N, step-level beam search and MCTS,
+Every strategy runs on the same fixed, seeded problems with a policy + value model trained by
+``ponder train countdown`` (``python/ponder/assets/countdown`` by default), on the CPU: greedy decoding (one sample, no search), best-of-N, step-level beam search and MCTS,
 each at a few budgets. Steps are lines; the value head scores each step; Countdown's exact
 checker tells the search when a path has finished (a line reached the target, or no legal move
 is left) and whether it is right. A problem counts as solved only when the answer the search
@@ -31,7 +31,8 @@ def load_model(path: Optional[os.PathLike] = None):
 
     path = Path(path) if path is not None else ASSET_DIR
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no Countdown model in {path}: train one with `ponder train countdown --out {path}`")
+        raise FileNotFoundError(f"no Countdown model in {path}: train one with `ponder train countdown --out DIR` "
+                                f"and pass --model DIR (this build ships no bundled model yet)")
     return load_countdown(path)
 
 
@@ -161,6 +162,8 @@ def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = F
 def solve(numbers: Sequence[int], target: int, all_numbers: bool = False, algorithm: str = "mcts",
           budget: int = 64, seed: int = 0, model_dir=None, progress: bool = True) -> Dict:
     """Solve one problem; returns the result, the checked steps and the answer expression."""
+    if algorithm not in ("mcts", "beam_search", "best_of_n", "greedy"):
+        raise ValueError(f"algorithm must be mcts, beam_search, best_of_n or greedy, got {algorithm!r}")
     problem = countdown.Problem(tuple(numbers), target, all_numbers)
     model, tok = load_model(model_dir)
     if algorithm == "mcts":
@@ -172,10 +175,8 @@ def solve(numbers: Sequence[int], target: int, all_numbers: bool = False, algori
     elif algorithm == "best_of_n":
         s = Strategy("best-of-N", "", "best_of_n", dict(n=budget, max_steps=MAX_STEPS),
                      ponder.Budget(max_iterations=MAX_STEPS, stop_on_verified=True))
-    elif algorithm == "greedy":
-        s = strategies()[0]
     else:
-        raise ValueError(f"algorithm must be mcts, beam_search, best_of_n or greedy, got {algorithm!r}")
+        s = strategies()[0]
     out = run_strategy(model, tok, [problem], s, seed=seed, progress=progress)
     result = out["results"][0]
     verdict = countdown.check(problem, result.answer)

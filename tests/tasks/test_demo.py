@@ -1,0 +1,64 @@
+"""The demo / solve pipeline end to end on a toy model trained in the test (seconds), plus the
+Countdown verifier the searches use. (The shipped model's accuracy is measured by ``ponder demo``
+itself, not asserted here.)"""
+
+import os
+
+import pytest
+
+from ponder import cli
+from ponder.tasks import countdown
+from ponder.tasks.demo import format_solution, load_model, run_demo, solve, strategies, verifier
+from ponder.tasks.train import train_countdown
+
+
+@pytest.fixture(scope="module")
+def toy_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("toy_countdown")
+    train_countdown(out, quick=True, progress=False, evaluate=False)
+    return str(out)
+
+
+def test_verifier_judges_only_finished_paths():
+    p = countdown.Problem((3, 7, 25, 50), 175)
+    judge = verifier([p]).check
+    assert judge(0, "") is None
+    assert judge(0, "7 + 3 = 10\n") is None  # legal, not finished: the search goes on
+    assert judge(0, "25 * 7 = 175\n") == 1.0
+    assert judge(0, "25 * 7 = 170\n") == 0.0  # wrong arithmetic ends the path as a failure
+    assert judge(0, "25 * 7 = 1") == 0.0  # a step cut off without its newline is judged as it is
+
+
+def test_run_demo_writes_table_tree_and_checks_answers(toy_dir, tmp_path, capsys):
+    rows = run_demo(num_problems=2, quick=True, out_dir=str(tmp_path), progress=False, model_dir=toy_dir)
+    assert [(r["strategy"], r["budget"]) for r in rows] == [(s.name, s.label) for s in strategies(quick=True)]
+    problems = countdown.generate(2, seed=2026, num_numbers=4)
+    for r in rows:
+        # "solved" is recomputed by the checker from the returned answers, never taken from the search
+        expected = sum(countdown.check(p, res.answer).ok for p, res in zip(problems, r["results"])) / 2
+        assert r["solved"] == expected
+        assert r["tokens_per_problem"] > 0
+    out = capsys.readouterr().out
+    assert "strategy" in out and "mcts" in out and "greedy" in out
+    assert os.path.getsize(tmp_path / "ponder-demo-tree.dot") > 0
+    assert (tmp_path / "ponder-demo-tree.json").read_text().startswith("{")
+
+
+def test_solve_and_cli(toy_dir, capsys):
+    out = solve([3, 7, 25, 50], 175, algorithm="best_of_n", budget=2, model_dir=toy_dir, progress=False)
+    text = format_solution(out)
+    assert text.splitlines()[0] == countdown.Problem((3, 7, 25, 50), 175).prompt().rstrip()
+    assert ("answer: (" in text) == out["check"].ok
+    code = cli.main(["solve", "3", "7", "25", "50", "--target", "175", "--algorithm", "greedy",
+                     "--model", toy_dir, "--no-progress"])
+    assert code in (0, 1)  # 1 = not solved by the toy model; the output says why
+    assert "tokens_generated" in capsys.readouterr().out
+
+
+def test_missing_model_and_bad_arguments(tmp_path):
+    with pytest.raises(FileNotFoundError, match="ponder train countdown"):
+        load_model(tmp_path)
+    with pytest.raises(ValueError, match="algorithm must be"):
+        solve([1, 2], 3, algorithm="dfs", model_dir=tmp_path / "missing")
+    with pytest.raises(SystemExit):
+        cli.main(["solve", "3", "0", "--target", "5"])  # numbers must be >= 1
