@@ -26,7 +26,7 @@ MAX_STEPS = 6  # 6 numbers need at most 5 lines; one spare for a wrong turn unde
 
 
 def load_model(path: Optional[os.PathLike] = None):
-    """(model, tokenizer) of the bundled Countdown model, or of a directory from ``ponder train``."""
+    """(model, tokenizer) from a directory written by ``ponder train countdown`` (default: the package assets)."""
     from ponder.tasks.train import load_countdown
 
     path = Path(path) if path is not None else ASSET_DIR
