@@ -44,3 +44,25 @@ def test_greedy_generation_matches_transformers(both):
         theirs = out[0, len(prompt):].tolist()
         assert mine.tolist() == theirs[: len(mine)], (tok.decode(mine), tok.decode(theirs))
         assert len(mine) == len(theirs) or mine[-1] in eng.eos_token_ids
+
+
+def test_every_search_algorithm_runs_on_smollm2(both):
+    """Tiny budgets: this checks the whole stack on real weights, not search quality."""
+    import ponder
+
+    _, model, tok = both
+    ids = [tok.apply_chat_template(PROMPTS[0], add_generation_prompt=True, return_dict=True)["input_ids"]]
+    eng = Engine(model, tok, num_pages=512, page_size=16)
+    stop = StepStop(strings=("\n",), max_step_tokens=4)
+    prm = ponder.TokenPairPRM(tok.convert_tokens_to_ids("+"), tok.convert_tokens_to_ids("-"))
+    runs = [
+        ponder.mcts(ids, eng, scorer=prm, budget=ponder.Budget(max_expansions=2), num_children=2, stop=stop,
+                    progress=False),
+        ponder.beam_search(ids, eng, scorer=prm, width=2, expansion=2, max_steps=2, stop=stop, progress=False),
+        ponder.best_of_n(ids, eng, scorer=prm, n=2, max_steps=2, selection="vote", stop=stop, progress=False),
+    ]
+    for [r] in runs:
+        assert r.answer_tokens and r.stats["tokens_generated"] >= len(r.answer_tokens)
+        assert 0.0 < r.score < 1.0  # a PRM probability read from the real hidden state
+    [tb] = ponder.token_beam_search(eng, ids, ponder.TokenBeamConfig(num_beams=2, max_new_tokens=4))
+    assert len(tb.sequences) == 1 and len(tb.sequences[0]) == 4
