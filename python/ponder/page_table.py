@@ -17,7 +17,8 @@ Example with ``P=8, S=4`` (pages are handed out in ascending order while the poo
 Forking is a refcount increment; appending into a shared, partially filled last page first moves
 the sequence to a fresh page and reports the ``(old, new)`` pair, which the caller copies with
 :func:`ponder.ops.copy_pages` before writing K/V. Freeing drops references; a page whose count
-reaches zero returns to the pool.
+reaches zero returns to the pool. ``fork_many`` / ``free_many`` do either for a whole batch of
+sequences in one call.
 
 Prefix cache (``prefix_cache=True``): every full page whose tokens are known is registered under a
 chained hash (hash of the previous page's hash and this page's token ids). ``allocate`` reuses
@@ -74,15 +75,12 @@ def _int32_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
-def _int(name: str, value: Any, out_of_range: type = ValueError, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
-    if type(value) is int:  # the common case, checked first: fork / free sit in search loops
-        v = value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+def _int(name: str, value: Any, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    else:
-        v = int(value)
+    v = int(value)
     if not lo <= v <= hi:
-        raise out_of_range(f"{name}={v} is out of range [{lo}, {hi}]")
+        raise ValueError(f"{name}={v} is out of range [{lo}, {hi}]")
     return v
 
 
