@@ -1,7 +1,9 @@
-// ponder._core.PageTable: numpy in, numpy out. Inputs must already be 1-D C-contiguous int32
-// arrays (ponder.page_table converts anything else); outputs are fresh arrays the caller owns.
+// ponder._core.PageTable: numpy in, numpy out. Array inputs must already be 1-D C-contiguous int32
+// (ponder.page_table converts anything else); outputs are fresh arrays the caller owns. Scalar
+// handles are checked here, so the Python facade passes them straight through on hot paths.
 // Long calls release the GIL; a per-table mutex serialises calls from several Python threads.
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <vector>
 
@@ -45,6 +47,38 @@ Int32View int32_view(const py::object& obj, const char* name) {
   if (arr.ndim() != 1) throw py::type_error(detail::concat(name, " must be 1-D, got ", arr.ndim(), " dimensions"));
   if (!(arr.flags() & py::array::c_style)) throw py::type_error(detail::concat(name, " must be C-contiguous"));
   return {arr, static_cast<const int32_t*>(arr.data()), static_cast<int64_t>(arr.shape(0))};
+}
+
+// A Python int or numpy integer (never a bool or a float), as int64.
+int64_t int_arg(py::handle h, const char* name) {
+  if (PyBool_Check(h.ptr()) || !PyIndex_Check(h.ptr())) {
+    throw py::type_error(detail::concat(name, " must be an int, got ", Py_TYPE(h.ptr())->tp_name));
+  }
+  const auto index = py::reinterpret_steal<py::object>(PyNumber_Index(h.ptr()));
+  if (!index) throw py::error_already_set();
+  int overflow = 0;
+  const long long v = PyLong_AsLongLongAndOverflow(index.ptr(), &overflow);
+  if (overflow != 0) {
+    throw py::value_error(detail::concat(name, "=", py::str(index).cast<std::string>(), " is out of range"));
+  }
+  return v;
+}
+
+// Handles and page ids are int32; wider values cannot name anything, so they fail like unknown ones.
+int32_t seq_arg(py::handle h) {
+  const int64_t v = int_arg(h, "seq");
+  if (v < std::numeric_limits<int32_t>::min() || v > std::numeric_limits<int32_t>::max()) {
+    throw py::value_error(detail::concat("seq=", v, " is out of range for a sequence handle (int32)"));
+  }
+  return static_cast<int32_t>(v);
+}
+
+int32_t page_arg(py::handle h, const PageTable& t) {
+  const int64_t v = int_arg(h, "page");
+  if (v < 0 || v >= t.num_pages()) {
+    throw py::index_error(detail::concat("page=", v, " is out of range [0, ", t.num_pages(), ")"));
+  }
+  return static_cast<int32_t>(v);
 }
 
 template <typename T>
@@ -149,7 +183,11 @@ void bind_page_table(py::module_& m) {
       .def_property_readonly("page_size", [](BoundPageTable& self) { return self.table.page_size(); })
       .def_property_readonly("prefix_cache", [](BoundPageTable& self) { return self.table.prefix_cache(); })
       .def("allocate", &allocate, py::arg("tokens"))
-      .def("fork", [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return t.fork(seq); }); },
+      .def("fork",
+           [](BoundPageTable& self, py::handle seq) {
+             const int32_t s = seq_arg(seq);
+             return locked(self, [&](PageTable& t) { return t.fork(s); });
+           },
            py::arg("seq"))
       .def("fork_many",
            [](BoundPageTable& self, const py::object& seqs) {
@@ -172,7 +210,11 @@ void bind_page_table(py::module_& m) {
            },
            py::arg("seqs"))
       .def("append", &append, py::arg("seqs"), py::arg("counts"), py::arg("tokens") = py::none())
-      .def("free", [](BoundPageTable& self, int32_t seq) { locked(self, [&](PageTable& t) { t.free(seq); }); },
+      .def("free",
+           [](BoundPageTable& self, py::handle seq) {
+             const int32_t s = seq_arg(seq);
+             locked(self, [&](PageTable& t) { t.free(s); });
+           },
            py::arg("seq"))
       .def("can_allocate",
            [](BoundPageTable& self, int64_t n) { return locked(self, [&](PageTable& t) { return t.can_allocate(n); }); },
@@ -186,22 +228,34 @@ void bind_page_table(py::module_& m) {
       .def("can_append", &can_append, py::arg("seqs"), py::arg("counts"))
       .def("batch_tables", &batch_tables, py::arg("seqs"), py::arg("pad") = -1, py::arg("max_pages") = -1)
       .def("num_tokens",
-           [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return t.num_tokens(seq); }); },
+           [](BoundPageTable& self, py::handle seq) {
+             const int32_t s = seq_arg(seq);
+             return locked(self, [&](PageTable& t) { return t.num_tokens(s); });
+           },
            py::arg("seq"))
       .def("pages",
-           [](BoundPageTable& self, int32_t seq) { return locked(self, [&](PageTable& t) { return to_numpy(t.pages(seq)); }); },
+           [](BoundPageTable& self, py::handle seq) {
+             const int32_t s = seq_arg(seq);
+             return locked(self, [&](PageTable& t) { return to_numpy(t.pages(s)); });
+           },
            py::arg("seq"))
       .def("refcount",
-           [](BoundPageTable& self, int32_t page) { return locked(self, [&](PageTable& t) { return t.refcount(page); }); },
+           [](BoundPageTable& self, py::handle page) {
+             return locked(self, [&](PageTable& t) { return t.refcount(page_arg(page, t)); });
+           },
            py::arg("page"))
       .def("refcounts",
            [](BoundPageTable& self) { return locked(self, [&](PageTable& t) { return to_numpy(t.refcounts()); }); })
       .def("is_cached",
-           [](BoundPageTable& self, int32_t page) { return locked(self, [&](PageTable& t) { return t.is_cached(page); }); },
+           [](BoundPageTable& self, py::handle page) {
+             return locked(self, [&](PageTable& t) { return t.is_cached(page_arg(page, t)); });
+           },
            py::arg("page"))
       .def("slot_of",
-           [](BoundPageTable& self, int32_t seq, int64_t t) {
-             return locked(self, [&](PageTable& pt) { return pt.slot_of(seq, t); });
+           [](BoundPageTable& self, py::handle seq, py::handle t) {
+             const int32_t s = seq_arg(seq);
+             const int64_t pos = int_arg(t, "t");
+             return locked(self, [&](PageTable& pt) { return pt.slot_of(s, pos); });
            },
            py::arg("seq"), py::arg("t"))
       .def("free_pages",

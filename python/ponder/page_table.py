@@ -17,7 +17,8 @@ Example with ``P=8, S=4`` (pages are handed out in ascending order while the poo
 Forking is a refcount increment; appending into a shared, partially filled last page first moves
 the sequence to a fresh page and reports the ``(old, new)`` pair, which the caller copies with
 :func:`ponder.ops.copy_pages` before writing K/V. Freeing drops references; a page whose count
-reaches zero returns to the pool.
+reaches zero returns to the pool. ``fork_many`` / ``free_many`` do either for a whole batch of
+sequences in one call.
 
 Prefix cache (``prefix_cache=True``): every full page whose tokens are known is registered under a
 chained hash (hash of the previous page's hash and this page's token ids). ``allocate`` reuses
@@ -74,15 +75,12 @@ def _int32_array(name: str, value: Any) -> np.ndarray:
     return arr
 
 
-def _int(name: str, value: Any, out_of_range: type = ValueError, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
-    if type(value) is int:  # the common case, checked first: fork / free sit in search loops
-        v = value
-    elif isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+def _int(name: str, value: Any, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    else:
-        v = int(value)
+    v = int(value)
     if not lo <= v <= hi:
-        raise out_of_range(f"{name}={v} is out of range [{lo}, {hi}]")
+        raise ValueError(f"{name}={v} is out of range [{lo}, {hi}]")
     return v
 
 
@@ -126,7 +124,7 @@ class PageTable:
 
     def fork(self, seq: int) -> int:
         """A new sequence sharing every page of ``seq`` (same tokens). Never allocates."""
-        return self._t.fork(_int("seq", seq))
+        return self._t.fork(seq)  # the native layer checks scalar handles
 
     def fork_many(self, seqs) -> np.ndarray:
         """``int32[M]`` children, child i forked off ``seqs[i]`` (a handle may repeat). One call
@@ -151,7 +149,7 @@ class PageTable:
 
     def free(self, seq: int) -> None:
         """Release ``seq``; freeing it again raises ``ValueError``."""
-        self._t.free(_int("seq", seq))
+        self._t.free(seq)
 
     def free_many(self, seqs) -> None:
         """Free every handle in ``seqs`` (live and distinct), all-or-nothing."""
@@ -177,14 +175,14 @@ class PageTable:
         return self._t.batch_tables(_int32_array("seqs", seqs), pad, width)
 
     def num_tokens(self, seq: int) -> int:
-        return self._t.num_tokens(_int("seq", seq))
+        return self._t.num_tokens(seq)
 
     def pages(self, seq: int) -> np.ndarray:
         """Page ids of ``seq``, ``int32[ceil(num_tokens / S)]`` (a copy)."""
-        return self._t.pages(_int("seq", seq))
+        return self._t.pages(seq)
 
     def refcount(self, page: int) -> int:
-        return self._t.refcount(_int("page", page, IndexError))
+        return self._t.refcount(page)
 
     def refcounts(self) -> np.ndarray:
         """Reference counts of all pages, ``int32[P]`` (a copy)."""
@@ -192,11 +190,11 @@ class PageTable:
 
     def is_cached(self, page: int) -> bool:
         """Whether ``page`` is registered in the prefix cache."""
-        return self._t.is_cached(_int("page", page, IndexError))
+        return self._t.is_cached(page)
 
     def slot_of(self, seq: int, t: int) -> int:
         """Slot of token ``t`` of ``seq``: ``pages[t // S] * S + t % S``."""
-        return self._t.slot_of(_int("seq", seq), _int("t", t, IndexError, lo=-(2**62), hi=2**62))
+        return self._t.slot_of(seq, t)
 
     def free_pages(self) -> np.ndarray:
         """Pages on the free list, the next one to be handed out first."""
