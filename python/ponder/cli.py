@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--numbers", type=int, choices=range(3, 7), default=4, metavar="{3..6}",
                         help="numbers per problem (default 4)")
     p_demo.add_argument("--all-numbers", action="store_true", help="24-game rule: every number used exactly once")
-    p_demo.add_argument("--seed", type=int, default=2026, help="problem seed (default 2026)")
+    p_demo.add_argument("--seed", type=int, default=None,
+                        help="problem seed (default: the model's held-out evaluation problems)")
     p_demo.add_argument("--out", default=".", help="directory for ponder-demo.png and the tree DOT/JSON")
     p_demo.add_argument("--model", default=None,
                         help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")

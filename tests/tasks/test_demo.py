@@ -8,7 +8,7 @@ import pytest
 
 from ponder import cli
 from ponder.tasks import countdown
-from ponder.tasks.demo import format_solution, load_model, run_demo, solve, strategies, verifier
+from ponder.tasks.demo import format_solution, held_out_problems, load_model, run_demo, solve, strategies, verifier
 from ponder.tasks.train import train_countdown
 
 
@@ -32,7 +32,7 @@ def test_verifier_judges_only_finished_paths():
 def test_run_demo_writes_table_tree_and_checks_answers(toy_dir, tmp_path, capsys):
     rows = run_demo(num_problems=2, quick=True, out_dir=str(tmp_path), progress=False, model_dir=toy_dir)
     assert [(r["strategy"], r["budget"]) for r in rows] == [(s.name, s.label) for s in strategies(quick=True)]
-    problems = countdown.generate(2, seed=2026, num_numbers=4)
+    problems = held_out_problems(2, 4, False, toy_dir)
     for r in rows:
         # "solved" is recomputed by the checker from the returned answers, never taken from the search
         expected = sum(countdown.check(p, res.answer).ok for p, res in zip(problems, r["results"])) / 2

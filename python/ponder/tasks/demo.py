@@ -36,6 +36,26 @@ def load_model(path: Optional[os.PathLike] = None):
     return load_countdown(path)
 
 
+def held_out_problems(num_problems: int, num_numbers: int, all_numbers: bool, model_dir=None,
+                      seed: Optional[int] = None) -> List[countdown.Problem]:
+    """The demo's problems: by default the held-out evaluation problems of the model's training
+    run (its value and target ranges, and the seeds ``ponder train`` keeps out of training), read
+    from the model directory's ``metrics.json``; ``seed`` picks other problems from the same ranges."""
+    path = Path(model_dir) if model_dir is not None else ASSET_DIR
+    knobs, train_seed = {}, 0
+    try:
+        with open(path / "metrics.json") as f:
+            metrics = json.load(f)
+        cfg = metrics.get("config", {})
+        knobs = {k: int(cfg[k]) for k in ("min_value", "max_value", "min_target", "max_target") if k in cfg}
+        train_seed = int(metrics.get("seed", 0))
+    except (OSError, ValueError):  # no training record: the generator's default ranges
+        pass
+    if seed is None:
+        seed = train_seed + 7919 * (2 + int(all_numbers))  # the held-out seeds of ponder.tasks.evaluation
+    return countdown.generate(num_problems, seed=seed, num_numbers=num_numbers, all_numbers=all_numbers, **knobs)
+
+
 def verifier(problems: Sequence[countdown.Problem]) -> ponder.Verifier:
     """Ends a path when Countdown allows no further step; scores it 1 if solved, else 0."""
 
@@ -125,13 +145,14 @@ def plot(rows, path: str) -> bool:
     return True
 
 
-def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = False, seed: int = 2026,
+def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = False, seed: Optional[int] = None,
              quick: bool = False, out_dir: str = ".", progress: bool = True, model_dir=None) -> List[Dict]:
     """Run every strategy on the same problems; print the table; write the plot and one tree."""
     model, tok = load_model(model_dir)
-    problems = countdown.generate(num_problems, seed=seed, num_numbers=num_numbers, all_numbers=all_numbers)
+    problems = held_out_problems(num_problems, num_numbers, all_numbers, model_dir, seed)
     rule = "all numbers" if all_numbers else "any subset"
-    print(f"Countdown: {num_problems} problems with {num_numbers} numbers (rule: {rule}), seed {seed}")
+    which = "held-out problems" if seed is None else f"problems of seed {seed}"
+    print(f"Countdown: {num_problems} {which} with {num_numbers} numbers (rule: {rule})")
     rows = []
     try:
         from tqdm.auto import tqdm
