@@ -77,6 +77,11 @@ def test_remaining_and_terminal():
     assert not cd.is_terminal(q, ["2 * 3 = 6"])  # the 1 is still unused
     assert cd.is_terminal(q, ["2 * 3 = 6", "6 * 1 = 6"])
     assert cd.is_solved(q, ["2 * 3 = 6", "6 * 1 = 6"]) and not cd.is_solved(q, ["2 * 3 = 6"])
+    assert cd.is_solved(q, [cd.Step(2, "*", 3, 6), "6 / 1 = 6"])
+    assert not cd.is_solved(q, ["2 * 3 = 6", "6 * 1 = 7"]) and not cd.is_solved(q, ["2 times 3"])
+    assert not cd.is_solved(q, [])
+    with pytest.raises(TypeError, match="a step must be"):
+        cd.is_solved(q, [6])
 
 
 # ---- checker ------------------------------------------------------------------------------

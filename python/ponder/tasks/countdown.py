@@ -204,8 +204,11 @@ def remaining(problem: Problem, steps: Sequence[Union[str, Step]]) -> Tuple[int,
 
 
 def is_solved(problem: Problem, steps: Sequence[Union[str, Step]]) -> bool:
-    """Whether legal ``steps`` solve ``problem`` (see the module docstring for the two rules)."""
-    return check(problem, "\n".join(str(_as_step(s)) for s in steps)).ok if steps else False
+    """Whether ``steps`` (lines or Steps) solve ``problem``; False for any illegal step."""
+    for s in steps:
+        if not isinstance(s, (str, Step)):
+            raise TypeError(f"a step must be a str line or a Step, got {type(s).__name__}")
+    return bool(steps) and check(problem, "\n".join(str(s) for s in steps)).ok
 
 
 def is_terminal(problem: Problem, steps: Sequence[Union[str, Step]]) -> bool:
