@@ -147,7 +147,7 @@ class TraceSampler:
     """
 
     def __init__(self, tokenizer: CharTokenizer, seed: int, num_numbers: Tuple[int, int] = (3, 6),
-                 min_value: int = 1, max_value: int = 20, min_target: int = 10, max_target: int = 100,
+                 min_value: int = 1, max_value: int = 9, min_target: int = 10, max_target: int = 99,
                  value_fraction: float = 0.4, max_len: int = 256, holdout: Iterable[tuple] = (),
                  examples_per_problem: int = 2, prior_weight: float = 0.0) -> None:
         if not 0.0 <= value_fraction <= 1.0:
