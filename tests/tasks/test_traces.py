@@ -25,15 +25,18 @@ def test_encode_trace_layout():
     assert TOK.decode(ex.ids) == p.prompt() + "9 - 4 = 5\n6 * 5 = 30\n"
     assert ex.value_positions == (len(p.prompt()), len(p.prompt()) + 10, len(p.prompt()) + 21)
     assert all(ex.ids[i] == NEWLINE for i in ex.value_positions)
-    assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1),)
+    assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1, 1.0),)
     unsolved = encode_trace(TOK, p, lines[:1], [1, 1], policy=True, kind="solution")
     assert unsolved.ids[-1] == NEWLINE  # no <eos> before the problem is solved
     value_only = encode_trace(TOK, p, lines, [1, 1, 0], policy=False, kind="random")
     assert value_only.value_labels == (1.0, 1.0, 0.0)
     # only the arithmetic is trained: from each '=' to the last digit of its result
-    trained = ["".join(TOK.decode(value_only.ids[s + 1:e + 1])) for s, e in value_only.target_spans]
-    assert trained == [" 5\n", " 30\n"]
-    assert all(value_only.ids[s] == TOK.encode("=")[0] for s, _ in value_only.target_spans)
+    trained = [(TOK.decode(value_only.ids[s + 1:e + 1]), w) for s, e, w in value_only.target_spans]
+    assert trained == [(" 5\n", 1.0), (" 30\n", 1.0)]
+    # with a prior weight the step choices are trained too, at that weight
+    prior = encode_trace(TOK, p, lines, [1, 1, 0], policy=False, kind="random", prior_weight=0.25)
+    trained = [(TOK.decode(prior.ids[s + 1:e + 1]), w) for s, e, w in prior.target_spans]
+    assert trained == [("9 - 4 =", 0.25), (" 5\n", 1.0), ("6 * 5 =", 0.25), (" 30\n", 1.0)]
     with pytest.raises(ValueError, match="labels must hold"):
         encode_trace(TOK, p, lines, [1, 1], policy=False, kind="random")
 
@@ -53,7 +56,7 @@ def test_examples_carry_exact_labels(kind):
             assert label == float(brute_solvable(list(state), p.target, p.all_numbers)), (p, lines[:k])
         if kind == "solution":
             assert cd.check(p, "\n".join(lines)).ok and ex.ids[-1] == TOK.eos_token_id
-            assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1),)
+            assert ex.target_spans == ((ex.value_positions[0], len(ex.ids) - 1, 1.0),)
         else:
             assert len(ex.target_spans) == len(lines)
 
@@ -91,6 +94,10 @@ def test_sampler_is_seeded_mixes_rules_and_sizes_and_skips_holdout():
     assert all(len(short.example().ids) <= 70 for _ in range(30))
     with pytest.raises(ValueError, match="value_fraction"):
         TraceSampler(TOK, seed=0, value_fraction=1.5)
+    with pytest.raises(ValueError, match="prior_weight"):
+        TraceSampler(TOK, seed=0, prior_weight=-0.1)
+    with pytest.raises(ValueError, match="examples_per_problem"):
+        TraceSampler(TOK, seed=0, examples_per_problem=0)
     with pytest.raises(ValueError, match="num_numbers"):
         TraceSampler(TOK, seed=0, num_numbers=(1, 3))
 
@@ -98,7 +105,7 @@ def test_sampler_is_seeded_mixes_rules_and_sizes_and_skips_holdout():
 def test_collate_targets_and_balanced_weights():
     p = cd.Problem((4, 6, 9), 30)
     solved = encode_trace(TOK, p, ["9 - 4 = 5", "6 * 5 = 30"], [1, 1, 1], True, "solution")
-    failed = encode_trace(TOK, p, ["9 + 6 = 15"], [1, 0], False, "random")
+    failed = encode_trace(TOK, p, ["9 + 6 = 15"], [1, 0], False, "random", prior_weight=0.5)
     batch = collate([solved, failed], TOK.pad_token_id)
     B, T = batch["input_ids"].shape
     assert (B, T) == (2, len(solved.ids))
@@ -108,9 +115,14 @@ def test_collate_targets_and_balanced_weights():
     assert targets[0, :start].eq(IGNORE_INDEX).all()
     assert targets[0, start:T - 1].tolist() == list(solved.ids[start + 1:])
     assert targets[0, T - 1] == IGNORE_INDEX
-    (s, e), = failed.target_spans
-    assert TOK.decode(targets[1, s:e].tolist()) == " 15\n"
-    assert targets[1, :s].eq(IGNORE_INDEX).all() and targets[1, e:].eq(IGNORE_INDEX).all()
+    (s0, e0, _), (s1, e1, _) = failed.target_spans
+    assert TOK.decode(targets[1, s0:e1].tolist()) == "9 + 6 = 15\n"
+    assert targets[1, :s0].eq(IGNORE_INDEX).all() and targets[1, e1:].eq(IGNORE_INDEX).all()
+    weights = batch["target_weights"]
+    assert weights[1, s0:e0].eq(0.5).all() and weights[1, s1:e1].eq(1.0).all()
+    assert weights[0, start:T - 1].eq(1.0).all()
+    assert weights.eq(0).logical_or(targets.ne(IGNORE_INDEX)).all()  # weight only where trained
+    assert targets.ne(IGNORE_INDEX).logical_and(weights.eq(0)).sum() == 0
     flat = batch["input_ids"].view(-1)[batch["value_index"]]
     assert flat.eq(NEWLINE).all() and batch["value_index"].tolist()[3:] == [T + i for i in failed.value_positions]
     labels, weights = batch["value_labels"], batch["value_weights"]

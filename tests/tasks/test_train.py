@@ -90,6 +90,27 @@ def test_joint_loss_reaches_every_parameter():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
 
 
+def test_joint_loss_weights_tokens_and_states():
+    model = _model(2)
+    batch = TraceSampler(TOK, seed=1, num_numbers=(3, 3), max_len=64, value_fraction=0.6, prior_weight=0.5).batch(8)
+    with torch.no_grad():
+        _, parts = train.joint_loss(model, batch, value_weight=2.0)
+        hidden = train.dense_forward(model, batch["input_ids"])
+        logp = torch.log_softmax(train.dense_logits(model, hidden), -1)
+        mask = batch["targets"] != -100
+        nll = -logp[mask].gather(1, batch["targets"][mask][:, None]).squeeze(1)
+        w = batch["target_weights"][mask]
+        scores = train.dense_value_score(model, hidden.reshape(-1, hidden.shape[-1])[batch["value_index"]])
+        p = torch.sigmoid(scores)
+        y = batch["value_labels"]
+        bce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    assert w.min() == 0.5 and w.max() == 1.0
+    # fp32 sums of a few hundred terms in a different order: 1e-5 relative is ample
+    assert parts["policy_loss"] == pytest.approx(float((nll * w).sum() / w.sum()), rel=1e-5)
+    assert parts["value_loss"] == pytest.approx(float((bce * batch["value_weights"]).sum()), rel=1e-5)
+    assert parts["loss"] == pytest.approx(parts["policy_loss"] + 2.0 * parts["value_loss"], rel=1e-5)
+
+
 def _dense_greedy(model, problem, max_new_tokens):
     ids = TOK.encode(problem.prompt(), add_bos=True)
     text = ""

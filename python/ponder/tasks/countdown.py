@@ -458,7 +458,7 @@ def _count_range(num_numbers) -> Tuple[int, int]:
 
 
 def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, min_value: int = 1,
-             max_value: int = 20, min_target: int = 10, max_target: int = 100, all_numbers: bool = False,
+             max_value: int = 9, min_target: int = 10, max_target: int = 99, all_numbers: bool = False,
              solvable_only: bool = True) -> List[Problem]:
     """``n`` random problems, the same for the same arguments and ``seed``.
 
@@ -466,7 +466,8 @@ def generate(n: int, seed: int, num_numbers: Union[int, Tuple[int, int]] = 4, mi
     ``(lo, hi)``); its numbers are drawn uniformly (with repetition) from ``[min_value,
     max_value]`` and its target uniformly from ``[min_target, max_target]``. Classic draws
     whose target is one of the numbers are redrawn (same count), and so are unsolvable ones
-    when ``solvable_only``.
+    when ``solvable_only``. The defaults (digits 1-9, two-digit targets) are the distribution
+    the bundled model is trained on.
     """
     if not _is_int(n) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")

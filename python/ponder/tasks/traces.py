@@ -38,23 +38,27 @@ SLACK_PROBABILITY = 0.25
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One sequence. ``ids`` starts with ``<bos>``; each ``(start, end)`` of ``target_spans``
-    trains positions ``start .. end - 1`` to predict their next token; ``value_positions``
-    index the newline ending each state, ``value_labels`` say whether that state is solvable
-    (1.0) or not (0.0)."""
+    """One sequence. ``ids`` starts with ``<bos>``; each ``(start, end, weight)`` of
+    ``target_spans`` trains positions ``start .. end - 1`` to predict their next token with
+    that loss weight; ``value_positions`` index the newline ending each state,
+    ``value_labels`` say whether that state is solvable (1.0) or not (0.0)."""
 
     ids: Tuple[int, ...]
-    target_spans: Tuple[Tuple[int, int], ...]
+    target_spans: Tuple[Tuple[int, int, float], ...]
     value_positions: Tuple[int, ...]
     value_labels: Tuple[float, ...]
     kind: str
 
 
 def encode_trace(tokenizer: CharTokenizer, problem: countdown.Problem, lines: Sequence[str],
-                 labels: Sequence[float], policy: bool, kind: str) -> Example:
+                 labels: Sequence[float], policy: bool, kind: str, prior_weight: float = 0.0) -> Example:
     """Tokenise ``problem``'s prompt and step ``lines``; ``labels[k]`` is the value label of the
-    state after k lines (``len(lines) + 1`` of them). ``policy``: train every step token (and
-    ``<eos>`` after a solving line), else only the tokens after each line's ``=``."""
+    state after k lines (``len(lines) + 1`` of them).
+
+    ``policy``: train every step token (and ``<eos>`` after a solving line) with weight 1.
+    Otherwise the tokens after each line's ``=`` get weight 1 and the step choice before it
+    (operands, operator) gets ``prior_weight`` (0: not trained).
+    """
     if len(labels) != len(lines) + 1:
         raise ValueError(f"labels must hold len(lines) + 1 = {len(lines) + 1} values, got {len(labels)}")
     ids = tokenizer.encode(problem.prompt(), add_bos=True)
@@ -62,14 +66,16 @@ def encode_trace(tokenizer: CharTokenizer, problem: countdown.Problem, lines: Se
     spans = []
     for line in lines:
         if not policy:
-            # from the '=' (predicting the space after it) to the last digit (predicting '\n')
-            spans.append((len(ids) + line.index("="), len(ids) + len(line)))
+            start, eq = len(ids), len(ids) + line.index("=")
+            if prior_weight > 0:
+                spans.append((start - 1, eq, float(prior_weight)))  # predicts the line up to '='
+            spans.append((eq, start + len(line), 1.0))  # predicts ' ', the result and '\n'
         ids += tokenizer.encode(line + "\n")
         positions.append(len(ids) - 1)
     if policy:
         if countdown.is_solved(problem, lines):
             ids.append(tokenizer.eos_token_id)
-        spans = [(positions[0], len(ids) - 1)]
+        spans = [(positions[0], len(ids) - 1, 1.0)]
     return Example(tuple(ids), tuple(spans), tuple(positions), tuple(float(x) for x in labels), kind)
 
 
@@ -97,8 +103,9 @@ def _labels(problem: countdown.Problem, lines: Sequence[str]) -> List[float]:
 
 
 def make_example(problem: countdown.Problem, kind: str, rng: random.Random,
-                 tokenizer: CharTokenizer) -> Example:
-    """One example of ``kind`` ("solution", "random" or "detour") for a solvable ``problem``."""
+                 tokenizer: CharTokenizer, prior_weight: float = 0.0) -> Example:
+    """One example of ``kind`` ("solution", "random" or "detour") for a solvable ``problem``;
+    ``prior_weight`` as in :func:`encode_trace` for the random and detour kinds."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     start = tuple(sorted(problem.numbers))
@@ -123,23 +130,26 @@ def make_example(problem: countdown.Problem, kind: str, rng: random.Random,
         prefix = _lines(steps[:keep])
         state = countdown.remaining(problem, prefix)
         lines = prefix + _lines(_random_walk(problem, state, rng, rng.randint(1, max(1, len(state) - 1))))
-    return encode_trace(tokenizer, problem, lines, _labels(problem, lines), False, kind)
+    return encode_trace(tokenizer, problem, lines, _labels(problem, lines), False, kind, prior_weight)
 
 
 class TraceSampler:
     """Seeded stream of examples over both rules and ``num_numbers`` numbers per problem.
 
     ``value_fraction`` of the examples are random / detour traces (value supervision only);
-    the rest are solution traces. Each problem serves ``examples_per_problem`` consecutive
+    the rest are solution traces. ``prior_weight`` trains the step choices of random / detour
+    traces too, at that loss weight: they are always legal, so they teach which numbers are
+    still available, at the cost of pulling the policy towards uniform legal steps. Each
+    problem serves ``examples_per_problem`` consecutive
     examples: drawing a solvable problem costs about as much as an example, and the solver's
     memo is warm for its second use. Problems whose ``Problem.key()`` is in ``holdout`` are never
     drawn. ``max_len`` drops (and redraws) longer sequences so batches fit the model.
     """
 
     def __init__(self, tokenizer: CharTokenizer, seed: int, num_numbers: Tuple[int, int] = (3, 6),
-                 min_value: int = 1, max_value: int = 20, min_target: int = 10, max_target: int = 100,
+                 min_value: int = 1, max_value: int = 9, min_target: int = 10, max_target: int = 99,
                  value_fraction: float = 0.4, max_len: int = 256, holdout: Iterable[tuple] = (),
-                 examples_per_problem: int = 2) -> None:
+                 examples_per_problem: int = 2, prior_weight: float = 0.0) -> None:
         if not 0.0 <= value_fraction <= 1.0:
             raise ValueError(f"value_fraction must lie in [0, 1], got {value_fraction!r}")
         if isinstance(examples_per_problem, bool) or not isinstance(examples_per_problem, int) \
@@ -153,7 +163,10 @@ class TraceSampler:
         self.knobs = dict(num_numbers=num_numbers, min_value=min_value, max_value=max_value,
                           min_target=min_target, max_target=max_target)
         countdown.generate(0, 0, **self.knobs)  # validates the knobs once, here
+        if not 0.0 <= prior_weight <= 1.0:
+            raise ValueError(f"prior_weight must lie in [0, 1], got {prior_weight!r}")
         self.value_fraction = value_fraction
+        self.prior_weight = prior_weight
         self.max_len = max_len
         self.holdout: Set[tuple] = set(holdout)
 
@@ -173,7 +186,7 @@ class TraceSampler:
                 kind = "random" if self.rng.random() < 0.5 else "detour"
             else:
                 kind = "solution"
-            ex = make_example(self._problem, kind, self.rng, self.tokenizer)
+            ex = make_example(self._problem, kind, self.rng, self.tokenizer, self.prior_weight)
             if len(ex.ids) <= self.max_len:
                 return ex
 
@@ -195,7 +208,8 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
     """Pad examples to one batch.
 
     Returns ``input_ids [B, T]`` int64 (right-padded with ``pad_id``), ``targets [B, T]`` int64
-    (next token inside the examples' target spans, ``IGNORE_INDEX`` elsewhere), ``value_index [M]``
+    (next token inside the examples' target spans, ``IGNORE_INDEX`` elsewhere),
+    ``target_weights [B, T]`` fp32 (the spans' weights, 0 elsewhere), ``value_index [M]``
     int64 (flat ``b * T + t`` positions), ``value_labels [M]`` fp32 and ``value_weights [M]``
     fp32 (positives and negatives each sum to 0.5 when both are present, else all sum to 1).
     """
@@ -204,12 +218,14 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
     B, T = len(examples), max(len(ex.ids) for ex in examples)
     input_ids = torch.full((B, T), pad_id, dtype=torch.int64)
     targets = torch.full((B, T), IGNORE_INDEX, dtype=torch.int64)
+    target_weights = torch.zeros(B, T, dtype=torch.float32)
     index, labels = [], []
     for b, ex in enumerate(examples):
         ids = torch.tensor(ex.ids, dtype=torch.int64)
         input_ids[b, :len(ids)] = ids
-        for start, end in ex.target_spans:
+        for start, end, weight in ex.target_spans:
             targets[b, start:end] = ids[start + 1:end + 1]
+            target_weights[b, start:end] = weight
         index += [b * T + t for t in ex.value_positions]
         labels += ex.value_labels
     value_labels = torch.tensor(labels, dtype=torch.float32)
@@ -219,5 +235,6 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
         weights = torch.where(pos, 0.5 / num_pos, 0.5 / num_neg)
     else:
         weights = torch.full_like(value_labels, 1.0 / max(1, len(labels)))
-    return dict(input_ids=input_ids, targets=targets, value_index=torch.tensor(index, dtype=torch.int64),
+    return dict(input_ids=input_ids, targets=targets, target_weights=target_weights,
+                value_index=torch.tensor(index, dtype=torch.int64),
                 value_labels=value_labels, value_weights=weights)
