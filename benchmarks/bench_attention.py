@@ -141,7 +141,7 @@ def _bench(args):
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G)).to(dev)
         _check(torch, "shared vs reference", tb.shared_prefix_attention(q, kv, 0, plan, D**-0.5), expected, dtype)
         _check(torch, "paged vs reference", tb.paged_decode(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
-        del q, kv, expected
+        q = kv = expected = None  # free the check tensors before the sweep
 
         for P, B, s in sweep:
             q, kv, bt, sl = _batch(torch, B, P, s, Hk, G, D, S, dtype, dev)
@@ -183,7 +183,7 @@ def _bench(args):
                 line += " | sdpa  (gathered KV does not fit)"
             line += f" | plan {plan_ms:6.2f} ms ({plan.num_items} items)"
             print(line, flush=True)
-            del q, kv, k, v, plan, out_shared, out_paged
+            q = kv = k = v = plan = out_shared = out_paged = None  # free this shape before the next
             torch.cuda.empty_cache()
     return 0
 

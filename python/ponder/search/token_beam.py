@@ -351,7 +351,7 @@ def token_beam_search(engine, prompts: Sequence, config: TokenBeamConfig,
     if not isinstance(config, TokenBeamConfig):
         raise TypeError(f"config must be a TokenBeamConfig, got {type(config).__name__}")
     cfg = config
-    W, n = cfg.num_beams, cfg.max_new_tokens
+    W = cfg.num_beams
     vocab = int(engine.model.config.vocab_size)
     eos_ids = sorted(engine.eos_token_ids) if cfg.eos_token_ids is None else list(cfg.eos_token_ids)
     bad = [t for t in eos_ids if t >= vocab]
