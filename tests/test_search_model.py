@@ -83,3 +83,32 @@ def test_token_pair_prm_with_a_separate_scorer_model(model):
     seq = CharTokenizer().encode(text + r.nodes["text"][node] + "!")
     expected = torch.sigmoid(full_hidden(prm_model, seq)[0] @ (w[3] - w[4])).item()
     np.testing.assert_allclose(r.nodes["reward"][node], expected, rtol=1e-4)
+
+
+@pytest.mark.parametrize("algorithm,opts", [
+    ("mcts", dict(num_children=4, budget=Budget(max_expansions=6))),
+    ("beam_search", dict(width=2, expansion=4, max_steps=2)),
+])
+def test_distinct_children_and_their_token_count(model, algorithm, opts):
+    """Greedy decoding draws the same step every time: with distinct=True a node keeps one
+    child per different step, and the dropped repeats still count as generated tokens."""
+    greedy = ponder.SamplingParams(temperature=0.0)
+    eng = engine(model)
+    (r,) = ponder.search([PROMPTS[0]], eng, algorithm=algorithm, stop=STOP, sampling=greedy, distinct=True,
+                         progress=False, **opts)
+    parents = r.nodes["parent"]
+    for node in range(len(parents)):
+        kids = [tuple(r.nodes["tokens"][c]) for c in range(len(parents)) if parents[c] == node]
+        assert len(kids) == len(set(kids)) <= 1  # greedy: one distinct step per node
+    def draws(parent):  # children asked for at each expansion of parent
+        if algorithm == "mcts":
+            return opts["num_children"]
+        return opts["width"] * opts["expansion"] if parent == 0 else opts["expansion"]
+
+    # each node is expanded once, into `draws` copies of its one greedy step
+    expected = sum(len(r.nodes["tokens"][c]) * draws(parents[c]) for c in range(1, len(parents)))
+    assert eng.stats.extra["duplicate_children"] > 0
+    assert r.stats["tokens_generated"] == expected
+    (plain,) = ponder.search([PROMPTS[0]], engine(model), algorithm=algorithm, stop=STOP, sampling=greedy,
+                             progress=False, **opts)
+    assert len(plain.nodes["parent"]) > len(parents)  # without distinct the repeats become nodes

@@ -38,6 +38,8 @@ __all__ = ["Engine", "Expansion", "FINISH_REASONS", "SamplingParams", "StepStop"
 logger = logging.getLogger(__name__)
 
 EvictFn = Callable[["Engine", int], Iterable[int]]
+# (parent node, tokens of the step so far) -> the token ids allowed next, or None for any token
+AllowedTokensFn = Callable[[int, List[int]], Optional[Iterable[int]]]
 
 
 class Engine:
@@ -95,6 +97,9 @@ class Engine:
         # node -> (batch hidden tensor, row): the hidden state at the node's last token.
         self._hidden: Dict[int, Tuple[torch.Tensor, int]] = {}
         self._protected: set = set()
+        self._allowed: Optional[AllowedTokensFn] = None  # the running expand()'s token constraint
+        # node -> children drawn so far (kept or dropped as duplicates): the next child's rng index
+        self._draws: Dict[int, int] = {}
 
     # ---------------------------------------------------------------- accounting
     @property
@@ -283,6 +288,7 @@ class Engine:
             self.page_table.free(int(seq))
         for n in before:
             self._hidden.pop(n, None)
+            self._draws.pop(n, None)
 
     def _subtree(self, node: int) -> List[int]:
         out, stack = [], [node]
@@ -314,7 +320,8 @@ class Engine:
 
     def expand(self, nodes: Sequence[int], num_children=1, stop: StepStop = StepStop(),
                sampling: SamplingParams = SamplingParams(), seed: int = 0,
-               rng_ids: Optional[Sequence[int]] = None) -> Expansion:
+               rng_ids: Optional[Sequence[int]] = None, allowed_tokens: Optional[AllowedTokensFn] = None,
+               distinct: bool = False) -> Expansion:
         """Grow ``num_children`` (an int, or one per node) new children under each of ``nodes``.
 
         Children are added to ``self.forest`` (prior = the child's sequence probability normalised
@@ -325,6 +332,18 @@ class Engine:
         per node (the search layer passes tree-local ids so that a tree is the same whether its
         problem is searched alone or in a batch). On any error the forest and the page pool are
         left as they were before the call.
+
+        ``allowed_tokens`` constrains decoding (a grammar, a task's legal moves): before each
+        token of a branch it is called with the parent node and the step's tokens so far and
+        returns the token ids that may come next, or None for no restriction. The others get
+        probability 0, and the children's log-probabilities (and priors) are those of the
+        constrained distribution.
+
+        ``distinct``: a child whose step tokens equal those of an existing child of the same
+        parent, or of an earlier child of this call, is dropped (its KV freed, its tokens counted
+        in ``Expansion.discarded_tokens``), so a parent may get fewer children than asked, even
+        none. Later draws at a parent never repeat its earlier random keys, so asking again
+        samples afresh.
         """
         if not isinstance(stop, StepStop):
             raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
@@ -334,6 +353,9 @@ class Engine:
             raise ValueError("stop strings need a tokenizer with decode(); pass tokenizer= to Engine")
         if not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if allowed_tokens is not None and not callable(allowed_tokens):
+            raise TypeError(f"allowed_tokens must be callable (node, step tokens) -> token ids or None, "
+                            f"got {type(allowed_tokens).__name__}")
         parents = self._check_nodes(nodes)
         try:
             counts = np.broadcast_to(np.asarray(num_children), parents.shape)
@@ -352,23 +374,29 @@ class Engine:
         try:
             self._ensure_kv(parents)
             for p, k, rid in zip(parents.tolist(), counts.tolist(), rng.tolist()):
-                base = int(self.forest.num_children[p])
+                base = max(self._draws.get(p, 0), int(self.forest.num_children[p]))
                 pseq = int(self.forest.page_seq[p])
                 length = int(self.page_table.num_tokens(pseq))
                 for j in range(k):
                     branches.append(_Branch(parent=p, rng_id=int(rid), child_index=base + j,
                                             seq=self.page_table.fork(pseq), tokens=[], logprobs=[], length=length))
+            self._allowed = allowed_tokens
             self._sample_into(branches, self.hidden([b.parent for b in branches]), stop, sampling, seed)
             active = branches
             while active:
                 active = self._decode_step(active, stop, sampling, seed)
-            return self._commit(branches)
+            exp = self._commit(branches, bool(distinct))
+            for b in branches:
+                self._draws[b.parent] = max(self._draws.get(b.parent, 0), b.child_index + 1)
+            return exp
         except BaseException:
             for b in branches:
-                self.page_table.free(b.seq)
+                if b.seq != NO_PAGES:
+                    self.page_table.free(b.seq)
             raise
         finally:
             self._protected = set()
+            self._allowed = None
 
     def _ensure_kv(self, parents: np.ndarray) -> None:
         """Re-prefill parents whose KV was evicted; their stored hidden states are kept.
@@ -388,6 +416,8 @@ class Engine:
         """Sample each row's next token from ``hidden`` and decide whether it ends the step."""
         with torch.inference_mode():
             logits = self.model.logits(hidden)
+            if self._allowed is not None:
+                logits = self._constrain(rows, logits)
         n = len(rows)
         keys = torch.tensor([[seed, b.rng_id, b.child_index, b.length] for b in rows], dtype=torch.int64,
                             device=logits.device)
@@ -402,6 +432,27 @@ class Engine:
             b.tokens.append(int(t))
             b.logprobs.append(float(lp))
             b.finish = self._finish_reason(b, stop)
+
+    def _constrain(self, rows: List[_Branch], logits: torch.Tensor) -> torch.Tensor:
+        """``logits`` with the tokens ``self._allowed`` rules out set to -inf."""
+        vocab = logits.shape[-1]
+        mask = torch.zeros(logits.shape, dtype=torch.bool)
+        for i, b in enumerate(rows):
+            allowed = self._allowed(b.parent, list(b.tokens))
+            if allowed is None:
+                continue
+            ids = np.fromiter((int(t) for t in allowed), dtype=np.int64)
+            if ids.size == 0:
+                raise ValueError(f"allowed_tokens returned no token for a child of node {b.parent} after step "
+                                 f"tokens {b.tokens}: at least one token must stay allowed")
+            if ids.min() < 0 or ids.max() >= vocab:
+                raise ValueError(f"allowed_tokens returned token ids outside [0, {vocab}) for a child of node "
+                                 f"{b.parent}: {sorted(set(ids.tolist()))}")
+            mask[i] = True
+            mask[i, torch.from_numpy(ids)] = False
+        if not bool(mask.any()):
+            return logits
+        return logits.masked_fill(mask.to(logits.device), float("-inf"))
 
     def _finish_reason(self, b: _Branch, stop: StepStop) -> Optional[str]:
         t = b.tokens[-1]
@@ -442,8 +493,42 @@ class Engine:
             self._sample_into(cont, hidden[cont_rows], stop, sampling, seed)
         return cont
 
-    def _commit(self, branches: List[_Branch]) -> Expansion:
+    def _drop_duplicates(self, branches: List[_Branch]) -> Tuple[List[_Branch], Dict[int, int]]:
+        """``branches`` without repeats of an existing sibling or of an earlier branch; the
+        dropped ones' sequences are freed. Returns (kept, parent -> tokens of its dropped)."""
+        seen: Dict[int, set] = {}
+        kept: List[_Branch] = []
+        discarded: Dict[int, int] = {}
+        for b in branches:
+            if b.parent not in seen:
+                seen[b.parent] = {tuple(self.forest.node_tokens(int(c)).tolist()) for c in self.forest.children(b.parent)}
+            key = tuple(b.tokens)
+            if key in seen[b.parent]:
+                self.page_table.free(b.seq)
+                discarded[b.parent] = discarded.get(b.parent, 0) + len(b.tokens)
+            else:
+                seen[b.parent].add(key)
+                kept.append(b)
+        dropped = len(branches) - len(kept)
+        if dropped:
+            self.stats.extra["duplicate_children"] = self.stats.extra.get("duplicate_children", 0) + dropped
+        return kept, discarded
+
+    def _commit(self, branches: List[_Branch], distinct: bool = False) -> Expansion:
+        discarded: Dict[int, int] = {}
+        if distinct:
+            # freed here, so the caller's clean-up must not free them again
+            all_branches = branches
+            branches, discarded = self._drop_duplicates(branches)
+            kept = {id(b) for b in branches}
+            for b in all_branches:
+                if id(b) not in kept:
+                    b.seq = NO_PAGES
         c = len(branches)
+        if c == 0:
+            return Expansion(parents=np.zeros(0, np.int32), children=np.zeros(0, np.int32), tokens=[], logprobs=[],
+                             hidden=torch.empty(0, self.model.config.hidden_size, device=self.device),
+                             values=None, finish_reasons=[], terminal=np.zeros(0, bool), discarded_tokens=discarded)
         hidden = torch.stack([h[r] for h, r in (b.hidden_ref for b in branches)])
         values = None
         if getattr(self.model, "value_head", None) is not None:
@@ -474,7 +559,8 @@ class Engine:
             self._hidden[int(ch)] = (hidden, i)
         return Expansion(parents=parents, children=np.asarray(children, dtype=np.int32), tokens=tokens,
                          logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden,
-                         values=values, finish_reasons=[b.finish for b in branches], terminal=terminal)
+                         values=values, finish_reasons=[b.finish for b in branches], terminal=terminal,
+                         discarded_tokens=discarded)
 
     # ---------------------------------------------------------------- teacher forcing
     def _teacher_force(self, nodes: Sequence[int], token_lists: Sequence[Sequence[int]]):

@@ -74,6 +74,8 @@ class Expansion:
     values: Optional[torch.Tensor]
     finish_reasons: List[str]
     terminal: np.ndarray
+    # parent node -> tokens decoded for its children dropped as duplicates (``expand(distinct=True)``)
+    discarded_tokens: Dict[int, int] = field(default_factory=dict)
 
     @property
     def num_tokens(self) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, List, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -42,7 +42,8 @@ class Session:
 
     def __init__(self, policy, scorer, *, verifier: Optional[Verifier] = None, aggregation: Aggregation = Aggregation(),
                  stop: StepStop = StepStop(), sampling: SamplingParams = SamplingParams(), seed: int = 0,
-                 progress: bool = True):
+                 progress: bool = True, constraint: Optional[Callable[[int, str], Optional[Iterable[int]]]] = None,
+                 distinct: bool = False):
         if not isinstance(stop, StepStop):
             raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
         if not isinstance(sampling, SamplingParams):
@@ -51,11 +52,16 @@ class Session:
             raise TypeError(f"verifier must be a ponder.Verifier, got {type(verifier).__name__}")
         if not isinstance(aggregation, Aggregation):
             raise TypeError(f"aggregation must be a ponder.Aggregation, got {type(aggregation).__name__}")
+        if constraint is not None and not callable(constraint):
+            raise TypeError(f"constraint must be callable (problem index, path text) -> token ids or None, "
+                            f"got {type(constraint).__name__}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
             raise ValueError(f"seed must be an int >= 0, got {seed!r}")
         self.policy, self.scorer, self.verifier = policy, scorer, verifier
         self.aggregation, self.stop, self.sampling, self.seed = aggregation, stop, sampling, int(seed)
         self.progress = progress
+        self.constraint = constraint
+        self.distinct = bool(distinct)
         self.trees: List[TreeState] = []
         self._agg: Dict[int, float] = {}  # node -> aggregate of its step scores (no token cost)
         self._gen_tokens: Dict[int, int] = {}  # node -> generated tokens on its path
@@ -85,15 +91,24 @@ class Session:
         """Expand ``nodes[i]`` (in ``trees[i]``) into ``counts[i]`` children; score, verify and
         aggregate them; charge each tree. Returns (expansion, step scores float32 [C])."""
         rng_ids = [t.local_id(n) for t, n in zip(trees, nodes)]
+        extra = {"distinct": True} if self.distinct else {}
+        if self.constraint is not None:
+            extra["allowed_tokens"] = self._allowed_tokens(trees, nodes)
         exp = self.policy.expand(list(nodes), list(counts), stop=self.stop, sampling=self.sampling, seed=self.seed,
-                                 rng_ids=rng_ids)
+                                 rng_ids=rng_ids, **extra)
         c = len(exp.children)
+        for t, n in zip(trees, nodes):
+            t.usage.expansions += 1
+        tree_of_parent = {int(n): t for t, n in zip(trees, nodes)}
+        for p, k in exp.discarded_tokens.items():  # duplicates dropped by distinct=True were generated too
+            tree_of_parent[p].usage.tokens += k
+        if c == 0:
+            return exp, np.zeros(0, dtype=np.float32)
         scores = self.scorer.score(self.policy, exp) if self.scorer is not None else constant_scores(c)
         scores = np.asarray(scores, dtype=np.float32).reshape(-1)
         if scores.shape != (c,) or not np.isfinite(scores).all():
             raise ValueError(f"scorer returned {scores.shape} scores (finite expected) for {c} children")
         terminal = exp.terminal.copy()
-        tree_of_parent = {int(n): t for t, n in zip(trees, nodes)}
         forest = self.policy.forest
         for i, (p, ch) in enumerate(zip(exp.parents.tolist(), exp.children.tolist())):
             t = tree_of_parent[p]
@@ -121,11 +136,24 @@ class Session:
             self.policy.evict_nodes([ch for ch, was, now in zip(exp.children.tolist(), exp.terminal, terminal)
                                      if now and not was])
         exp.terminal = terminal
-        for t, n in zip(trees, nodes):
-            t.usage.expansions += 1
         for p, toks in zip(exp.parents.tolist(), exp.tokens):
             tree_of_parent[p].usage.tokens += len(toks)
         return exp, scores
+
+    def _allowed_tokens(self, trees: Sequence[TreeState], nodes: Sequence[int]):
+        """The engine-level form of ``self.constraint``: (parent node, step tokens) -> allowed ids."""
+        index = {int(n): t.index for t, n in zip(trees, nodes)}
+        prefix: Dict[int, str] = {}
+        tok = self.policy.tokenizer
+        if tok is None:
+            raise ValueError("constraint needs a policy engine with a tokenizer (it is called with text)")
+
+        def allowed(parent: int, step_tokens: List[int]):
+            if parent not in prefix:
+                prefix[parent] = self.text(parent)
+            return self.constraint(index[parent], prefix[parent] + tok.decode(step_tokens))
+
+        return allowed
 
     def text(self, node: int) -> str:
         """The generated text of ``node``'s path (everything after the prompt)."""
