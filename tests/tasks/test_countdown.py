@@ -292,3 +292,41 @@ def test_generate_rejects_bad_knobs(kwargs, match):
 def test_generate_reports_impossible_knobs_instead_of_hanging():
     with pytest.raises(ValueError, match="admit too few solvable"):
         cd.generate(2, seed=0, num_numbers=2, min_value=1, max_value=1, min_target=50, max_target=60)
+
+
+def test_legal_steps_literal():
+    p = cd.Problem((2, 3, 6), 12)
+    assert sorted(cd.legal_steps(p, [])) == sorted([
+        "3 + 2 = 5", "3 * 2 = 6", "3 - 2 = 1",
+        "6 + 2 = 8", "6 * 2 = 12", "6 - 2 = 4", "6 / 2 = 3",
+        "6 + 3 = 9", "6 * 3 = 18", "6 - 3 = 3", "6 / 3 = 2"])
+    assert sorted(cd.legal_steps(p, ["6 / 3 = 2"])) == ["2 * 2 = 4", "2 + 2 = 4", "2 / 2 = 1"]  # 2 - 2 = 0 is refused
+    assert cd.legal_steps(p, ["6 * 2 = 12"]) == []  # solved: nothing may follow
+    assert cd.legal_steps(p, ["6 * 2 = 13"]) == []  # an illegal line ends the path
+    assert cd.legal_steps(p, ["6 / 3 = 2", "2 * 2 = 4", "4 + 3 = 7"]) == []  # one number left
+
+
+@settings(max_examples=60, deadline=None)
+@given(problems(), st.data())
+def test_legal_steps_are_exactly_the_checker_legal_lines(problem, data):
+    """Every listed line passes the checker's step rules; every legal larger-first line is listed."""
+    state = cd.remaining(problem, [])
+    lines: list = []
+    while not cd.is_terminal(problem, lines):
+        legal = cd.legal_steps(problem, lines)
+        assert len(legal) == len(set(legal))
+        for ln in legal:
+            cd.remaining(problem, lines + [ln])  # raises if illegal
+        nums = sorted(set(state))
+        brute = set()
+        for a in nums:
+            for b in nums:
+                if a < b or (a == b and state.count(a) < 2):
+                    continue
+                for op in cd.OPS:
+                    c = cd.apply_op(a, op, b)
+                    if c is not None:
+                        brute.add(f"{a} {op} {b} = {c}")
+        assert set(legal) == brute
+        lines.append(data.draw(st.sampled_from(legal)))
+        state = cd.remaining(problem, lines)

@@ -8,7 +8,9 @@ import pytest
 
 from ponder import cli
 from ponder.tasks import countdown
-from ponder.tasks.demo import format_solution, held_out_problems, load_model, run_demo, solve, strategies, verifier
+import ponder
+from ponder.tasks.demo import (STEP_STOP, format_solution, held_out_problems, legal_step_constraint, load_model, run_demo, solve,
+                               strategies, verifier)
 from ponder.tasks.train import train_countdown
 
 
@@ -27,6 +29,46 @@ def test_verifier_judges_only_finished_paths():
     assert judge(0, "25 * 7 = 175\n") == 1.0
     assert judge(0, "25 * 7 = 170\n") == 0.0  # wrong arithmetic ends the path as a failure
     assert judge(0, "25 * 7 = 1") == 0.0  # a step cut off without its newline is judged as it is
+
+
+def test_legal_step_constraint_allows_exactly_the_legal_continuations(toy_dir):
+    _, tok = load_model(toy_dir)
+    allowed = legal_step_constraint([countdown.Problem((2, 3, 6), 12)], tok)
+
+    def chars(text):
+        ids = allowed(0, text)
+        return None if ids is None else "".join(sorted(tok.decode([i]) for i in ids))
+
+    assert chars("") == "36"  # larger-first: a line starts with 3 or 6
+    assert chars("6 ") == "*+-/"
+    assert chars("6 / 3 = ") == "2"
+    assert chars("6 / 3 = 2") == "\n"
+    assert chars("6 / 3 = 2\n2 ") == "*+/"  # 2 - 2 = 0 is refused
+    assert chars("3 + 2 = ") == "5"
+    assert chars("6 * 2 = 12\n") is None  # solved: the verifier ends the path
+    assert chars("6 * 2 = 13\n") is None  # an illegal line earlier on the path
+    assert chars("6 x") is None  # off the grammar: no restriction, the checker rejects the line
+
+
+def test_constrained_search_writes_only_legal_lines(toy_dir):
+    model, tok = load_model(toy_dir)
+    problems = held_out_problems(3, 4, False, toy_dir)
+    eng = ponder.Engine(model, tok, num_pages=1024, page_size=16)
+    results = ponder.search([p.prompt() for p in problems], eng, algorithm="best_of_n", n=6, max_steps=4,
+                            sampling=ponder.SamplingParams(temperature=2.0), progress=False, stop=STEP_STOP,
+                            verifier=verifier(problems), constraint=legal_step_constraint(problems, tok))
+    assert len(results) == 3
+    roots = [n for n in range(eng.forest.num_nodes) if int(eng.forest.depth[n]) == 0]
+    steps = 0
+    for node in range(eng.forest.num_nodes):
+        if int(eng.forest.depth[node]) == 0:
+            continue
+        problem = problems[roots.index(int(eng.forest.tree[node]))]
+        text = tok.decode(eng.forest.path_tokens(node).tolist()).split("\n", 1)[1]
+        lines = [ln for ln in text.split("\n") if ln]
+        countdown.remaining(problem, lines)  # raises on any illegal line
+        steps += 1
+    assert steps >= 3 * 4  # the search did sample (temperature 2 on a toy model)
 
 
 def test_run_demo_writes_table_tree_and_checks_answers(toy_dir, tmp_path, capsys):

@@ -36,6 +36,7 @@ functions here wrap it with :class:`Problem` and return step lines.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import random
 import re
 from collections import Counter
@@ -224,6 +225,19 @@ def is_terminal(problem: Problem, steps: Sequence[Union[str, Step]]) -> bool:
         if not problem.all_numbers and s.result == problem.target:
             return True
     return sum(pool.values()) < 2
+
+
+def legal_steps(problem: Problem, steps: Sequence[Union[str, Step]]) -> List[str]:
+    """Every legal next step line after ``steps``, operands larger-first as traces write them
+    (``"7 + 3 = 10"``), without duplicates; empty when :func:`is_terminal` holds."""
+    if is_terminal(problem, steps):
+        return []
+    return list(_state_lines(remaining(problem, steps)))
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _state_lines(state: Tuple[int, ...]) -> Tuple[str, ...]:
+    return tuple(f"{a} {op} {b} = {c}" for (a, op, b, c), _ in _solver.moves(state))
 
 
 def _evaluate(expr: str, problem: Problem) -> Tuple[int, List[int]]:

@@ -74,6 +74,34 @@ def verifier(problems: Sequence[countdown.Problem]) -> ponder.Verifier:
     return ponder.Verifier(judge)
 
 
+def legal_step_constraint(problems: Sequence[countdown.Problem], tokenizer):
+    """Constrained decoding to Countdown's legal steps (``search(constraint=...)``).
+
+    Given a path's text, the allowed next characters are those that keep its last, partial
+    line a prefix of some :func:`~ponder.tasks.countdown.legal_steps` line (newline
+    included): available operands, larger-first, the right result. The policy still chooses
+    which step; it can no longer misspell one. Returns None (no restriction) for a path that
+    already holds an illegal line or has no legal step left; the verifier ends those.
+    """
+    ids = {}
+    for ch in "0123456789+-*/= \n":
+        enc = tokenizer.encode(ch)
+        if len(enc) != 1:
+            raise ValueError(f"legal_step_constraint needs one token per character; {ch!r} encodes to {enc}")
+        ids[ch] = enc[0]
+
+    def allowed(index: int, text: str):
+        *done, partial = text.split("\n")
+        try:
+            lines = countdown.legal_steps(problems[index], done)
+        except ValueError:  # an illegal line earlier on the path
+            return None
+        nxt = {ln[len(partial)] if len(ln) > len(partial) else "\n" for ln in lines if ln.startswith(partial)}
+        return [ids[c] for c in sorted(nxt)] or None
+
+    return allowed
+
+
 @dataclass
 class Strategy:
     name: str
@@ -82,6 +110,7 @@ class Strategy:
     options: Dict = field(default_factory=dict)
     budget: Optional[ponder.Budget] = None
     temperature: float = 1.0
+    distinct: bool = False
 
 
 def strategies(quick: bool = False) -> List[Strategy]:
@@ -103,12 +132,14 @@ def strategies(quick: bool = False) -> List[Strategy]:
 
 
 def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy, seed: int = 0,
-                 progress: bool = False):
+                 progress: bool = False, constrained: bool = True):
     eng = ponder.Engine(model, tok, num_pages=8192, page_size=16)
     t0 = time.perf_counter()
     results = ponder.search([p.prompt() for p in problems], eng, scorer="value", algorithm=s.algorithm,
                             budget=s.budget, seed=seed, verifier=verifier(problems), stop=STEP_STOP,
                             sampling=ponder.SamplingParams(temperature=s.temperature), progress=progress,
+                            constraint=legal_step_constraint(problems, tok) if constrained else None,
+                            distinct=s.distinct,
                             **s.options)
     wall = time.perf_counter() - t0
     solved = [countdown.check(p, r.answer).ok for p, r in zip(problems, results)]
