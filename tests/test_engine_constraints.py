@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.engine import SamplingParams, StepStop
+from ponder.engine import SamplingParams
 from test_engine import ALPHABET, NEWLINE, PROMPTS, STOP, full_hidden, make_engine, tiny_model
 
 DIGITS = [ALPHABET.index(c) for c in "0123456789"]
