@@ -164,6 +164,8 @@ def test_json_round_trip_dot_and_training_examples():
         (dict(aggregation="median"), ValueError, "aggregation mode"),
         (dict(aggregation=ponder.Aggregation("min"), token_cost=0.1), ValueError, "conflicting options"),
         (dict(seed=-3), ValueError, "seed must be"),
+        (dict(refill=1), ValueError, "refill must be a bool"),
+        (dict(constraint="digits"), TypeError, "constraint must be callable"),
     ],
 )
 def test_bad_input(kwargs, exc, match):

@@ -112,3 +112,23 @@ def test_distinct_children_and_their_token_count(model, algorithm, opts):
     (plain,) = ponder.search([PROMPTS[0]], engine(model), algorithm=algorithm, stop=STOP, sampling=greedy,
                              progress=False, **opts)
     assert len(plain.nodes["parent"]) > len(parents)  # without distinct the repeats become nodes
+
+
+def test_mcts_refill_widens_where_the_search_is_stuck(model):
+    """Steps are single tokens and every path ends after two steps as a failure. Without refill
+    MCTS stops once every leaf is terminal; with refill it draws new steps at the ancestors of
+    the failed leaves."""
+    two_steps = ponder.Verifier(lambda i, text: None if len(text) < 2 else False)
+    stop = StepStop(max_step_tokens=1)
+    kw = dict(algorithm="mcts", stop=stop, verifier=two_steps, distinct=True, progress=False, num_children=2)
+    (plain,) = ponder.search([PROMPTS[0]], engine(model), budget=Budget(max_expansions=12), **kw)
+    assert plain.stop_reason == "exhausted"
+    (refilled,) = ponder.search([PROMPTS[0]], engine(model), budget=Budget(max_expansions=12), refill=True, **kw)
+    assert refilled.stop_reason == "max_expansions" and refilled.stats["expansions"] == 12
+    root_kids = lambda r: sum(1 for p in r.nodes["parent"] if p == 0)  # noqa: E731
+    assert root_kids(refilled) > root_kids(plain)
+    # greedy draws repeat themselves: refills add nothing, so the nodes saturate and the search ends
+    (greedy,) = ponder.search([PROMPTS[0]], engine(model), budget=Budget(max_expansions=50), refill=True,
+                              sampling=ponder.SamplingParams(temperature=0.0), **kw)
+    assert greedy.stop_reason == "exhausted"
+    assert greedy.stats["expansions"] == 4  # root, child, then one fruitless refill each

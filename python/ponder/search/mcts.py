@@ -30,7 +30,10 @@ class MCTSConfig:
     node may hold ``pw_k * visits**pw_alpha`` children (pw_k = 0: off). dirichlet_alpha /
     dirichlet_eps: root prior noise (alpha = 0: off). final: how the answer is chosen, by
     ``visits`` / ``value`` along the tree or best ``score`` leaf. discount: per-level factor in
-    backup."""
+    backup. refill: when a round selects only terminal leaves of a tree, expand the nearest
+    ancestor of the first one that can still give new children, for ``num_children`` more
+    (meant for ``search(distinct=True)``, where a node's first draws may miss its good steps;
+    an ancestor whose refill brings no new child is not refilled again)."""
 
     num_children: int = 4
     leaves_per_tree: int = 1
@@ -43,6 +46,7 @@ class MCTSConfig:
     dirichlet_eps: float = 0.25
     final: str = "visits"
     discount: float = 1.0
+    refill: bool = False
 
     def __post_init__(self):
         for name in ("num_children", "leaves_per_tree"):
@@ -60,6 +64,8 @@ class MCTSConfig:
             raise ValueError("MCTSConfig.pw_alpha and dirichlet_eps must lie in [0, 1]")
         if not 0 < self.discount <= 1:
             raise ValueError(f"MCTSConfig.discount must lie in (0, 1], got {self.discount!r}")
+        if not isinstance(self.refill, bool):
+            raise ValueError(f"MCTSConfig.refill must be a bool, got {self.refill!r}")
         if self.final not in FINAL_BY:
             raise ValueError(f"MCTSConfig.final must be one of {FINAL_BY}, got {self.final!r}")
 
@@ -79,22 +85,28 @@ class MCTS(Session):
         leaves = forest.select([t.root for t in trees], cfg.leaves_per_tree, cfg.c_puct, cfg.virtual_loss, cfg.fpu,
                                cfg.pw_k, cfg.pw_alpha)
         terminal_nodes, exp_trees, exp_nodes = [], [], []
+        refill_trees, refill_nodes = [], []
         for t, row in zip(trees, leaves):
-            for leaf in row.tolist():
-                if leaf < 0:
-                    continue
+            picked = [leaf for leaf in row.tolist() if leaf >= 0]
+            for leaf in picked:
                 if forest.terminal[leaf]:
                     terminal_nodes.append(leaf)
                 else:
                     exp_trees.append(t)
                     exp_nodes.append(leaf)
+            if cfg.refill and picked and all(forest.terminal[leaf] for leaf in picked):
+                node = self._refill_target(t, picked[0])
+                if node is not None:
+                    refill_trees.append(t)
+                    refill_nodes.append(node)
         if terminal_nodes:
             forest.backup(terminal_nodes, np.asarray(forest.reward)[terminal_nodes], cfg.discount)
-        if not exp_nodes:
+        if not exp_nodes and not refill_nodes:
             return
         first_root_expansions = [n for n in exp_nodes if n in by_root and forest.num_children[n] == 0]
         try:
-            exp, scores = self.expand(exp_trees, exp_nodes, [cfg.num_children] * len(exp_nodes))
+            exp, scores = self.expand(exp_trees + refill_trees, exp_nodes + refill_nodes,
+                                      [cfg.num_children] * (len(exp_nodes) + len(refill_nodes)))
         except BaseException:
             forest.cancel(exp_nodes)
             raise
@@ -102,6 +114,19 @@ class MCTS(Session):
             self._add_root_noise(exp, first_root_expansions)
         forest.backup(exp.children, scores, cfg.discount)
         forest.cancel(exp_nodes)
+        got = set(exp.parents.tolist())
+        for t, node in zip(refill_trees, refill_nodes):
+            if node not in got:
+                t.state.setdefault("saturated", set()).add(node)
+
+    def _refill_target(self, tree: TreeState, leaf: int) -> Optional[int]:
+        """The nearest proper ancestor of ``leaf`` that is not terminal and not saturated."""
+        forest = self.policy.forest
+        saturated = tree.state.get("saturated", set())
+        node = int(forest.parent[leaf])
+        while node >= 0 and (node in saturated or forest.terminal[node]):
+            node = int(forest.parent[node])
+        return node if node >= 0 else None
 
     def _add_root_noise(self, exp, roots) -> None:
         cfg, forest = self.config, self.policy.forest
@@ -124,4 +149,6 @@ class MCTS(Session):
         return float(f.value_sum[tree.root]) / n if n else None
 
     def exhausted(self, tree: TreeState) -> bool:
-        return self.config.pw_k == 0 and self.policy.forest.frontier([tree.root]).size == 0
+        if self.config.pw_k != 0 or self.policy.forest.frontier([tree.root]).size > 0:
+            return False
+        return not self.config.refill or tree.root in tree.state.get("saturated", set())
