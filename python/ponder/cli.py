@@ -26,7 +26,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
     n = args.problems if args.problems is not None else (6 if args.quick else 40)
     run_demo(num_problems=n, num_numbers=args.numbers, all_numbers=args.all_numbers, seed=args.seed,
-             quick=args.quick, out_dir=args.out, progress=not args.no_progress, model_dir=args.model)
+             quick=args.quick, out_dir=args.out, progress=not args.no_progress, model_dir=args.model,
+             constrained=not args.no_constraint)
     return 0
 
 
@@ -34,7 +35,8 @@ def _cmd_solve(args: argparse.Namespace) -> int:
     from ponder.tasks.demo import format_solution, solve
 
     out = solve(args.numbers, args.target, all_numbers=args.all_numbers, algorithm=args.algorithm,
-                budget=args.budget, seed=args.seed, model_dir=args.model, progress=not args.no_progress)
+                budget=args.budget, seed=args.seed, model_dir=args.model, progress=not args.no_progress,
+                constrained=not args.no_constraint)
     print(format_solution(out))
     return 0 if out["check"].ok else 1
 
@@ -80,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.add_argument("--model", default=None,
                         help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
     p_demo.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p_demo.add_argument("--no-constraint", action="store_true",
+                        help="let the policy write any text instead of legal steps only (an illegal line fails)")
     p_demo.set_defaults(func=_cmd_demo)
 
     p_solve = sub.add_parser("solve", help="solve one Countdown problem, e.g. ponder solve 3 7 25 50 --target 175")
@@ -93,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_solve.add_argument("--model", default=None,
                          help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
     p_solve.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_solve.add_argument("--no-constraint", action="store_true",
+                         help="let the policy write any text instead of legal steps only")
     p_solve.set_defaults(func=_cmd_solve)
 
     p_train = sub.add_parser("train", help="train the Countdown policy + value model from scratch")
