@@ -97,12 +97,18 @@ def legal_step_constraint(problems: Sequence[countdown.Problem], tokenizer):
             raise ValueError(f"legal_step_constraint needs one token per character; {ch!r} encodes to {enc}")
         ids[ch] = enc[0]
 
+    legal: Dict[tuple, List[str]] = {}  # (problem, finished lines) -> legal next lines
+
     def allowed(index: int, text: str):
-        *done, partial = text.split("\n")
-        try:
-            lines = countdown.legal_steps(problems[index], done)
-        except ValueError:  # an illegal line earlier on the path
-            return None
+        head, _, partial = text.rpartition("\n")
+        key = (index, head)
+        if key not in legal:
+            done = head.split("\n") if head else []
+            try:
+                legal[key] = countdown.legal_steps(problems[index], done)
+            except ValueError:  # an illegal line earlier on the path
+                legal[key] = []
+        lines = legal[key]
         nxt = {ln[len(partial)] if len(ln) > len(partial) else "\n" for ln in lines if ln.startswith(partial)}
         return [ids[c] for c in sorted(nxt)] or None
 
