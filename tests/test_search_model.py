@@ -132,3 +132,8 @@ def test_mcts_refill_widens_where_the_search_is_stuck(model):
                               sampling=ponder.SamplingParams(temperature=0.0), **kw)
     assert greedy.stop_reason == "exhausted"
     assert greedy.stats["expansions"] == 4  # root, child, then one fruitless refill each
+    # a node whose children already hold refill_coverage of the policy's mass is not refilled
+    (covered,) = ponder.search([PROMPTS[0]], engine(model), budget=Budget(max_expansions=12), refill=True,
+                               refill_coverage=1e-9, **kw)
+    assert covered.stop_reason == "exhausted"
+    assert covered.stats["expansions"] == plain.stats["expansions"]

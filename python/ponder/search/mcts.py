@@ -33,7 +33,9 @@ class MCTSConfig:
     backup. refill: when a round selects only terminal leaves of a tree, expand the nearest
     ancestor of the first one that can still give new children, for ``num_children`` more
     (meant for ``search(distinct=True)``, where a node's first draws may miss its good steps;
-    an ancestor whose refill brings no new child is not refilled again)."""
+    an ancestor is skipped once its children hold ``refill_coverage`` of the policy's
+    probability mass, or once a refill brought no new child; with no such ancestor, the tree's
+    open leaf of best path score is expanded instead)."""
 
     num_children: int = 4
     leaves_per_tree: int = 1
@@ -47,6 +49,7 @@ class MCTSConfig:
     final: str = "visits"
     discount: float = 1.0
     refill: bool = False
+    refill_coverage: float = 0.99
 
     def __post_init__(self):
         for name in ("num_children", "leaves_per_tree"):
@@ -54,7 +57,7 @@ class MCTSConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {v!r}")
         for name in ("c_puct", "virtual_loss", "fpu", "pw_k", "pw_alpha", "dirichlet_alpha", "dirichlet_eps",
-                     "discount"):
+                     "discount", "refill_coverage"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
                 raise ValueError(f"MCTSConfig.{name} must be a finite number, got {v!r}")
@@ -64,6 +67,8 @@ class MCTSConfig:
             raise ValueError("MCTSConfig.pw_alpha and dirichlet_eps must lie in [0, 1]")
         if not 0 < self.discount <= 1:
             raise ValueError(f"MCTSConfig.discount must lie in (0, 1], got {self.discount!r}")
+        if not 0 < self.refill_coverage <= 1:
+            raise ValueError(f"MCTSConfig.refill_coverage must lie in (0, 1], got {self.refill_coverage!r}")
         if not isinstance(self.refill, bool):
             raise ValueError(f"MCTSConfig.refill must be a bool, got {self.refill!r}")
         if self.final not in FINAL_BY:
@@ -99,11 +104,14 @@ class MCTS(Session):
                 if node is not None:
                     refill_trees.append(t)
                     refill_nodes.append(node)
+                else:
+                    t.state["stuck"] = True
         if terminal_nodes:
             forest.backup(terminal_nodes, np.asarray(forest.reward)[terminal_nodes], cfg.discount)
         if not exp_nodes and not refill_nodes:
             return
         first_root_expansions = [n for n in exp_nodes if n in by_root and forest.num_children[n] == 0]
+        tree_of = {n: t for t, n in zip(exp_trees + refill_trees, exp_nodes + refill_nodes)}
         try:
             exp, scores = self.expand(exp_trees + refill_trees, exp_nodes + refill_nodes,
                                       [cfg.num_children] * (len(exp_nodes) + len(refill_nodes)))
@@ -114,19 +122,34 @@ class MCTS(Session):
             self._add_root_noise(exp, first_root_expansions)
         forest.backup(exp.children, scores, cfg.discount)
         forest.cancel(exp_nodes)
+        if cfg.refill:
+            # policy mass held by each parent's children (distinct children: no double counting)
+            for t, p, lps in zip([tree_of[p] for p in exp.parents.tolist()], exp.parents.tolist(), exp.logprobs):
+                cov = t.state.setdefault("coverage", {})
+                cov[p] = cov.get(p, 0.0) + math.exp(float(np.sum(lps, dtype=np.float64)))
         got = set(exp.parents.tolist())
         for t, node in zip(refill_trees, refill_nodes):
             if node not in got:
                 t.state.setdefault("saturated", set()).add(node)
 
     def _refill_target(self, tree: TreeState, leaf: int) -> Optional[int]:
-        """The nearest proper ancestor of ``leaf`` that is not terminal and not saturated."""
+        """The nearest proper ancestor of ``leaf`` that is not terminal, not saturated and whose
+        children hold less than ``refill_coverage`` of the policy's mass."""
         forest = self.policy.forest
         saturated = tree.state.get("saturated", set())
+        coverage = tree.state.get("coverage", {})
         node = int(forest.parent[leaf])
-        while node >= 0 and (node in saturated or forest.terminal[node]):
+        while node >= 0 and (node in saturated or forest.terminal[node]
+                             or coverage.get(node, 0.0) >= self.config.refill_coverage):
             node = int(forest.parent[node])
-        return node if node >= 0 else None
+        if node >= 0:
+            return node
+        # nothing above the leaf can widen: expand the tree's most promising open leaf instead
+        open_leaves = forest.frontier([tree.root])
+        if open_leaves.size == 0:
+            return None
+        ps = np.asarray(forest.path_score)[open_leaves]
+        return int(open_leaves[int(np.argmax(ps))])
 
     def _add_root_noise(self, exp, roots) -> None:
         cfg, forest = self.config, self.policy.forest
@@ -151,4 +174,4 @@ class MCTS(Session):
     def exhausted(self, tree: TreeState) -> bool:
         if self.config.pw_k != 0 or self.policy.forest.frontier([tree.root]).size > 0:
             return False
-        return not self.config.refill or tree.root in tree.state.get("saturated", set())
+        return not self.config.refill or bool(tree.state.get("stuck"))
