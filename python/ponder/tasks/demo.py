@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import torch
+
 import ponder
 from ponder.tasks import countdown
 
@@ -44,8 +46,10 @@ def load_model(path: Optional[os.PathLike] = None):
 
     path = Path(path) if path is not None else ASSET_DIR
     if not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"no Countdown model in {path}: train one with `ponder train countdown --out DIR` "
-                                f"and pass --model DIR (this build ships no bundled model yet)")
+        hint = ("the bundled model is missing from this installation: reinstall ponder, or "
+                if path == ASSET_DIR else "")
+        raise FileNotFoundError(f"no Countdown model in {path}: {hint}train one with `ponder train countdown "
+                                f"--out DIR` and pass --model DIR")
     return load_countdown(path)
 
 
@@ -176,6 +180,8 @@ def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy,
                                  sampling=ponder.SamplingParams(temperature=s.temperature), progress=progress,
                                  constraint=legal_step_constraint(part, tok) if constrained else None,
                                  distinct=s.distinct, **s.options)
+    for r in results:
+        r._session = None  # no resume here: let each chunk's engine and KV cache go
     wall = time.perf_counter() - t0
     solved = [countdown.check(p, r.answer).ok for p, r in zip(problems, results)]
     tokens = sum(r.stats["tokens_generated"] for r in results)
@@ -221,6 +227,18 @@ def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = F
     """Run every strategy on the same problems; print the table; write the plot and one tree.
     ``constrained=False`` lets the policy write any text (an illegal line ends its path)."""
     model, tok = load_model(model_dir)
+    threads = torch.get_num_threads()
+    # one thread: the ops of a model this small are too short to split across cores
+    torch.set_num_threads(1)
+    try:
+        return _run_demo(model, tok, num_problems, num_numbers, all_numbers, seed, quick, out_dir, progress,
+                         model_dir, constrained)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_demo(model, tok, num_problems, num_numbers, all_numbers, seed, quick, out_dir, progress, model_dir,
+              constrained) -> List[Dict]:
     problems = held_out_problems(num_problems, num_numbers, all_numbers, model_dir, seed)
     rule = "all numbers" if all_numbers else "any subset"
     which = "held-out problems" if seed is None else f"problems of seed {seed}"
