@@ -84,6 +84,24 @@ def test_run_demo_writes_table_tree_and_checks_answers(toy_dir, tmp_path, capsys
     assert "strategy" in out and "mcts" in out and "greedy" in out
     assert os.path.getsize(tmp_path / "ponder-demo-tree.dot") > 0
     assert (tmp_path / "ponder-demo-tree.json").read_text().startswith("{")
+    assert (tmp_path / "ponder-demo.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"  # matplotlib: test extra
+
+
+def test_demo_table_prints_without_matplotlib(toy_dir, tmp_path, capsys, monkeypatch):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.split(".")[0] == "matplotlib":
+            raise ImportError("no matplotlib here")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    run_demo(num_problems=1, quick=True, out_dir=str(tmp_path), progress=False, model_dir=toy_dir)
+    out = capsys.readouterr().out
+    assert "strategy" in out and "matplotlib is not installed" in out
+    assert not (tmp_path / "ponder-demo.png").exists()
 
 
 def test_solve_and_cli(toy_dir, capsys):

@@ -210,6 +210,10 @@ def plot(rows, path: str) -> bool:
         pts = sorted((r["tokens_per_problem"], 100 * r["solved"]) for r in rows if r["strategy"] == name)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
     ax.set_xscale("log")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 100, 1000 rather than 10^2, 10^3
+    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
     ax.set_xlabel("tokens generated per problem")
     ax.set_ylabel("solved (%)")
     ax.set_title("Countdown: thinking longer with a value model")
