@@ -83,7 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
     p_demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_demo.add_argument("--no-constraint", action="store_true",
-                        help="let the policy write any text instead of legal steps only (an illegal line fails)")
+                        help="let the policy write any text instead of legal steps only (an illegal line fails; "
+                             "searches then sample at temperature 1 instead of 3)")
     p_demo.set_defaults(func=_cmd_demo)
 
     p_solve = sub.add_parser("solve", help="solve one Countdown problem, e.g. ponder solve 3 7 25 50 --target 175")

@@ -170,6 +170,9 @@ def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy,
                  progress: bool = False, constrained: bool = True, chunk: int = 50):
     """Run strategy ``s`` on ``problems``, ``chunk`` problems per search call (a tree does not
     depend on the batch it is searched in, so chunking only bounds the KV memory)."""
+    # Temperatures above 1 only widen the draws among legal steps; free decoding at 3 would
+    # write noise, so without the constraint the searches sample at (at most) 1.
+    temperature = s.temperature if constrained else min(s.temperature, 1.0)
     t0 = time.perf_counter()
     results = []
     for i in range(0, len(problems), chunk):
@@ -177,7 +180,7 @@ def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy,
         eng = ponder.Engine(model, tok, num_pages=8192, page_size=16)
         results += ponder.search([p.prompt() for p in part], eng, scorer="value", algorithm=s.algorithm,
                                  budget=s.budget, seed=seed, verifier=verifier(part), stop=STEP_STOP,
-                                 sampling=ponder.SamplingParams(temperature=s.temperature), progress=progress,
+                                 sampling=ponder.SamplingParams(temperature=temperature), progress=progress,
                                  constraint=legal_step_constraint(part, tok) if constrained else None,
                                  distinct=s.distinct, **s.options)
     for r in results:
