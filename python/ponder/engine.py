@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ponder import ops
+from ponder.decoding import constrain_logits, finish_reason, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, EngineStats, Expansion, SamplingParams, StepStop, _Branch
 from ponder.forest import NO_PAGES, Forest
 from ponder.page_table import KVCacheFull, PageTable
@@ -417,7 +418,7 @@ class Engine:
         with torch.inference_mode():
             logits = self.model.logits(hidden)
             if self._allowed is not None:
-                logits = self._constrain(rows, logits)
+                logits = constrain_logits(rows, logits, self._allowed)
         n = len(rows)
         keys = torch.tensor([[seed, b.rng_id, b.child_index, b.length] for b in rows], dtype=torch.int64,
                             device=logits.device)
@@ -431,44 +432,7 @@ class Engine:
         for b, t, lp in zip(rows, tokens.tolist(), logprobs.tolist()):
             b.tokens.append(int(t))
             b.logprobs.append(float(lp))
-            b.finish = self._finish_reason(b, stop)
-
-    def _constrain(self, rows: List[_Branch], logits: torch.Tensor) -> torch.Tensor:
-        """``logits`` with the tokens ``self._allowed`` rules out set to -inf."""
-        vocab = logits.shape[-1]
-        mask = torch.zeros(logits.shape, dtype=torch.bool)
-        for i, b in enumerate(rows):
-            allowed = self._allowed(b.parent, list(b.tokens))
-            if allowed is None:
-                continue
-            ids = np.fromiter((int(t) for t in allowed), dtype=np.int64)
-            if ids.size == 0:
-                raise ValueError(f"allowed_tokens returned no token for a child of node {b.parent} after step "
-                                 f"tokens {b.tokens}: at least one token must stay allowed")
-            if ids.min() < 0 or ids.max() >= vocab:
-                raise ValueError(f"allowed_tokens returned token ids outside [0, {vocab}) for a child of node "
-                                 f"{b.parent}: {sorted(set(ids.tolist()))}")
-            mask[i] = True
-            mask[i, torch.from_numpy(ids)] = False
-        if not bool(mask.any()):
-            return logits
-        return logits.masked_fill(mask.to(logits.device), float("-inf"))
-
-    def _finish_reason(self, b: _Branch, stop: StepStop) -> Optional[str]:
-        t = b.tokens[-1]
-        if stop.stop_on_eos and t in self.eos_token_ids:
-            return "eos"
-        if t in stop.token_ids:
-            return "stop"
-        if stop.strings:
-            text = self.tokenizer.decode(b.tokens)
-            if any(s in text for s in stop.strings):
-                return "stop"
-        if len(b.tokens) >= stop.max_step_tokens:
-            return "length"
-        if b.length + 1 >= self.max_context:  # after feeding this token there is no room for another
-            return "context"
-        return None
+            b.finish = finish_reason(b, stop, self.eos_token_ids, self.tokenizer, self.max_context)
 
     def _decode_step(self, active: List[_Branch], stop: StepStop, sampling: SamplingParams, seed: int) -> List[_Branch]:
         seqs = np.array([b.seq for b in active], dtype=np.int32)
@@ -495,23 +459,15 @@ class Engine:
 
     def _drop_duplicates(self, branches: List[_Branch]) -> Tuple[List[_Branch], Dict[int, int]]:
         """``branches`` without repeats of an existing sibling or of an earlier branch; the
-        dropped ones' sequences are freed. Returns (kept, parent -> tokens of its dropped)."""
-        seen: Dict[int, set] = {}
-        kept: List[_Branch] = []
+        repeats' sequences are freed. Returns (kept, parent -> tokens of its dropped)."""
+        kept, repeats = split_repeats(branches, lambda p: {tuple(self.forest.node_tokens(int(c)).tolist())
+                                                           for c in self.forest.children(p)})
         discarded: Dict[int, int] = {}
-        for b in branches:
-            if b.parent not in seen:
-                seen[b.parent] = {tuple(self.forest.node_tokens(int(c)).tolist()) for c in self.forest.children(b.parent)}
-            key = tuple(b.tokens)
-            if key in seen[b.parent]:
-                self.page_table.free(b.seq)
-                discarded[b.parent] = discarded.get(b.parent, 0) + len(b.tokens)
-            else:
-                seen[b.parent].add(key)
-                kept.append(b)
-        dropped = len(branches) - len(kept)
-        if dropped:
-            self.stats.extra["duplicate_children"] = self.stats.extra.get("duplicate_children", 0) + dropped
+        for b in repeats:
+            self.page_table.free(b.seq)
+            discarded[b.parent] = discarded.get(b.parent, 0) + len(b.tokens)
+        if repeats:
+            self.stats.extra["duplicate_children"] = self.stats.extra.get("duplicate_children", 0) + len(repeats)
         return kept, discarded
 
     def _commit(self, branches: List[_Branch], distinct: bool = False) -> Expansion:
@@ -536,12 +492,7 @@ class Engine:
                 values = self.model.value(hidden).float()
         parents = np.array([b.parent for b in branches], dtype=np.int32)
         terminal = np.array([b.finish in ("eos", "context") for b in branches], dtype=bool)
-        seq_lp = np.array([sum(b.logprobs) for b in branches], dtype=np.float64)
-        priors = np.empty(c, dtype=np.float32)
-        for p in np.unique(parents):  # sequence probabilities normalised over this call's siblings
-            idx = np.nonzero(parents == p)[0]
-            w = np.exp(seq_lp[idx] - seq_lp[idx].max())
-            priors[idx] = w / w.sum()
+        priors = sibling_priors(parents, np.array([sum(b.logprobs) for b in branches], dtype=np.float64))
         tokens = [np.asarray(b.tokens, dtype=np.int32) for b in branches]
         indptr = np.zeros(c + 1, dtype=np.int64)
         np.cumsum([len(t) for t in tokens], out=indptr[1:])
