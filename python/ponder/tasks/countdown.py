@@ -41,7 +41,7 @@ import random
 import re
 from collections import Counter
 from fractions import Fraction
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ponder.tasks import solver as _solver
 
@@ -271,23 +271,22 @@ def _evaluate(expr: str, problem: Problem) -> Tuple[int, List[int]]:
         leaves.append(int(tok))
         return Fraction(int(tok))
 
-    def product() -> Fraction:
-        nonlocal pos
-        value = factor()
-        while peek() in ("*", "/"):
-            op = tokens[pos]
-            pos += 1
-            value = combine(value, op, factor())
-        return value
+    def level(operand: Callable[[], Fraction], ops: Tuple[str, str]) -> Callable[[], Fraction]:
+        """One precedence level: ``operand (op operand)*``, left-associative."""
 
-    def sum_() -> Fraction:
-        nonlocal pos
-        value = product()
-        while peek() in ("+", "-"):
-            op = tokens[pos]
-            pos += 1
-            value = combine(value, op, product())
-        return value
+        def parse() -> Fraction:
+            nonlocal pos
+            value = operand()
+            while peek() in ops:
+                op = tokens[pos]
+                pos += 1
+                value = combine(value, op, operand())
+            return value
+
+        return parse
+
+    product = level(factor, ("*", "/"))
+    sum_ = level(product, ("+", "-"))
 
     value = sum_()
     if pos != len(tokens):
