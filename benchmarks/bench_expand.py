@@ -25,7 +25,7 @@ from ponder.engine import Engine, SamplingParams, StepStop
 def ponder_expand(model, tok, ids, n, new_tokens, page_size=16):
     eng = Engine(model, tok, num_pages=2048, page_size=page_size, prefix_cache=False)
     t0 = time.perf_counter()
-    roots = eng.add_prompts([ids])
+    roots = eng.prefill([ids])
     exp = eng.expand(roots, n, stop=StepStop(strings=(), max_step_tokens=new_tokens, stop_on_eos=False),
                      sampling=SamplingParams(temperature=1.0), seed=0)
     dt = time.perf_counter() - t0
@@ -45,7 +45,7 @@ def hf_generate(hf, ids, n, new_tokens):
 
 def check_greedy(model, hf, tok, ids, new_tokens=12):
     eng = Engine(model, tok, num_pages=256, page_size=16)
-    roots = eng.add_prompts([ids])
+    roots = eng.prefill([ids])
     exp = eng.expand(roots, 1, stop=StepStop(strings=(), max_step_tokens=new_tokens, stop_on_eos=False),
                      sampling=SamplingParams(temperature=0.0))
     with torch.inference_mode():

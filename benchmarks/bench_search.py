@@ -72,7 +72,7 @@ def ponder_beam_search(model, tok, prompt_ids, width, expansion, steps, max_step
 
 def check_prm(model, hf, tok, prompt_ids, good, bad, direction):
     eng = ponder.Engine(model, tok, num_pages=512, page_size=16)
-    roots = eng.add_prompts([prompt_ids])
+    roots = eng.prefill([prompt_ids])
     exp = eng.expand(roots, 2, stop=ponder.StepStop(strings=("\n",), max_step_tokens=16), seed=1)
     mine = ponder.TokenPairPRM(good, bad).score(eng, exp)
     theirs = hf_prm_scores(hf, [list(prompt_ids) + t.tolist() for t in exp.tokens], direction)

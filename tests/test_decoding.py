@@ -5,11 +5,11 @@ import pytest
 import torch
 
 from ponder.decoding import constrain_logits, finish_reason, sibling_priors, split_repeats
-from ponder.expansion import StepStop, _Branch
+from ponder.expansion import StepStop, Branch
 
 
 def branch(parent, tokens, length=10):
-    return _Branch(parent=parent, rng_id=parent, child_index=0, seq=0, tokens=list(tokens), logprobs=[],
+    return Branch(parent=parent, rng_id=parent, child_index=0, source=0, seq=0, tokens=list(tokens), logprobs=[],
                    length=length)
 
 

@@ -85,20 +85,20 @@ STOP = StepStop(strings=("\n",), max_step_tokens=12)
 
 def test_expand_matches_full_recomputation(model):
     eng = make_engine(model)
-    roots = eng.add_prompts(PROMPTS)
+    roots = eng.prefill(PROMPTS)
     sampling = SamplingParams(temperature=1.0)
     exp = eng.expand(roots, num_children=3, stop=STOP, sampling=sampling, seed=7)
     assert len(exp.children) == 9
     assert len(set(tuple(t) for t in exp.tokens)) > 3  # sampling actually branches
     tok = CharTokenizer()
     for i, (p, ch) in enumerate(zip(exp.parents.tolist(), exp.children.tolist())):
-        path = eng.forest.path_tokens(p).tolist()
+        path = eng.tokens(p).tolist()
         ref_tokens, ref_lps, reason = reference_step(model, path, p, i % 3, 7, STOP, sampling)
         assert exp.tokens[i].tolist() == ref_tokens
         # fp32 paged vs one-shot attention differ only in summation order: ~1e-6 relative
         np.testing.assert_allclose(exp.logprobs[i], ref_lps, rtol=1e-4, atol=1e-4)
         assert exp.finish_reasons[i] == reason
-        assert eng.forest.path_tokens(ch).tolist() == path + ref_tokens
+        assert eng.tokens(ch).tolist() == path + ref_tokens
         # the stored hidden state is the one at the step's last token
         torch.testing.assert_close(exp.hidden[i], full_hidden(model, path + ref_tokens)[0], rtol=1e-4, atol=1e-5)
         if reason == "stop":
@@ -107,27 +107,27 @@ def test_expand_matches_full_recomputation(model):
 
 def test_second_level_expansion_and_priors(model):
     eng = make_engine(model)
-    roots = eng.add_prompts(PROMPTS[:2])
+    roots = eng.prefill(PROMPTS[:2])
     first = eng.expand(roots, num_children=2, stop=STOP, seed=1)
     live = [c for c, t in zip(first.children.tolist(), first.terminal.tolist()) if not t]
     second = eng.expand(live, num_children=2, stop=STOP, seed=1)
     for i, (p, ch) in enumerate(zip(second.parents.tolist(), second.children.tolist())):
-        path = eng.forest.path_tokens(p).tolist()
+        path = eng.tokens(p).tolist()
         ref_tokens, _, _ = reference_step(model, path, p, i % 2, 1, STOP, SamplingParams())
         assert second.tokens[i].tolist() == ref_tokens
-    priors = np.asarray(eng.forest.prior)[second.children]
+    priors = second.priors
     for p in set(second.parents.tolist()):
         np.testing.assert_allclose(priors[second.parents == p].sum(), 1.0, rtol=1e-5)
 
 
 def test_batch_composition_does_not_change_a_branch(model):
     together = make_engine(model)
-    rs = together.add_prompts(PROMPTS)
+    rs = together.prefill(PROMPTS)
     b = together.expand(rs[::-1], num_children=[1, 3, 2], stop=STOP, seed=3)
-    # sampling keys use the node id, so the lone run keeps PROMPTS[1] at node 1 as well
+    # sampling keys use the handle, so the lone run keeps PROMPTS[1] at handle 1 as well
     same_id = make_engine(model)
-    same_id.add_prompts([PROMPTS[0]])
-    r1 = same_id.add_prompts([PROMPTS[1]])
+    same_id.prefill([PROMPTS[0]])
+    r1 = same_id.prefill([PROMPTS[1]])
     c = same_id.expand(r1, num_children=2, stop=STOP, seed=3)
     mine = [t.tolist() for p, t in zip(b.parents.tolist(), b.tokens) if p == int(rs[1])]
     assert mine[:2] == [t.tolist() for t in c.tokens]
@@ -135,7 +135,7 @@ def test_batch_composition_does_not_change_a_branch(model):
 
 def test_greedy_children_are_identical(model):
     eng = make_engine(model)
-    roots = eng.add_prompts([PROMPTS[0]])
+    roots = eng.prefill([PROMPTS[0]])
     exp = eng.expand(roots, num_children=3, stop=STOP, sampling=SamplingParams(temperature=0.0))
     assert exp.tokens[0].tolist() == exp.tokens[1].tolist() == exp.tokens[2].tolist()
 
@@ -143,7 +143,7 @@ def test_greedy_children_are_identical(model):
 def test_branches_finish_independently_and_kv_is_shared(model):
     eng = make_engine(model, num_pages=256, page_size=4)
     prompt = list(range(1, 41))  # 40 tokens = 10 full pages
-    roots = eng.add_prompts([prompt])
+    roots = eng.prefill([prompt])
     stop = StepStop(strings=(), max_step_tokens=9, stop_on_eos=False)
     exp = eng.expand(roots, num_children=8, stop=stop, seed=0)
     assert all(len(t) == 9 for t in exp.tokens)
@@ -155,7 +155,7 @@ def test_branches_finish_independently_and_kv_is_shared(model):
 
     lengths = StepStop(strings=("\n",), max_step_tokens=30)
     eng2 = make_engine(model, num_pages=256)
-    r2 = eng2.add_prompts(PROMPTS)
+    r2 = eng2.prefill(PROMPTS)
     e2 = eng2.expand(r2, num_children=4, stop=lengths, seed=5)
     # every branch fed exactly its own tokens: a finished branch never waits on a slow sibling
     assert eng2.stats.tokens_decoded == sum(len(t) for t in e2.tokens)
@@ -168,7 +168,7 @@ def test_eviction_and_reprefill_give_identical_results(model):
     small = make_engine(model, num_pages=40)  # peak need with 512 pages is 67 (measured)
     results = []
     for eng in (big, small):
-        roots = eng.add_prompts(PROMPTS)
+        roots = eng.prefill(PROMPTS)
         frontier = list(roots)
         levels = []
         for _ in range(3):
@@ -177,29 +177,27 @@ def test_eviction_and_reprefill_give_identical_results(model):
             frontier = [c for c, t in zip(exp.children.tolist(), exp.terminal.tolist()) if not t][:4]
         results.append(levels)
     assert results[0] == results[1]
-    assert small.stats.evicted_nodes > 0 and big.stats.evicted_nodes == 0
-    # expand nodes whose KV was evicted: they are re-prefilled from their tokens
-    f = small.forest
-    evicted = [n for n in range(f.num_nodes)
-               if f.alive[n] and not f.terminal[n] and f.num_children[n] == 0 and f.page_seq[n] < 0]
+    assert small.stats.evicted_sequences > 0 and big.stats.evicted_sequences == 0
+    # expand sequences whose KV was evicted: they are re-prefilled from their tokens
+    evicted = [h for h in small.handles().tolist() if not small.has_kv([h])[0]]
     assert evicted
     a = big.expand(evicted[:3], num_children=2, stop=stop, seed=12)
     b = small.expand(evicted[:3], num_children=2, stop=stop, seed=12)
-    assert small.stats.reprefilled_nodes >= 1
+    assert small.stats.reprefilled_sequences >= 1
     assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
     torch.testing.assert_close(a.hidden, b.hidden, rtol=1e-4, atol=1e-5)  # fp32, batch order only
 
 
 def test_kv_cache_full_when_nothing_can_be_evicted(model):
     eng = make_engine(model, num_pages=12, page_size=4)
-    roots = eng.add_prompts([list(range(1, 30))])  # 8 pages for the prompt
+    roots = eng.prefill([list(range(1, 30))])  # 8 pages for the prompt
     stop = StepStop(strings=(), max_step_tokens=40, stop_on_eos=False)
     before = eng.page_table.stats()
     with pytest.raises(KVCacheFull, match="12 pages"):
         eng.expand(roots, num_children=4, stop=stop)
-    # nothing lost: no children, the pool as before (the root's pages may have been evicted only
-    # if they were unreferenced; the root itself is protected while it is expanded)
-    assert eng.forest.num_children[int(roots[0])] == 0
+    # nothing lost: no children, the pool as before (the root itself is protected while it is
+    # expanded)
+    assert eng.num_sequences == 1
     assert eng.page_table.stats()["used"] == before["used"]
     exp = eng.expand(roots, num_children=1, stop=StepStop(strings=(), max_step_tokens=3, stop_on_eos=False))
     assert len(exp.tokens[0]) == 3
@@ -207,19 +205,20 @@ def test_kv_cache_full_when_nothing_can_be_evicted(model):
 
 def test_value_head_scores_each_child(model):
     eng = make_engine(model)
-    roots = eng.add_prompts(PROMPTS[:1])
+    roots = eng.prefill(PROMPTS[:1])
     exp = eng.expand(roots, num_children=2, stop=STOP)
     assert exp.values is not None and exp.values.shape == (2,)
     torch.testing.assert_close(exp.values, model.value(exp.hidden).float())
     assert torch.all((exp.values > 0) & (exp.values < 1))
 
 
-def test_release_returns_pages(model):
+def test_free_returns_pages(model):
     eng = make_engine(model)
-    roots = eng.add_prompts(PROMPTS)
-    eng.expand(roots, num_children=2, stop=STOP)
-    for r in roots:
-        eng.release(int(r))
+    roots = eng.prefill(PROMPTS)
+    exp = eng.expand(roots, num_children=2, stop=STOP)
+    eng.free(exp.children)
+    eng.free(roots)
+    assert eng.num_sequences == 0
     st = eng.page_table.stats()
     assert st["used"] == 0 and st["free"] + st["evictable"] == st["num_pages"]
 
@@ -227,21 +226,21 @@ def test_release_returns_pages(model):
 @pytest.mark.parametrize(
     "call,exc,match",
     [
-        (lambda e, r: e.add_prompts([]), ValueError, "prompts is empty"),
-        (lambda e, r: e.add_prompts([[]]), ValueError, "prompts\\[0\\] is empty"),
-        (lambda e, r: e.add_prompts([list(range(1, 60)) * 5]), ValueError, "context is 256"),
-        (lambda e, r: e.add_prompts([[999]]), ValueError, rf"outside \[0, {len(ALPHABET)}\)"),
-        (lambda e, r: e.expand([12345], 1), ValueError, "unknown node id 12345"),
+        (lambda e, r: e.prefill([]), ValueError, "prompts is empty"),
+        (lambda e, r: e.prefill([[]]), ValueError, "prompts\\[0\\] is empty"),
+        (lambda e, r: e.prefill([list(range(1, 60)) * 5]), ValueError, "context is 256"),
+        (lambda e, r: e.prefill([[999]]), ValueError, rf"outside \[0, {len(ALPHABET)}\)"),
+        (lambda e, r: e.expand([12345], 1), ValueError, "handle 12345 is unknown"),
         (lambda e, r: e.expand(r, 0), ValueError, "num_children must be integers >= 1"),
         (lambda e, r: e.expand(r, 1, stop=StepStop(strings=("",))), ValueError, "non-empty"),
-        (lambda e, r: e.expand([], 1), ValueError, "nodes is empty"),
+        (lambda e, r: e.expand([], 1), ValueError, "seqs is empty"),
         (lambda e, r: e.expand(r, 1, seed=-1), ValueError, "seed must be"),
         (lambda e, r: SamplingParams(top_p=0.0), ValueError, "top_p"),
     ],
 )
 def test_bad_input_is_refused_and_engine_stays_usable(model, call, exc, match):
     eng = make_engine(model)
-    roots = eng.add_prompts(PROMPTS[:1])
+    roots = eng.prefill(PROMPTS[:1])
     with pytest.raises(exc, match=match):
         call(eng, roots)
     exp = eng.expand(roots, num_children=1, stop=STOP)

@@ -11,11 +11,12 @@ from ponder import Budget, Verifier
 
 
 def by_path(fake, result):
-    """{index path: node index in result.nodes} for a FakePolicy search result."""
-    tree_nodes = sorted(fake._index_path)  # forest ids; results list a tree's nodes in creation order
-    root = [n for n in tree_nodes if fake.index_path(n) == () and n in fake._index_path][result.problem_index]
-    ids = [n for n in tree_nodes if int(fake.forest.tree[n]) == root]
-    return {fake.index_path(n): i for i, n in enumerate(ids)}
+    """{index path: node index in result.nodes} for a FakePolicy search result (child j of a
+    node holds the single token j + 1)."""
+    paths = [()]
+    for i in range(1, len(result.nodes["parent"])):
+        paths.append(paths[result.nodes["parent"][i]] + (result.nodes["tokens"][i][0] - 1,))
+    return {p: i for i, p in enumerate(paths)}
 
 
 def test_mcts_golden_tree():
@@ -37,8 +38,7 @@ def test_mcts_virtual_loss_spreads_leaves_in_one_round():
     fake = FakePolicy(by_index=(0.2, 0.8))
     ponder.mcts(["1"], fake, budget=Budget(max_iterations=2), num_children=2, leaves_per_tree=2, c_puct=0.0,
                 virtual_loss=1.0, progress=False)
-    root = 0
-    a0, a1 = fake.forest.children(root).tolist()
+    root, a0, a1 = 0, 1, 2  # engine handles: the prompt, then the root's two children
     # round 1: the second descent meets the pending root and stops; round 2: the first descent
     # takes the 0.8 child, whose virtual loss then makes Q = (0.8 - 1) / 2 < 0.2, so the second
     # descent takes the other child: both are expanded in one batched call.
@@ -187,9 +187,9 @@ def test_budget_that_can_never_stop_is_refused():
 def test_root_dirichlet_noise_is_seeded_and_keeps_a_distribution():
     def priors(seed):
         fake = FakePolicy(by_index=(0.5,), max_depth=4)
-        ponder.mcts(["12"], fake, budget=Budget(max_iterations=1), num_children=4, dirichlet_alpha=0.3,
-                    dirichlet_eps=0.5, seed=seed, progress=False)
-        return np.asarray(fake.forest.prior)[fake.forest.children(0)]
+        [r] = ponder.mcts(["12"], fake, budget=Budget(max_iterations=1), num_children=4, dirichlet_alpha=0.3,
+                          dirichlet_eps=0.5, seed=seed, progress=False)
+        return np.asarray(r.nodes["prior"])[np.asarray(r.nodes["parent"]) == 0]
 
     p0 = priors(0)
     np.testing.assert_allclose(p0.sum(), 1.0, rtol=1e-5)

@@ -55,7 +55,7 @@ def test_all_algorithms_with_value_head_and_verifier(model):
 def test_token_pair_prm_readouts(model):
     eng = engine(model)
     good, bad = 5, 9
-    [root] = eng.add_prompts([PROMPTS[0]])
+    [root] = eng.prefill([PROMPTS[0]])
     exp = eng.expand([root], 2, stop=STOP)
     w = (model.embed if model.lm_head is None else model.lm_head).detach()
     direct = torch.sigmoid(exp.hidden.float() @ (w[good] - w[bad]).float()).numpy()
@@ -63,7 +63,7 @@ def test_token_pair_prm_readouts(model):
     # with a step tag the readout sits on the tag token, fed on throwaway forks of each child
     tagged = TokenPairPRM(good, bad, step_tag="!").score(eng, exp)
     for i, ch in enumerate(exp.children.tolist()):
-        seq = eng.forest.path_tokens(ch).tolist() + CharTokenizer().encode("!")
+        seq = eng.tokens(ch).tolist() + CharTokenizer().encode("!")
         h = full_hidden(model, seq)[0]
         np.testing.assert_allclose(tagged[i], torch.sigmoid(h @ (w[good] - w[bad])).item(), rtol=1e-4)
     used = eng.page_table.stats()["used"]
@@ -83,6 +83,28 @@ def test_token_pair_prm_with_a_separate_scorer_model(model):
     seq = CharTokenizer().encode(text + r.nodes["text"][node] + "!")
     expected = torch.sigmoid(full_hidden(prm_model, seq)[0] @ (w[3] - w[4])).item()
     np.testing.assert_allclose(r.nodes["reward"][node], expected, rtol=1e-4)
+
+
+def test_mirrored_scorer_kv_goes_with_the_policy_nodes(model):
+    """The separate scorer's sequences follow the policy's: pruned beams and terminal nodes give
+    back their scorer KV as well, and releasing a result frees every scorer sequence."""
+    prm_engine = ponder.Engine(tiny_model(seed=1, value_head=False), CharTokenizer(), num_pages=256, page_size=4)
+    policy = engine(model)
+    prm = TokenPairPRM(3, 4, step_tag="!", engine=prm_engine)
+    results = ponder.beam_search(PROMPTS[:2], policy, scorer=prm, width=2, expansion=3, max_steps=3, stop=STOP,
+                                 progress=False)
+    # every scorer sequence mirrors a live policy sequence, and the scorer keeps KV only where
+    # the policy does (a beam pruned or expanded, or a terminal node, lost both)
+    mirrored = {h: prm.mirror[h] for h in policy.handles().tolist()}
+    assert sorted(mirrored.values()) == sorted(prm_engine.handles().tolist())
+    for h, m in mirrored.items():
+        assert prm_engine.has_kv([m])[0] <= policy.has_kv([h])[0]
+    for r in results:
+        r.release()
+    assert policy.num_sequences == 0 and prm_engine.num_sequences == 0
+    assert prm_engine.page_table.stats()["used"] == 0 and policy.page_table.stats()["used"] == 0
+    with pytest.raises(ValueError, match="resumed"):
+        results[0].resume(Budget(max_iterations=1))
 
 
 @pytest.mark.parametrize("algorithm,opts", [

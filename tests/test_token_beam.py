@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from ponder import ops
 from ponder.engine import Engine
 from ponder.models import load_hf
 from ponder.page_table import KVCacheFull
@@ -173,9 +174,9 @@ def test_prompts_are_independent(pair):
 def test_one_forward_per_step_and_stats(pair, monkeypatch):
     _, model = pair
     copies = []
-    real_copy = Engine._run_copies
-    monkeypatch.setattr(Engine, "_run_copies", lambda self, src, dst: (copies.append(len(src)),
-                                                                        real_copy(self, src, dst)))
+    real_copy = ops.copy_pages
+    monkeypatch.setattr(ops, "copy_pages", lambda kv, src, dst, **kw: (copies.append(len(src)),
+                                                                       real_copy(kv, src, dst, **kw)))
     eng = _engine(model)
     W = 4
     outs = token_beam_search(eng, PROMPTS, TokenBeamConfig(num_beams=W, max_new_tokens=MAX_NEW))
@@ -254,7 +255,7 @@ def test_bad_call_arguments(pair):
     ok = TokenBeamConfig(num_beams=2, max_new_tokens=4)
     with pytest.raises(TypeError, match="config must be a TokenBeamConfig, got dict"):
         token_beam_search(eng, PROMPTS, dict(num_beams=2))
-    with pytest.raises(TypeError, match="engine must be a ponder.engine.Engine, got DecoderLM"):
+    with pytest.raises(TypeError, match="engine must be a ponder.Engine, got DecoderLM"):
         token_beam_search(model, PROMPTS, ok)
     with pytest.raises(ValueError, match=r"eos_token_ids \[40\] are outside the vocabulary \[0, 32\)"):
         token_beam_search(eng, PROMPTS, TokenBeamConfig(eos_token_ids=(40,)))

@@ -3,52 +3,68 @@
 Search over reasoning steps (MCTS, step-level beam search, best-of-N) with a policy model and a
 value / process reward model, on a paged KV cache shared across search branches: the search tree
 is the KV tree.
+
+The public names below are imported on first use, so ``import ponder`` (and ``ponder.forest``,
+``ponder.page_table`` or the command line's ``--help``) does not import torch.
 """
 
-from ponder._version import __version__
-from ponder.engine import Engine
-from ponder.expansion import Expansion, SamplingParams, StepStop
-from ponder.forest import Forest
-from ponder.page_table import KVCacheFull, PageTable
-from ponder.scoring import Aggregation, TokenPairPRM, ValueHead, Verifier
-from ponder.search import (
-    BeamConfig,
-    BestOfNConfig,
-    Budget,
-    MCTSConfig,
-    SearchResult,
-    TokenBeamConfig,
-    TokenBeamOutput,
-    beam_search,
-    best_of_n,
-    mcts,
-    search,
-    token_beam_search,
-)
+import sys
+import types
+from importlib import import_module
 
-__all__ = [
-    "Aggregation",
-    "BeamConfig",
-    "BestOfNConfig",
-    "Budget",
-    "Engine",
-    "Expansion",
-    "Forest",
-    "KVCacheFull",
-    "MCTSConfig",
-    "PageTable",
-    "SamplingParams",
-    "SearchResult",
-    "StepStop",
-    "TokenBeamConfig",
-    "TokenBeamOutput",
-    "TokenPairPRM",
-    "ValueHead",
-    "Verifier",
-    "__version__",
-    "beam_search",
-    "best_of_n",
-    "mcts",
-    "search",
-    "token_beam_search",
-]
+from ponder._version import __version__
+
+_EXPORTS = {
+    "Aggregation": "ponder.scoring",
+    "BeamConfig": "ponder.search",
+    "BestOfNConfig": "ponder.search",
+    "Budget": "ponder.search",
+    "Engine": "ponder.engine",
+    "Expansion": "ponder.expansion",
+    "Forest": "ponder.forest",
+    "KVCacheFull": "ponder.page_table",
+    "MCTSConfig": "ponder.search",
+    "PageTable": "ponder.page_table",
+    "SamplingParams": "ponder.expansion",
+    "SearchResult": "ponder.search",
+    "StepStop": "ponder.expansion",
+    "TokenBeamConfig": "ponder.search",
+    "TokenBeamOutput": "ponder.search",
+    "TokenPairPRM": "ponder.scoring",
+    "ValueHead": "ponder.scoring",
+    "Verifier": "ponder.scoring",
+    "beam_search": "ponder.search",
+    "best_of_n": "ponder.search",
+    "mcts": "ponder.search",
+    "search": "ponder.search",
+    "token_beam_search": "ponder.search",
+}
+
+__all__ = sorted([*_EXPORTS, "__version__"])
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ponder' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__():
+    return __all__
+
+
+class _Package(types.ModuleType):
+    """``ponder.search`` names the search function, as it did before the lazy imports; the import
+    system would otherwise bind the ``ponder.search`` subpackage over it once it is imported
+    (the subpackage stays importable as ``import ponder.search`` / ``from ponder.search import``)."""
+
+    def __setattr__(self, name, value):
+        if name in _EXPORTS and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package

@@ -10,10 +10,10 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import numpy as np
 import torch
 
-from ponder.expansion import StepStop, _Branch
+from ponder.expansion import StepStop, Branch
 
 
-def finish_reason(b: _Branch, stop: StepStop, eos_token_ids: Set[int], tokenizer, max_context: int) -> Optional[str]:
+def finish_reason(b: Branch, stop: StepStop, eos_token_ids: Set[int], tokenizer, max_context: int) -> Optional[str]:
     """Why ``b``'s step ends after its last sampled token, or None if it goes on."""
     t = b.tokens[-1]
     if stop.stop_on_eos and t in eos_token_ids:
@@ -31,7 +31,7 @@ def finish_reason(b: _Branch, stop: StepStop, eos_token_ids: Set[int], tokenizer
     return None
 
 
-def constrain_logits(rows: Sequence[_Branch], logits: torch.Tensor,
+def constrain_logits(rows: Sequence[Branch], logits: torch.Tensor,
                      allowed_tokens: Callable[[int, List[int]], Optional[Iterable[int]]]) -> torch.Tensor:
     """``logits`` ([len(rows), V]) with every token ``allowed_tokens(parent, step tokens)``
     rules out set to -inf; a None answer leaves the row as it is. ValueError for an empty or
@@ -56,13 +56,13 @@ def constrain_logits(rows: Sequence[_Branch], logits: torch.Tensor,
     return logits.masked_fill(mask.to(logits.device), float("-inf"))
 
 
-def split_repeats(branches: Sequence[_Branch], existing: Callable[[int], Set[tuple]]
-                  ) -> Tuple[List[_Branch], List[_Branch]]:
+def split_repeats(branches: Sequence[Branch], existing: Callable[[int], Set[tuple]]
+                  ) -> Tuple[List[Branch], List[Branch]]:
     """(kept, repeats): a branch is a repeat when its step tokens equal those of an existing
     child of its parent (``existing(parent)``) or of an earlier branch."""
     seen: Dict[int, Set[tuple]] = {}
-    kept: List[_Branch] = []
-    repeats: List[_Branch] = []
+    kept: List[Branch] = []
+    repeats: List[Branch] = []
     for b in branches:
         if b.parent not in seen:
             seen[b.parent] = set(existing(b.parent))

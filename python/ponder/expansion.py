@@ -57,24 +57,30 @@ class SamplingParams:
 
 @dataclass
 class Expansion:
-    """What one ``Engine.expand`` call produced, one entry per new child (C children).
+    """What one ``Engine.expand`` call produced, one entry per new child (C children), children
+    grouped by parent in the order the parents were given.
 
-    parents, children: int32 [C] forest node ids. tokens / logprobs: per child an int32 / float32
-    array of the step's tokens and their log-probabilities under the raw model distribution.
-    hidden: [C, hidden_size] final hidden state at each step's last token. values: [C] float32
-    from the model's value head, or None. finish_reasons: one of ``FINISH_REASONS`` per child.
-    terminal: bool [C] (EOS or context exhausted).
+    parents, children: int64 [C] sequence handles (each child is a new live handle).
+    parent_index: int64 [C], the position of each child's parent in the ``seqs`` argument.
+    tokens / logprobs: per child an int32 / float32 array of the step's tokens and their
+    log-probabilities under the (constrained) sampling distribution. hidden: [C, hidden_size]
+    final hidden state at each step's last token. values: [C] float32 from the model's value
+    head, or None. finish_reasons: one of ``FINISH_REASONS`` per child. terminal: bool [C] (EOS
+    or context exhausted). priors: float32 [C], each child's step probability normalised over
+    the siblings made in the same call.
     """
 
     parents: np.ndarray
     children: np.ndarray
+    parent_index: np.ndarray
     tokens: List[np.ndarray]
     logprobs: List[np.ndarray]
     hidden: torch.Tensor
     values: Optional[torch.Tensor]
     finish_reasons: List[str]
     terminal: np.ndarray
-    # parent node -> tokens decoded for its children dropped as duplicates (``expand(distinct=True)``)
+    priors: np.ndarray
+    # parent handle -> tokens decoded for its children dropped as duplicates (``expand(distinct=True)``)
     discarded_tokens: Dict[int, int] = field(default_factory=dict)
 
     @property
@@ -88,16 +94,17 @@ class EngineStats:
     tokens_decoded: int = 0
     model_calls: int = 0
     pages_peak: int = 0
-    evicted_nodes: int = 0
-    reprefilled_nodes: int = 0
+    evicted_sequences: int = 0
+    reprefilled_sequences: int = 0
     extra: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
-class _Branch:
-    parent: int
+class Branch:
+    parent: int  # parent handle
     rng_id: int
     child_index: int
+    source: int  # the parent's position in the expand call
     seq: int
     tokens: List[int]
     logprobs: List[float]

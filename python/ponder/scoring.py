@@ -8,8 +8,9 @@ one batched call:
 - :class:`TokenPairPRM` is a Math-Shepherd / Qwen-PRM style reward model read out as
   ``sigmoid(h · (W[good] - W[bad]))`` from the scorer model's hidden state ``h`` (never the full
   vocabulary logits). Without a separate model it reads the policy's own hidden states; with one
-  it keeps that model's KV in its own engine, mirroring the search tree, so each step costs only
-  the step's own tokens.
+  it keeps that model's KV in its own engine, one sequence per policy sequence (mirroring the
+  search tree), so each step costs only the step's own tokens; the session evicts and frees the
+  mirrored sequences together with the policy's.
 - :class:`Verifier` wraps a ground-truth checker ``fn(problem_index, text) -> None | bool | float``;
   a non-None answer makes the node terminal with that score.
 
@@ -26,7 +27,7 @@ from typing import Callable, Dict, Optional, Sequence
 import numpy as np
 import torch
 
-AGGREGATIONS = ("last", "min", "prod", "mean")
+from ponder.ops.value_score import MODES as AGGREGATIONS  # one list for the op and the API
 
 
 class ValueHead:
@@ -37,8 +38,6 @@ class ValueHead:
             raise ValueError("ValueHead scorer needs a policy model with a value head (model.value_head is None)")
         return expansion.values.detach().float().cpu().numpy().astype(np.float32)
 
-    def release(self, node: int) -> None:
-        """Nothing to free: the scores come with the policy's own forward."""
 
 
 class TokenPairPRM:
@@ -63,7 +62,7 @@ class TokenPairPRM:
         if step_tag is not None and (not isinstance(step_tag, str) or not step_tag):
             raise ValueError(f"step_tag must be a non-empty str or None, got {step_tag!r}")
         self.good_token, self.bad_token, self.step_tag, self.engine = int(good_token), int(bad_token), step_tag, engine
-        self._mirror: Dict[int, int] = {}  # policy node -> scorer forest node
+        self.mirror: Dict[int, int] = {}  # policy sequence handle -> scorer sequence handle
 
     def _direction(self, model) -> torch.Tensor:
         w = model.embed if model.lm_head is None else model.lm_head  # [V, C]
@@ -93,25 +92,35 @@ class TokenPairPRM:
     def _score_mirrored(self, policy, expansion, tag) -> np.ndarray:
         eng = self.engine
         parents = expansion.parents.tolist()
-        new_roots = [p for p in dict.fromkeys(parents) if p not in self._mirror]
-        for p in new_roots:
-            if policy.forest.parent[p] >= 0:
-                raise ValueError(f"node {p} has no mirrored scorer state; score a tree from its root on")
-            text = policy.tokenizer.decode(policy.forest.path_tokens(p).tolist())
-            self._mirror[p] = int(eng.add_prompts([eng.tokenizer.encode(text)])[0])
+        # a parent seen for the first time (a prompt) is prefilled from its whole text
+        fresh = [p for p in dict.fromkeys(parents) if p not in self.mirror]
+        if fresh:
+            texts = [policy.tokenizer.decode(policy.tokens(p).tolist()) for p in fresh]
+            for p, h in zip(fresh, eng.prefill([eng.tokenizer.encode(t) for t in texts]).tolist()):
+                self.mirror[p] = h
         steps = []
         for toks in expansion.tokens:
             steps.append(eng.tokenizer.encode(policy.tokenizer.decode(toks.tolist())) + list(tag))
-        children = eng.append_children([self._mirror[p] for p in parents], steps)
-        for child, node in zip(expansion.children.tolist(), children.tolist()):
-            self._mirror[child] = node
+        children = eng.extend([self.mirror[p] for p in parents], steps)
+        for child, h in zip(expansion.children.tolist(), children.tolist()):
+            self.mirror[child] = h
         return self._readout(eng.model, eng.hidden(children))
 
-    def release(self, node: int) -> None:
-        """Forget (and free the scorer KV of) a released policy subtree root."""
-        mirrored = self._mirror.pop(int(node), None)
-        if mirrored is not None and self.engine is not None and self.engine.forest.is_alive(mirrored):
-            self.engine.release(mirrored)
+    def _mirrored(self, handles) -> list:
+        return [self.mirror[int(h)] for h in handles if int(h) in self.mirror]
+
+    def evict(self, handles) -> None:
+        """Drop the scorer KV mirroring these policy sequences (re-prefilled if needed again)."""
+        if self.engine is not None:
+            self.engine.evict(self._mirrored(handles))
+
+    def free(self, handles) -> None:
+        """Forget these policy sequences: their mirrored scorer sequences are freed."""
+        if self.engine is not None:
+            mirrored = self._mirrored(handles)
+            for h in handles:
+                self.mirror.pop(int(h), None)
+            self.engine.free(mirrored)
 
 
 class Verifier:

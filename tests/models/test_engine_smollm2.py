@@ -33,7 +33,7 @@ def test_greedy_generation_matches_transformers(both):
     ids = [tok.apply_chat_template(m, add_generation_prompt=True) for m in PROMPTS]
     ids = [list(x["input_ids"]) if hasattr(x, "keys") else list(x) for x in ids]
     eng = Engine(model, tok, num_pages=256, page_size=16)
-    roots = eng.add_prompts(ids)
+    roots = eng.prefill(ids)
     # one step of NEW_TOKENS tokens per prompt, all prompts decoded in one batch
     exp = eng.expand(roots, 1, stop=StepStop(strings=(), max_step_tokens=NEW_TOKENS, stop_on_eos=True),
                      sampling=SamplingParams(temperature=0.0))

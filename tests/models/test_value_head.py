@@ -1,4 +1,4 @@
-"""ValueHead math, its place on DecoderLM, and its safetensors round trips."""
+"""ValueHeadModule math, its place on DecoderLM, and its safetensors round trips."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ import pytest
 import torch
 
 from hf_tiny import save_tiny
-from ponder.models import DecoderLM, ModelConfig, ValueHead, load_hf, save_hf, save_value_head
+from ponder.models import DecoderLM, ModelConfig, ValueHeadModule, load_hf, save_hf, save_value_head
 
 CFG = ModelConfig(vocab_size=31, hidden_size=20, intermediate_size=26, num_layers=1, num_heads=2,
                   num_kv_heads=1, head_dim=10, max_position_embeddings=32, rms_norm_eps=1e-5)
 
 
-def _trained(head: ValueHead, seed: int = 0) -> ValueHead:
+def _trained(head: ValueHeadModule, seed: int = 0) -> ValueHeadModule:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in head.parameters():
@@ -21,7 +21,7 @@ def _trained(head: ValueHead, seed: int = 0) -> ValueHead:
 
 
 def test_value_is_sigmoid_of_a_projection_of_the_normed_state():
-    head = _trained(ValueHead(20, eps=1e-5))
+    head = _trained(ValueHeadModule(20, eps=1e-5))
     h = torch.randn(3, 20, generator=torch.Generator().manual_seed(1)) * 5
     hd = h.double()
     normed = hd / torch.sqrt(hd.pow(2).mean(-1, keepdim=True) + 1e-5) * head.norm_weight.double()
@@ -47,13 +47,13 @@ def test_bf16_trunk_gives_fp32_values():
 
 
 def test_bad_hidden_and_bad_construction():
-    head = ValueHead(20, eps=1e-5)
+    head = ValueHeadModule(20, eps=1e-5)
     with pytest.raises(ValueError, match=r"hidden must have shape \[B, 20\], got \(20,\)"):
         head(torch.zeros(20))
     with pytest.raises(ValueError, match="hidden_size must be a positive int, got 0"):
-        ValueHead(0, eps=1e-5)
+        ValueHeadModule(0, eps=1e-5)
     with pytest.raises(ValueError, match="eps must be > 0"):
-        ValueHead(4, eps=0.0)
+        ValueHeadModule(4, eps=0.0)
 
 
 def test_value_head_round_trips_inside_the_weights_file(tmp_path):

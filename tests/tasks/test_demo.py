@@ -58,16 +58,16 @@ def test_constrained_search_writes_only_legal_lines(toy_dir):
                             sampling=ponder.SamplingParams(temperature=2.0), progress=False, stop=STEP_STOP,
                             verifier=verifier(problems), constraint=legal_step_constraint(problems, tok))
     assert len(results) == 3
-    roots = [n for n in range(eng.forest.num_nodes) if int(eng.forest.depth[n]) == 0]
     steps = 0
-    for node in range(eng.forest.num_nodes):
-        if int(eng.forest.depth[node]) == 0:
-            continue
-        problem = problems[roots.index(int(eng.forest.tree[node]))]
-        text = tok.decode(eng.forest.path_tokens(node).tolist()).split("\n", 1)[1]
-        lines = [ln for ln in text.split("\n") if ln]
-        countdown.remaining(problem, lines)  # raises on any illegal line
-        steps += 1
+    for problem, r in zip(problems, results):
+        for node in range(1, len(r.nodes["parent"])):
+            path, n = [], node
+            while n > 0:
+                path.append(r.nodes["text"][n])
+                n = r.nodes["parent"][n]
+            lines = [ln for ln in "".join(reversed(path)).split("\n") if ln]
+            countdown.remaining(problem, lines)  # raises on any illegal line
+            steps += 1
     assert steps >= 3 * 4  # the search did sample (temperature 2 on a toy model)
 
 

@@ -65,7 +65,7 @@ def test_dense_forward_matches_paged_forward(num_kv_heads):
     for b, s in enumerate(seqs):
         padded[b, :len(s)] = torch.tensor(s)
     with torch.no_grad():
-        dense = train.dense_forward(model, padded)  # [B, 20, C]
+        dense = model.forward_dense(padded)  # [B, 20, C]
         rows = torch.cat([dense[b, :len(s)] for b, s in enumerate(seqs)])
         dense_logits = train.dense_logits(model, rows)
         dense_values = torch.sigmoid(train.dense_value_score(model, rows))
@@ -77,7 +77,7 @@ def test_dense_forward_matches_paged_forward(num_kv_heads):
 
 def test_dense_forward_refuses_too_long_input():
     with pytest.raises(ValueError, match="max_position_embeddings=64"):
-        train.dense_forward(_model(2), torch.zeros(1, 65, dtype=torch.int64))
+        _model(2).forward_dense(torch.zeros(1, 65, dtype=torch.int64))
 
 
 def test_joint_loss_reaches_every_parameter():
@@ -95,7 +95,7 @@ def test_joint_loss_weights_tokens_and_states():
     batch = TraceSampler(TOK, seed=1, num_numbers=(3, 3), max_len=64, value_fraction=0.6, prior_weight=0.5).batch(8)
     with torch.no_grad():
         _, parts = train.joint_loss(model, batch, value_weight=2.0)
-        hidden = train.dense_forward(model, batch["input_ids"])
+        hidden = model.forward_dense(batch["input_ids"])
         logp = torch.log_softmax(train.dense_logits(model, hidden), -1)
         mask = batch["targets"] != -100
         nll = -logp[mask].gather(1, batch["targets"][mask][:, None]).squeeze(1)
@@ -116,7 +116,7 @@ def _dense_greedy(model, problem, max_new_tokens):
     text = ""
     for _ in range(max_new_tokens):
         with torch.no_grad():
-            tok = int(train.dense_logits(model, train.dense_forward(model, torch.tensor([ids]))[0, -1]).argmax())
+            tok = int(train.dense_logits(model, model.forward_dense(torch.tensor([ids]))[0, -1]).argmax())
         if tok == TOK.eos_token_id:
             break
         text += TOK.decode([tok])

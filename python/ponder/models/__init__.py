@@ -17,12 +17,12 @@ from ponder.models.loaders import (
     save_hf,
     save_value_head,
 )
-from ponder.models.value_head import ValueHead
+from ponder.models.value_head import ValueHeadModule
 
 __all__ = [
     "DecoderLM",
     "ModelConfig",
-    "ValueHead",
+    "ValueHeadModule",
     "find_smollm2_gguf",
     "load",
     "load_gguf",

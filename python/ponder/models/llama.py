@@ -1,6 +1,7 @@
 """``DecoderLM``: the Llama / Qwen2 / Mistral / SmolLM decoder on ponder's paged KV cache.
 
-One flattened ragged forward serves prefill, decode and mixed batches: ``T`` query rows from
+One flattened ragged forward serves prefill, decode and mixed batches (``forward_dense`` is the
+same decoder without a cache, for training): ``T`` query rows from
 ``B`` sequences, each sequence's K/V living in pages of one ``[L, 2, P, S, Hk, D]`` tensor.
 Every layer is ``rms_norm -> qkv -> rotary -> append_kv -> paged_attention -> o_proj ->
 residual -> rms_norm -> SwiGLU -> residual``; the math is ``transformers``' LlamaModel /
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ponder import ops
+from ponder.ops import reference
 from ponder.models import inputs
 from ponder.models.config import ModelConfig
-from ponder.models.value_head import ValueHead
+from ponder.models.value_head import ValueHeadModule
 
 
 FLOAT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
@@ -54,7 +56,7 @@ class DecoderLM(nn.Module):
 
     Construct from a :class:`ModelConfig` (weights drawn like ``transformers`` initialises
     them: normal(0, ``init_std``) matrices, unit norms, zero biases) or load one with
-    :func:`ponder.models.load`. ``value_head=True`` attaches a fresh :class:`ValueHead`.
+    :func:`ponder.models.load`. ``value_head=True`` attaches a fresh :class:`ValueHeadModule`.
     """
 
     def __init__(self, config: ModelConfig, dtype: torch.dtype = torch.float32,
@@ -71,7 +73,7 @@ class DecoderLM(nn.Module):
         self.norm = nn.Parameter(torch.empty(config.hidden_size, **kw))
         self.lm_head = (None if config.tie_word_embeddings
                         else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, **kw)))
-        self.value_head: Optional[ValueHead] = None
+        self.value_head: Optional[ValueHeadModule] = None
         if value_head:
             self.attach_value_head()
         self.register_buffer("cos_sin", torch.empty(0), persistent=False)
@@ -91,9 +93,9 @@ class DecoderLM(nn.Module):
             else:
                 p.normal_(0.0, std, generator=generator)
 
-    def attach_value_head(self) -> ValueHead:
+    def attach_value_head(self) -> ValueHeadModule:
         """Attach (or replace) a fresh value head on the final hidden state and return it."""
-        self.value_head = ValueHead(self.config.hidden_size, self.config.rms_norm_eps,
+        self.value_head = ValueHeadModule(self.config.hidden_size, self.config.rms_norm_eps,
                                     dtype=self.embed.dtype, device=self.embed.device)
         return self.value_head
 
@@ -191,6 +193,44 @@ class DecoderLM(nn.Module):
             gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
             x = x + F.linear(F.silu(gate) * up, layer.down_weight)  # [T, C]
         return ops.rms_norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
+
+    def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The same decoder without a KV cache, differentiable (training, offline scoring):
+        ``input_ids [B, T]`` int64 (row b's token t at position t) -> final-normed hidden
+        ``[B, T, C]`` in the model's dtype.
+
+        Same math as :meth:`forward` (the ops' PyTorch references for rms_norm / rotary, fp32
+        softmax attention), with a causal ``[T, T]`` mask instead of paged KV. Right padding is
+        harmless: padded positions come after every real one, so no real row attends to them.
+        """
+        cfg = self.config
+        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.int64:
+            raise ValueError(f"input_ids must be an int64 tensor [B, T], got "
+                             f"{getattr(input_ids, 'dtype', type(input_ids).__name__)} "
+                             f"{tuple(getattr(input_ids, 'shape', ()))}")
+        B, T = input_ids.shape
+        if T > cfg.max_position_embeddings:
+            raise ValueError(f"input_ids has T={T} tokens, more than max_position_embeddings="
+                             f"{cfg.max_position_embeddings}")
+        H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        positions = torch.arange(T, device=input_ids.device).repeat(B)  # [B*T]
+        x = F.embedding(input_ids, self.embed)  # [B, T, C]
+        for layer in self.layers:
+            h = reference.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [B, T, C]
+            qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [B, T, (H + 2Hk) * D]
+            q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)
+            q, k = reference.rotary(q.reshape(B * T, H, D), k.reshape(B * T, Hk, D), positions, self.cos_sin)
+            q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
+            k = k.view(B, T, Hk, D).transpose(1, 2)  # [B, Hk, T, D]
+            v = v.reshape(B, T, Hk, D).transpose(1, 2)  # [B, Hk, T, D]
+            attn = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
+                                                  scale=1.0 / math.sqrt(D), enable_gqa=H != Hk)  # [B, H, T, D]
+            attn = attn.to(x.dtype).transpose(1, 2).reshape(B, T, H * D)  # [B, T, H*D]
+            x = x + F.linear(attn, layer.o_weight, layer.o_bias)  # [B, T, C]
+            h = reference.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [B, T, C]
+            gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [B, T, I] each
+            x = x + F.linear(F.silu(gate) * up, layer.down_weight)  # [B, T, C]
+        return reference.rms_norm(x, self.norm, cfg.rms_norm_eps)  # [B, T, C]
 
     @torch.inference_mode()
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:

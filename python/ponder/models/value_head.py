@@ -1,4 +1,4 @@
-"""``ValueHead``: a scalar value in (0, 1) read from the policy's final hidden state."""
+"""``ValueHeadModule``: a scalar value in (0, 1) read from the policy's final hidden state."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 from ponder import ops
 
 
-class ValueHead(nn.Module):
+class ValueHeadModule(nn.Module):
     """``value = sigmoid(w · rmsnorm(h) + b)`` with its own RMSNorm weight.
 
     Parameters (safetensors keys under ``value_head.``): ``norm_weight [C]``, ``weight [C]``,

@@ -12,13 +12,11 @@ in DVTS), has no beam left or reached ``max_steps``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List
 
-import numpy as np
-
-from ponder.search.session import Session, TreeState
-
+from ponder.search.session import Session
+from ponder.search.state import Children, Selection, TreeState
 
 @dataclass(frozen=True)
 class BeamConfig:
@@ -33,6 +31,18 @@ class BeamConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"BeamConfig.{name} must be an int >= {lo}, got {v!r}")
 
+@dataclass
+class BeamState:
+    """Per tree: the kept beams by group (group 0 until DVTS splits the root into subtrees),
+    the completed paths, and the steps taken."""
+
+    beams: Dict[int, List[int]]
+    completed: List[int] = field(default_factory=list)
+    steps: int = 0
+
+@dataclass
+class BeamSelection(Selection):
+    group: Dict[int, int] = field(default_factory=dict)  # expanded beam -> its group
 
 class BeamSearch(Session):
     algorithm = "beam_search"
@@ -43,64 +53,57 @@ class BeamSearch(Session):
             raise TypeError(f"config must be a BeamConfig, got {type(config).__name__}")
         self.config = config
 
-    def _st(self, tree: TreeState) -> Dict:
-        if not tree.state:
-            # beams: {group: [nodes]}; group 0 until DVTS splits the root into subtrees
-            tree.state.update(beams={0: [tree.root]}, completed=[], steps=0)
-        return tree.state
+    def new_state(self, tree: TreeState) -> BeamState:
+        return BeamState(beams={0: [tree.root]})
 
-    def round(self, trees: List[TreeState]) -> None:
-        cfg, forest = self.config, self.policy.forest
-        exp_trees, exp_nodes, counts, group_of = [], [], [], {}
+    def select(self, trees: List[TreeState]) -> BeamSelection:
+        """Every kept beam; the root gets a child per beam slot (per subtree in DVTS)."""
+        cfg, sel = self.config, BeamSelection()
         for t in trees:
-            st = self._st(t)
-            for g, beams in st["beams"].items():
+            for g, beams in t.algo.beams.items():
                 for b in beams:
-                    first = b == t.root
-                    k = (cfg.num_subtrees or cfg.width) * cfg.expansion if first else cfg.expansion
-                    exp_trees.append(t)
-                    exp_nodes.append(b)
-                    counts.append(k)
-                    group_of[b] = g
-        if not exp_nodes:
+                    k = (cfg.num_subtrees or cfg.width) * cfg.expansion if b == t.root else cfg.expansion
+                    sel.add(t, b, k)
+                    sel.group[b] = g
+        return sel
+
+    def update(self, sel: BeamSelection, kids: Children) -> None:
+        """Completed children set aside; the rest compete for ``width`` slots per group by path
+        score (``Forest.top_k``); expanded and pruned beams give their KV back."""
+        if not sel.nodes:
             return
-        exp, _ = self.expand(exp_trees, exp_nodes, counts)
-        tree_of = {n: t for t, n in zip(exp_trees, exp_nodes)}
-        by_tree: Dict[int, Dict[int, List[int]]] = {}
-        seen: Dict[int, int] = {}  # children of each parent met so far in this call
-        for i, (p, ch) in enumerate(zip(exp.parents.tolist(), exp.children.tolist())):
-            t = tree_of[p]
+        cfg = self.config
+        cands: Dict[tuple, List[int]] = {}  # (tree index, group) -> candidate children
+        seen: Dict[int, int] = {}  # children of each parent met so far in this round
+        for t, p, ch, term in zip(kids.trees, kids.parents.tolist(), kids.nodes.tolist(), kids.terminal.tolist()):
             j = seen.get(p, 0)
             seen[p] = j + 1
             # DVTS: the root's children come in num_subtrees blocks of `expansion`, one per subtree
-            g = j // cfg.expansion if (p == t.root and cfg.num_subtrees) else group_of[p]
-            if exp.terminal[i]:
-                self._st(t)["completed"].append(ch)
+            g = j // cfg.expansion if (p == t.root and cfg.num_subtrees) else sel.group[p]
+            if term:
+                t.algo.completed.append(ch)
             else:
-                by_tree.setdefault(t.root, {}).setdefault(g, []).append(ch)
-        ps = np.asarray(forest.path_score)
-        to_evict = list(exp_nodes)
-        for t in trees:
-            st = self._st(t)
-            st["steps"] += 1
-            new_beams = {}
-            for g, cands in by_tree.get(t.root, {}).items():
-                order = sorted(cands, key=lambda n: (-float(ps[n]), n))
-                new_beams[g] = order[: cfg.width]
-                to_evict.extend(order[cfg.width:])
-            st["beams"] = new_beams
-        self.policy.evict_nodes(to_evict)
+                cands.setdefault((t.index, g), []).append(ch)
+        to_evict = list(sel.nodes)
+        by_index = {t.index: t for t in sel.trees}
+        for t in by_index.values():
+            t.algo.steps += 1
+            t.algo.beams = {}
+        for (i, g), nodes in cands.items():
+            kept = self.forest.top_k(nodes, cfg.width, key="path_score", by_tree=False).tolist()
+            by_index[i].algo.beams[g] = kept
+            to_evict.extend(sorted(set(nodes) - set(kept)))
+        self.evict(to_evict)
 
     def exhausted(self, tree: TreeState) -> bool:
-        st, cfg = self._st(tree), self.config
+        st, cfg = tree.algo, self.config
         groups = max(1, cfg.num_subtrees)
-        beams = sum(len(b) for b in st["beams"].values())
-        return beams == 0 or st["steps"] >= cfg.max_steps or len(st["completed"]) >= cfg.width * groups
+        beams = sum(len(b) for b in st.beams.values())
+        return beams == 0 or st.steps >= cfg.max_steps or len(st.completed) >= cfg.width * groups
 
     def answer(self, tree: TreeState) -> int:
-        st = self._st(tree)
-        ps = self.policy.forest.path_score
-        pool = st["completed"] or [n for b in st["beams"].values() for n in b]
+        st, ps = tree.algo, self.forest.path_score
+        pool = st.completed or [n for b in st.beams.values() for n in b]
         if not pool:
             return tree.root
         return max(pool, key=lambda n: (float(ps[n]), -n))

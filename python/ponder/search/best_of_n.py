@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
-from ponder.search.session import Session, TreeState
+from ponder.search.session import Session
+from ponder.search.state import Children, Selection, TreeState
 
 SELECTIONS = ("score", "vote", "weighted_vote")
 
@@ -41,6 +42,14 @@ class BestOfNConfig:
             raise TypeError("BestOfNConfig.answer_fn must be callable(text) -> str")
 
 
+@dataclass
+class BestOfNState:
+    """Per tree: the current last node of every chain, and the steps taken."""
+
+    chains: List[int]
+    steps: int = 0
+
+
 class BestOfN(Session):
     algorithm = "best_of_n"
 
@@ -50,40 +59,37 @@ class BestOfN(Session):
             raise TypeError(f"config must be a BestOfNConfig, got {type(config).__name__}")
         self.config = config
 
-    def _st(self, tree: TreeState) -> Dict:
-        if not tree.state:
-            tree.state.update(chains=[tree.root], steps=0)
-        return tree.state
+    def new_state(self, tree: TreeState) -> BestOfNState:
+        return BestOfNState(chains=[tree.root])
 
     def _open(self, tree: TreeState) -> List[int]:
-        f = self.policy.forest
-        return [c for c in self._st(tree)["chains"] if not f.terminal[c]]
+        return [c for c in tree.algo.chains if not self.forest.terminal[c]]
 
-    def round(self, trees: List[TreeState]) -> None:
-        exp_trees, nodes, counts = [], [], []
+    def select(self, trees: List[TreeState]) -> Selection:
+        """The root into ``n`` chains, then every open chain by one step."""
+        sel = Selection()
         for t in trees:
             for c in self._open(t):
-                exp_trees.append(t)
-                nodes.append(c)
-                counts.append(self.config.n if c == t.root else 1)
-        if not nodes:
+                sel.add(t, c, self.config.n if c == t.root else 1)
+        return sel
+
+    def update(self, sel: Selection, kids: Children) -> None:
+        if not sel.nodes:
             return
-        exp, _ = self.expand(exp_trees, nodes, counts)
-        replaced = {}
-        for p, ch in zip(exp.parents.tolist(), exp.children.tolist()):
+        replaced: Dict[int, List[int]] = {}
+        for p, ch in zip(kids.parents.tolist(), kids.nodes.tolist()):
             replaced.setdefault(p, []).append(ch)
-        for t in trees:
-            st = self._st(t)
-            st["chains"] = [ch for c in st["chains"] for ch in replaced.get(c, [c])]
-            st["steps"] += 1
-        self.policy.evict_nodes(nodes)  # a chain's earlier step is never extended again
+        for t in {id(t): t for t in sel.trees}.values():
+            t.algo.chains = [ch for c in t.algo.chains for ch in replaced.get(c, [c])]
+            t.algo.steps += 1
+        self.evict(sel.nodes)  # a chain's earlier step is never extended again
 
     def exhausted(self, tree: TreeState) -> bool:
-        return not self._open(tree) or self._st(tree)["steps"] >= self.config.max_steps
+        return not self._open(tree) or tree.algo.steps >= self.config.max_steps
 
     def answer(self, tree: TreeState) -> int:
-        f = self.policy.forest
-        chains = self._st(tree)["chains"]
+        f = self.forest
+        chains = tree.algo.chains
         if chains == [tree.root]:
             return tree.root
         ps = f.path_score

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 STOP_REASONS = ("max_iterations", "max_expansions", "max_tokens", "max_seconds", "max_kv_bytes", "converged",
-                "verified", "exhausted", "completed")
+                "verified", "exhausted")
 
 
 @dataclass(frozen=True)

@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import math
 import zlib
-from dataclasses import dataclass
-from typing import List, Optional
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Set
 
 import numpy as np
 
-from ponder.search.session import Session, TreeState
+from ponder.forest import BEST_PATH_BY
+from ponder.search.session import Session
+from ponder.search.state import Children, Selection, TreeState
 
-FINAL_BY = ("visits", "value", "score")
+FINAL_BY = BEST_PATH_BY  # the answer is the end of Forest.best_path(by=final)
 
 
 @dataclass(frozen=True)
@@ -75,6 +77,23 @@ class MCTSConfig:
             raise ValueError(f"MCTSConfig.final must be one of {FINAL_BY}, got {self.final!r}")
 
 
+@dataclass
+class MCTSState:
+    """Per tree: policy mass held by each refilled node's children (``coverage``), nodes a refill
+    brought nothing new (``saturated``), and whether a refill found no target (``stuck``)."""
+
+    coverage: Dict[int, float] = field(default_factory=dict)
+    saturated: Set[int] = field(default_factory=set)
+    stuck: bool = False
+
+
+@dataclass
+class MCTSSelection(Selection):
+    leaves: List[int] = field(default_factory=list)  # selected (pending) leaves being expanded
+    refills: List[int] = field(default_factory=list)  # ancestors widened by refill
+    first_roots: List[int] = field(default_factory=list)  # roots expanded for the first time
+
+
 class MCTS(Session):
     algorithm = "mcts"
 
@@ -84,63 +103,64 @@ class MCTS(Session):
             raise TypeError(f"config must be an MCTSConfig, got {type(config).__name__}")
         self.config = config
 
-    def round(self, trees: List[TreeState]) -> None:
-        cfg, forest = self.config, self.policy.forest
-        by_root = {t.root: t for t in trees}
-        leaves = forest.select([t.root for t in trees], cfg.leaves_per_tree, cfg.c_puct, cfg.virtual_loss, cfg.fpu,
-                               cfg.pw_k, cfg.pw_alpha)
-        terminal_nodes, exp_trees, exp_nodes = [], [], []
-        refill_trees, refill_nodes = [], []
-        for t, row in zip(trees, leaves):
+    def new_state(self, tree: TreeState) -> MCTSState:
+        return MCTSState()
+
+    def select(self, trees: List[TreeState]) -> MCTSSelection:
+        """PUCT leaves of every tree; terminal leaves back up their own score at once."""
+        cfg, forest = self.config, self.forest
+        rows = forest.select([t.root for t in trees], cfg.leaves_per_tree, cfg.c_puct, cfg.virtual_loss, cfg.fpu,
+                             cfg.pw_k, cfg.pw_alpha)
+        sel, terminal_leaves, refill_trees = MCTSSelection(), [], []
+        for t, row in zip(trees, rows):
             picked = [leaf for leaf in row.tolist() if leaf >= 0]
             for leaf in picked:
                 if forest.terminal[leaf]:
-                    terminal_nodes.append(leaf)
+                    terminal_leaves.append(leaf)
                 else:
-                    exp_trees.append(t)
-                    exp_nodes.append(leaf)
+                    sel.add(t, leaf, cfg.num_children)
+                    sel.leaves.append(leaf)
+                    if leaf == t.root and forest.num_children[leaf] == 0:
+                        sel.first_roots.append(leaf)
             if cfg.refill and picked and all(forest.terminal[leaf] for leaf in picked):
                 node = self._refill_target(t, picked[0])
                 if node is not None:
-                    refill_trees.append(t)
-                    refill_nodes.append(node)
+                    refill_trees.append((t, node))
                 else:
-                    t.state["stuck"] = True
-        if terminal_nodes:
-            forest.backup(terminal_nodes, np.asarray(forest.reward)[terminal_nodes], cfg.discount)
-        if not exp_nodes and not refill_nodes:
+                    t.algo.stuck = True
+        for t, node in refill_trees:  # after the tree's own leaves, as selection order demands
+            sel.add(t, node, cfg.num_children)
+            sel.refills.append(node)
+        if terminal_leaves:
+            forest.backup(terminal_leaves, np.asarray(forest.reward)[terminal_leaves], cfg.discount)
+        return sel
+
+    def update(self, sel: MCTSSelection, kids: Children) -> None:
+        """Back up each child's score through its path; release the leaves' virtual loss."""
+        if not sel.nodes:
             return
-        first_root_expansions = [n for n in exp_nodes if n in by_root and forest.num_children[n] == 0]
-        tree_of = {n: t for t, n in zip(exp_trees + refill_trees, exp_nodes + refill_nodes)}
-        try:
-            exp, scores = self.expand(exp_trees + refill_trees, exp_nodes + refill_nodes,
-                                      [cfg.num_children] * (len(exp_nodes) + len(refill_nodes)))
-        except BaseException:
-            forest.cancel(exp_nodes)
-            raise
-        if cfg.dirichlet_alpha > 0 and first_root_expansions:
-            self._add_root_noise(exp, first_root_expansions)
-        forest.backup(exp.children, scores, cfg.discount)
-        forest.cancel(exp_nodes)
+        cfg, forest = self.config, self.forest
+        if cfg.dirichlet_alpha > 0 and sel.first_roots:
+            self._add_root_noise(kids, sel.first_roots)
+        forest.backup(kids.nodes, kids.scores, cfg.discount)
+        forest.cancel(sel.leaves)
         if cfg.refill:
             # policy mass held by each parent's children (distinct children: no double counting)
-            for t, p, lps in zip([tree_of[p] for p in exp.parents.tolist()], exp.parents.tolist(), exp.logprobs):
-                cov = t.state.setdefault("coverage", {})
-                cov[p] = cov.get(p, 0.0) + math.exp(float(np.sum(lps, dtype=np.float64)))
-        got = set(exp.parents.tolist())
-        for t, node in zip(refill_trees, refill_nodes):
+            for t, p, lp in zip(kids.trees, kids.parents.tolist(), kids.logprob.tolist()):
+                t.algo.coverage[p] = t.algo.coverage.get(p, 0.0) + math.exp(lp)
+        got = set(kids.parents.tolist())
+        tree_of = dict(zip(sel.nodes, sel.trees))
+        for node in sel.refills:
             if node not in got:
-                t.state.setdefault("saturated", set()).add(node)
+                tree_of[node].algo.saturated.add(node)
 
     def _refill_target(self, tree: TreeState, leaf: int) -> Optional[int]:
         """The nearest proper ancestor of ``leaf`` that is not terminal, not saturated and whose
         children hold less than ``refill_coverage`` of the policy's mass."""
-        forest = self.policy.forest
-        saturated = tree.state.get("saturated", set())
-        coverage = tree.state.get("coverage", {})
+        forest, st = self.forest, tree.algo
         node = int(forest.parent[leaf])
-        while node >= 0 and (node in saturated or forest.terminal[node]
-                             or coverage.get(node, 0.0) >= self.config.refill_coverage):
+        while node >= 0 and (node in st.saturated or forest.terminal[node]
+                             or st.coverage.get(node, 0.0) >= self.config.refill_coverage):
             node = int(forest.parent[node])
         if node >= 0:
             return node
@@ -151,27 +171,27 @@ class MCTS(Session):
         ps = np.asarray(forest.path_score)[open_leaves]
         return int(open_leaves[int(np.argmax(ps))])
 
-    def _add_root_noise(self, exp, roots) -> None:
-        cfg, forest = self.config, self.policy.forest
+    def _add_root_noise(self, kids: Children, roots) -> None:
+        cfg, forest = self.config, self.forest
         for r in roots:
-            kids = exp.children[exp.parents == r]
+            children = kids.nodes[kids.parents == r]
             # Seeded by the search seed and the prompt's tokens, never by the batch position: a
             # problem gets the same noise alone or in a batch.
             prompt = np.ascontiguousarray(forest.node_tokens(r), dtype=np.int32)
-            rng = np.random.default_rng([self.seed, zlib.crc32(prompt.tobytes()), len(kids)])
-            noise = rng.dirichlet([cfg.dirichlet_alpha] * len(kids))
-            prior = np.asarray(forest.prior)[kids]
-            forest.set_priors(kids, ((1 - cfg.dirichlet_eps) * prior + cfg.dirichlet_eps * noise).astype(np.float32))
+            rng = np.random.default_rng([self.seed, zlib.crc32(prompt.tobytes()), len(children)])
+            noise = rng.dirichlet([cfg.dirichlet_alpha] * len(children))
+            prior = np.asarray(forest.prior)[children]
+            mixed = (1 - cfg.dirichlet_eps) * prior + cfg.dirichlet_eps * noise
+            forest.set_priors(children, mixed.astype(np.float32))
 
     def answer(self, tree: TreeState) -> int:
-        return int(self.policy.forest.best_path(tree.root, by=self.config.final)[-1])
+        return int(self.forest.best_path(tree.root, by=self.config.final)[-1])
 
     def root_value(self, tree: TreeState) -> Optional[float]:
-        f = self.policy.forest
-        n = int(f.visits[tree.root])
-        return float(f.value_sum[tree.root]) / n if n else None
+        n = int(self.forest.visits[tree.root])
+        return float(self.forest.value_sum[tree.root]) / n if n else None
 
     def exhausted(self, tree: TreeState) -> bool:
-        if self.config.pw_k != 0 or self.policy.forest.frontier([tree.root]).size > 0:
+        if self.config.pw_k != 0 or self.forest.frontier([tree.root]).size > 0:
             return False
-        return not self.config.refill or bool(tree.state.get("stuck"))
+        return not self.config.refill or tree.algo.stuck

@@ -42,6 +42,13 @@ class SearchResult:
     _tree: object = field(default=None, repr=False, compare=False)
 
     # ------------------------------------------------------------------ anytime search
+    def release(self) -> None:
+        """Free this problem's tree and its KV in the engine (and in a mirrored scorer's engine);
+        the result itself stays readable, but it can no longer be resumed."""
+        if self._session is not None:
+            self._session.release(self._tree)
+            self._session = self._tree = None
+
     def resume(self, budget) -> "SearchResult":
         """Continue this problem's search with a fresh ``budget`` (counted from now), keeping its
         tree and KV (evicted KV is re-prefilled transparently). The returned answer is never worse
@@ -126,12 +133,11 @@ class SearchResult:
 
 def build_result(session, tree) -> SearchResult:
     """Snapshot one tree of a live session into a SearchResult."""
-    policy = session.policy
-    forest = policy.forest
+    policy, forest = session.policy, session.forest
     answer = session.best_answer(tree)
     arrays = forest.arrays()
-    # creation order puts parents first; released (pruned-away) nodes are gone from the tree
-    ids = [n for n in sorted(tree.local_ids, key=tree.local_ids.get) if forest.is_alive(n)]
+    # creation order (node id order within a tree) puts parents first; released nodes are gone
+    ids = np.nonzero((arrays["tree"] == tree.root) & arrays["alive"].astype(bool))[0].tolist()
     index = {node: i for i, node in enumerate(ids)}
     tok = policy.tokenizer
 

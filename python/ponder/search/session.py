@@ -1,40 +1,36 @@
-"""What every search algorithm shares: one call's trees, scoring, budgets, rounds and results.
+"""What every search algorithm shares: the Forest, the round, scoring, eviction, budgets, results.
 
-A :class:`Session` holds the policy engine, the scorer, the optional verifier and the path
-aggregation, plus one :class:`TreeState` per problem. Algorithms subclass it and implement
-``round(trees)`` (one batched round over every still-active tree), ``answer(tree)`` and
-``root_value(tree)``. ``run`` repeats rounds until every tree has a stop reason, then builds
-one :class:`~ponder.search.result.SearchResult` per problem.
+A :class:`Session` owns one :class:`~ponder.Forest` holding a tree per problem; each node keeps
+the policy engine's sequence handle of its KV in ``Forest.page_seq``. Every round of every
+algorithm is the same five moves (:meth:`Session.round`)::
+
+    sel  = self.select(trees)                          # algorithm: PUCT leaves / beams / open chains
+    exp  = policy.expand(handles of sel.nodes, ...)    # engine: fork, batched decode, step ends
+    kids = self.score(sel, exp)                        # scorer + verifier + path aggregation
+    self.add_children(sel, exp, kids)                  # one Forest.add_children call
+    self.update(sel, kids)                             # algorithm: backup / keep the best / finish
+
+Algorithms subclass it with their ``select`` / ``update`` rules, ``answer``, ``root_value`` and
+``exhausted``, and a typed per-tree state (``new_state``). The session also decides which KV
+the engine may evict under memory pressure (unexpanded leaves before expanded nodes, lowest path
+score first) and frees KV that no longer serves the search (terminal nodes, pruned beams).
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from ponder.expansion import SamplingParams, StepStop
+from ponder.expansion import Expansion, SamplingParams, StepStop
+from ponder.forest import Forest
 from ponder.scoring import Aggregation, Verifier, constant_scores
 from ponder.search.budget import Budget, Usage, check
+from ponder.search.state import Children, NodeData, Selection, TreeState
 
-
-@dataclass
-class TreeState:
-    index: int  # problem index within the call
-    root: int
-    budget: Budget
-    usage: Usage = field(default_factory=Usage)
-    stop_reason: Optional[str] = None
-    local_ids: Dict[int, int] = field(default_factory=dict)  # node -> id within the tree
-    verified: List[int] = field(default_factory=list)  # nodes a verifier accepted (score 1)
-    state: Dict[str, object] = field(default_factory=dict)  # algorithm-specific
-    previous_answer: Optional[int] = None  # answer before a resume
-
-    def local_id(self, node: int) -> int:
-        return self.local_ids[int(node)]
+ConstraintFn = Callable[[int, str], Optional[Iterable[int]]]
 
 
 class Session:
@@ -42,8 +38,7 @@ class Session:
 
     def __init__(self, policy, scorer, *, verifier: Optional[Verifier] = None, aggregation: Aggregation = Aggregation(),
                  stop: StepStop = StepStop(), sampling: SamplingParams = SamplingParams(), seed: int = 0,
-                 progress: bool = True, constraint: Optional[Callable[[int, str], Optional[Iterable[int]]]] = None,
-                 distinct: bool = False):
+                 progress: bool = True, constraint: Optional[ConstraintFn] = None, distinct: bool = False):
         if not isinstance(stop, StepStop):
             raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
         if not isinstance(sampling, SamplingParams):
@@ -55,16 +50,16 @@ class Session:
         if constraint is not None and not callable(constraint):
             raise TypeError(f"constraint must be callable (problem index, path text) -> token ids or None, "
                             f"got {type(constraint).__name__}")
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an int >= 0, got {seed!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
+            raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
         self.policy, self.scorer, self.verifier = policy, scorer, verifier
         self.aggregation, self.stop, self.sampling, self.seed = aggregation, stop, sampling, int(seed)
         self.progress = progress
         self.constraint = constraint
         self.distinct = bool(distinct)
+        self.forest = Forest()
+        self.node_data = NodeData()
         self.trees: List[TreeState] = []
-        self._agg: Dict[int, float] = {}  # node -> aggregate of its step scores (no token cost)
-        self._gen_tokens: Dict[int, int] = {}  # node -> generated tokens on its path
         self.model_calls_at_start = 0
         self.wall_time = 0.0
 
@@ -76,97 +71,100 @@ class Session:
             raise ValueError("prompts is empty: give at least one problem")
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a ponder.Budget, got {type(budget).__name__}")
-        roots = self.policy.add_prompts(prompts)
-        now = time.perf_counter()
-        for i, r in enumerate(np.asarray(roots).tolist()):
-            t = TreeState(index=i, root=int(r), budget=budget, usage=Usage(started=now))
-            t.local_ids[int(r)] = 0
-            self._agg[int(r)] = 0.0
-            self._gen_tokens[int(r)] = 0
-            self.trees.append(t)
         self.model_calls_at_start = self.policy.stats.model_calls
+        handles = np.asarray(self.policy.prefill(prompts, evict=self.evict_order))
+        tokens = [np.asarray(self.policy.tokens(int(h)), dtype=np.int32) for h in handles]
+        indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
+        np.cumsum([t.size for t in tokens], out=indptr[1:])
+        roots = self.forest.add_roots(np.concatenate(tokens), indptr)
+        self.forest.set_page_seqs(roots, handles.astype(np.int32))
+        self.node_data.reserve(self.forest.num_nodes)
+        now = time.perf_counter()
+        for i, r in enumerate(roots.tolist()):
+            t = TreeState(index=i, root=int(r), budget=budget, usage=Usage(started=now))
+            t.algo = self.new_state(t)
+            self.trees.append(t)
 
-    # ------------------------------------------------------------------ expansion + scoring
-    def expand(self, trees: Sequence[TreeState], nodes: Sequence[int], counts: Sequence[int]):
-        """Expand ``nodes[i]`` (in ``trees[i]``) into ``counts[i]`` children; score, verify and
-        aggregate them; charge each tree. Returns (expansion, step scores float32 [C])."""
-        rng_ids = [t.local_id(n) for t, n in zip(trees, nodes)]
-        extra = {"distinct": True} if self.distinct else {}
-        if self.constraint is not None:
-            extra["allowed_tokens"] = self._allowed_tokens(trees, nodes)
-        exp = self.policy.expand(list(nodes), list(counts), stop=self.stop, sampling=self.sampling, seed=self.seed,
-                                 rng_ids=rng_ids, **extra)
-        c = len(exp.children)
-        for t, n in zip(trees, nodes):
+    # ------------------------------------------------------------------ the round
+    def round(self, trees: List[TreeState]) -> None:
+        """One batched round over every active tree: select -> expand -> score -> add -> update."""
+        sel = self.select(trees)
+        kids = Children.empty()
+        if sel.nodes:
+            try:
+                exp = self.policy.expand(
+                    self.handles(sel.nodes), sel.counts, stop=self.stop, sampling=self.sampling, seed=self.seed,
+                    rng_ids=self.node_data.local_id[sel.nodes], allowed_tokens=self._allowed_tokens(sel),
+                    distinct=self.distinct, evict=self.evict_order)
+            except BaseException:
+                self.forest.cancel(sel.nodes)  # selected leaves stop being pending
+                raise
+            kids = self.score(sel, exp)
+            self.add_children(sel, exp, kids)
+        self.update(sel, kids)
+
+    def score(self, sel: Selection, exp: Expansion) -> Children:
+        """Step scores of the new children (scorer, then verifier verdicts), charged to each tree."""
+        for t in sel.trees:
             t.usage.expansions += 1
-        tree_of_parent = {int(n): t for t, n in zip(trees, nodes)}
-        for p, k in exp.discarded_tokens.items():  # duplicates dropped by distinct=True were generated too
-            tree_of_parent[p].usage.tokens += k
-        if c == 0:
-            return exp, np.zeros(0, dtype=np.float32)
-        scores = self.scorer.score(self.policy, exp) if self.scorer is not None else constant_scores(c)
-        scores = np.asarray(scores, dtype=np.float32).reshape(-1)
+        if exp.discarded_tokens:  # duplicates dropped by distinct=True were generated too
+            tree_of = dict(zip(self.handles(sel.nodes).tolist(), sel.trees))
+            for h, k in exp.discarded_tokens.items():
+                tree_of[h].usage.tokens += k
+        trees = [sel.trees[i] for i in exp.parent_index.tolist()]
+        parents = np.asarray(sel.nodes, dtype=np.int32)[exp.parent_index]
+        c = len(exp.children)
+        for t, toks in zip(trees, exp.tokens):
+            t.usage.tokens += len(toks)
+        scores = self.scorer.score(self.policy, exp) if self.scorer is not None and c else constant_scores(c)
+        scores = np.array(scores, dtype=np.float32).reshape(-1)
         if scores.shape != (c,) or not np.isfinite(scores).all():
             raise ValueError(f"scorer returned {scores.shape} scores (finite expected) for {c} children")
-        terminal = exp.terminal.copy()
-        forest = self.policy.forest
-        for i, (p, ch) in enumerate(zip(exp.parents.tolist(), exp.children.tolist())):
-            t = tree_of_parent[p]
-            t.local_ids[ch] = len(t.local_ids)
-            self._gen_tokens[ch] = self._gen_tokens[p] + len(exp.tokens[i])
-            if self.verifier is not None:
-                verdict = self.verifier.check(t.index, self.text(ch))
+        terminal, verified = exp.terminal.copy(), np.zeros(c, dtype=bool)
+        if self.verifier is not None:
+            for i, (t, p, toks) in enumerate(zip(trees, parents.tolist(), exp.tokens)):
+                verdict = self.verifier.check(t.index, self.text(p, toks))
                 if verdict is not None:
-                    terminal[i] = True
-                    scores[i] = verdict
-                    if verdict >= 1.0:
-                        t.verified.append(ch)
-        depth = np.asarray(forest.depth)[exp.children]
-        parent_agg = np.array([self._agg[p] for p in exp.parents.tolist()])
-        agg = self.aggregation.combine(parent_agg, scores, depth)
-        gen = np.array([self._gen_tokens[ch] for ch in exp.children.tolist()])
-        path = self.aggregation.path_score(agg, gen)
-        for ch, a in zip(exp.children.tolist(), agg.tolist()):
-            self._agg[ch] = a
-        forest.set_rewards(exp.children, scores)
-        forest.set_path_scores(exp.children, path.astype(np.float32))
-        if (terminal != exp.terminal).any():
-            forest.set_terminal(exp.children, terminal)
-            # a terminal node is never expanded again: its KV is dead weight
-            self.policy.evict_nodes([ch for ch, was, now in zip(exp.children.tolist(), exp.terminal, terminal)
-                                     if now and not was])
-        exp.terminal = terminal
-        for p, toks in zip(exp.parents.tolist(), exp.tokens):
-            tree_of_parent[p].usage.tokens += len(toks)
-        return exp, scores
+                    terminal[i], scores[i], verified[i] = True, verdict, verdict >= 1.0
+        logprob = np.array([float(np.sum(lp, dtype=np.float64)) for lp in exp.logprobs], dtype=np.float64)
+        return Children(np.zeros(c, np.int32), parents, trees, scores, terminal, verified, logprob)
 
-    def _allowed_tokens(self, trees: Sequence[TreeState], nodes: Sequence[int]):
-        """The engine-level form of ``self.constraint``: (parent node, step tokens) -> allowed ids."""
-        index = {int(n): t.index for t, n in zip(trees, nodes)}
-        prefix: Dict[int, str] = {}
-        tok = self.policy.tokenizer
-        if tok is None:
-            raise ValueError("constraint needs a policy engine with a tokenizer (it is called with text)")
+    def add_children(self, sel: Selection, exp: Expansion, kids: Children) -> None:
+        """Add the scored children with one ``Forest.add_children`` call (priors, rewards, path
+        scores, terminal flags, sequence handles) and free the KV of the terminal ones."""
+        c = len(exp.children)
+        if c == 0:
+            return
+        f, nd = self.forest, self.node_data
+        depth = np.asarray(f.depth)[kids.parents] + 1
+        agg = self.aggregation.combine(nd.agg[kids.parents], kids.scores, depth)
+        gen = nd.gen_tokens[kids.parents] + np.array([t.size for t in exp.tokens], dtype=np.int64)
+        path = self.aggregation.path_score(agg, gen).astype(np.float32)
+        first = np.r_[True, exp.parent_index[1:] != exp.parent_index[:-1]]
+        groups = np.nonzero(first)[0]
+        indptr = np.zeros(c + 1, dtype=np.int64)
+        np.cumsum([t.size for t in exp.tokens], out=indptr[1:])
+        kids.nodes = f.add_children(kids.parents[groups], np.diff(np.r_[groups, c]).astype(np.int32), exp.priors,
+                                    np.concatenate(exp.tokens), indptr, rewards=kids.scores, terminal=kids.terminal,
+                                    path_scores=path, page_seqs=exp.children.astype(np.int32))
+        nd.reserve(f.num_nodes)
+        nd.agg[kids.nodes], nd.gen_tokens[kids.nodes] = agg, gen
+        for node, t, ok in zip(kids.nodes.tolist(), kids.trees, kids.verified.tolist()):
+            nd.local_id[node] = t.num_nodes
+            t.num_nodes += 1
+            if ok:
+                t.verified.append(node)
+        self.evict(kids.nodes[kids.terminal])  # a terminal node is never expanded: its KV is dead weight
 
-        def allowed(parent: int, step_tokens: List[int]):
-            if parent not in prefix:
-                prefix[parent] = self.text(parent)
-            return self.constraint(index[parent], prefix[parent] + tok.decode(step_tokens))
+    # ------------------------------------------------------------------ per-algorithm rules
+    def new_state(self, tree: TreeState):
+        return None
 
-        return allowed
+    def select(self, trees: List[TreeState]) -> Selection:
+        raise NotImplementedError(f"{type(self).__name__} must implement select()")
 
-    def text(self, node: int) -> str:
-        """The generated text of ``node``'s path (everything after the prompt)."""
-        forest = self.policy.forest
-        tokens = forest.path_tokens(node)
-        root_len = int(forest.token_len[int(forest.tree[node])])
-        gen = tokens[root_len:].tolist()
-        tok = self.policy.tokenizer
-        return tok.decode(gen) if tok is not None else " ".join(map(str, gen))
-
-    # ------------------------------------------------------------------ rounds
-    def round(self, trees: List[TreeState]) -> None:
-        raise NotImplementedError(f"{type(self).__name__} must implement round()")
+    def update(self, sel: Selection, kids: Children) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement update()")
 
     def answer(self, tree: TreeState) -> int:
         raise NotImplementedError(f"{type(self).__name__} must implement answer()")
@@ -178,6 +176,70 @@ class Session:
         """True when the algorithm has nothing left to do for this tree."""
         return False
 
+    # ------------------------------------------------------------------ nodes, text, KV
+    def handles(self, nodes) -> np.ndarray:
+        """int64: the policy sequence handle of each node."""
+        return np.asarray(self.forest.page_seq)[np.asarray(nodes, dtype=np.int64)].astype(np.int64)
+
+    def text(self, node: int, step_tokens=None) -> str:
+        """The generated text of ``node``'s path (everything after the prompt), followed by
+        ``step_tokens`` when given (a child not yet in the forest)."""
+        f = self.forest
+        tokens = f.path_tokens(node)[int(f.token_len[int(f.tree[node])]):]
+        if step_tokens is not None:
+            tokens = np.concatenate([tokens, np.asarray(step_tokens, dtype=np.int32)])
+        tok = self.policy.tokenizer
+        gen = tokens.tolist()
+        return tok.decode(gen) if tok is not None else " ".join(map(str, gen))
+
+    def evict(self, nodes) -> None:
+        """Drop the KV of ``nodes`` (policy and mirrored scorer); they stay in the tree."""
+        handles = self.handles(nodes)
+        if handles.size:
+            self.policy.evict(handles)
+            if hasattr(self.scorer, "evict"):
+                self.scorer.evict(handles)
+
+    def evict_order(self, engine, pages_needed: int) -> List[int]:
+        """The session's eviction ranking for the engine: live nodes holding KV, unexpanded
+        leaves before expanded nodes, lowest path score first, then creation order."""
+        f = self.forest
+        cand = np.nonzero(np.asarray(f.alive).astype(bool))[0]
+        if cand.size == 0:
+            return []
+        cand = cand[engine.has_kv(self.handles(cand))]
+        expanded = np.asarray(f.num_children)[cand] > 0
+        order = np.lexsort((cand, np.asarray(f.path_score)[cand], expanded))
+        return self.handles(cand[order]).tolist()
+
+    def release(self, tree: TreeState) -> None:
+        """Free every node of ``tree`` and their KV (policy and scorer); it cannot resume after."""
+        if not self.forest.is_alive(tree.root):
+            return
+        handles = np.asarray(self.forest.release(tree.root), dtype=np.int64)
+        self.policy.free(handles)
+        if hasattr(self.scorer, "free"):
+            self.scorer.free(handles)
+
+    def _allowed_tokens(self, sel: Selection):
+        """The engine-level form of ``self.constraint``: (parent handle, step tokens) -> ids."""
+        if self.constraint is None:
+            return None
+        tok = self.policy.tokenizer
+        if tok is None:
+            raise ValueError("constraint needs a policy engine with a tokenizer (it is called with text)")
+        node_of = dict(zip(self.handles(sel.nodes).tolist(), zip(sel.nodes, sel.trees)))
+        prefix = {}
+
+        def allowed(parent: int, step_tokens: List[int]):
+            node, tree = node_of[parent]
+            if parent not in prefix:
+                prefix[parent] = self.text(node)
+            return self.constraint(tree.index, prefix[parent] + tok.decode(step_tokens))
+
+        return allowed
+
+    # ------------------------------------------------------------------ run, results, resume
     def run(self, trees: Optional[List[TreeState]] = None) -> None:
         trees = self.trees if trees is None else trees
         t0 = time.perf_counter()
@@ -216,7 +278,7 @@ class Session:
 
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a ponder.Budget, got {type(budget).__name__}")
-        if not self.policy.forest.is_alive(tree.root):
+        if not self.forest.is_alive(tree.root):
             raise ValueError(f"the tree of problem {tree.index} was released; it cannot be resumed")
         tree.previous_answer = self.best_answer(tree)
         tree.budget = budget
@@ -228,12 +290,12 @@ class Session:
     def best_answer(self, tree: TreeState) -> int:
         """The algorithm's answer, except that a verified answer beats an unverified one and a
         resumed search never returns a worse answer than before the resume."""
+        ps = self.forest.path_score
         candidates = [self.answer(tree)]
         if tree.verified:
-            candidates.append(max(tree.verified, key=lambda n: (float(self.policy.forest.path_score[n]), -n)))
+            candidates.append(max(tree.verified, key=lambda n: (float(ps[n]), -n)))
         if tree.previous_answer is not None:
             candidates.append(tree.previous_answer)
         verified = set(tree.verified)
-        ps = self.policy.forest.path_score
         # first by verification, then by path score; ties keep the algorithm's own pick
         return max(enumerate(candidates), key=lambda ic: (ic[1] in verified, float(ps[ic[1]]), -ic[0]))[1]

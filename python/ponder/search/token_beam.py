@@ -31,11 +31,11 @@ of step 0 never win a slot and every running beam is a real sequence with KV. No
 length, bad words, ...), sampling, beam groups, constraints, stop strings, padding / attention
 masks (each prompt is compared with transformers run on it alone).
 
-On the KV cache: a prompt is prefilled once; the step-0 beams are forks of its page sequence (a
+On the KV cache: a prompt is prefilled once; the step-0 beams are forks of its engine sequence (a
 refcount increment, no prefix copy); a beam continued by several candidates is forked, a beam
-continued by none is freed at once, copy-on-write page copies of all beams run in one
-``ops.copy_pages`` call, and all running beams of all prompts decode in one batched forward per
-step. Every page is released when the call returns, also when it raises.
+continued by none is freed at once, and all running beams of all prompts decode in one
+``Engine.decode`` call per step (copy-on-write page copies batched in it). Every sequence is
+freed when the call returns, also when it raises.
 """
 
 from __future__ import annotations
@@ -222,48 +222,39 @@ class _Beams:
 
 
 class _Search:
-    """The KV side of one call: one page sequence per running beam of every prompt."""
+    """The KV side of one call: one engine sequence per running beam of every prompt."""
 
     def __init__(self, engine, roots: np.ndarray, cfg: TokenBeamConfig):
-        self.engine, self.pt, self.cfg = engine, engine.page_table, cfg
+        self.engine, self.cfg = engine, cfg
         self.roots: List[Optional[int]] = [int(r) for r in roots]
         self.seqs: List[List[int]] = [[] for _ in self.roots]
         self.owned: List[List[bool]] = [[] for _ in self.roots]
-        self.prompt_lens = [len(engine.forest.path_tokens(r)) for r in self.roots]
+        self.prompt_lens = [engine.num_tokens(r) for r in self.roots]
         self.stats = [TokenBeamStats(model_calls=1) for _ in self.roots]
 
     def start(self) -> None:
-        """Point every beam slot at its prompt's sequence (held by the root node, so step 0 forks)."""
-        eng = self.engine
-        eng._ensure_kv(np.asarray(self.roots, dtype=np.int64))  # re-prefills prompts evicted meanwhile
-        eng._protected = set()
+        """Point every beam slot at its prompt's sequence (so step 0 forks it)."""
         for p, r in enumerate(self.roots):
-            seq = int(eng.forest.page_seq[r])
-            self.seqs[p], self.owned[p] = [seq] * self.cfg.num_beams, [False] * self.cfg.num_beams
-            self.stats[p].kv_pages_peak = int(self.pt.pages(seq).size)
+            self.seqs[p], self.owned[p] = [r] * self.cfg.num_beams, [False] * self.cfg.num_beams
+            self.stats[p].kv_pages_peak = self.engine.distinct_pages([r])
 
     def reseat(self, p: int, src: Sequence[int]) -> None:
         """New running beams of prompt ``p`` continue old beams ``src``: each forks its source
         (a refcount increment), then the old handles are freed, so a beam continued once ends up
         alone on its pages again and one continued by none loses its pages at once."""
         old, owned = self.seqs[p], self.owned[p]
-        new = [self.pt.fork(old[s]) for s in src]  # fork never allocates, so it cannot fail midway
-        for h, mine in zip(old, owned):
-            if mine:
-                self.pt.free(h)
+        new = self.engine.fork([old[s] for s in src]).tolist()
+        self.engine.free([h for h, mine in zip(old, owned) if mine])
         self.seqs[p], self.owned[p] = new, [True] * len(new)
 
     def drop(self, p: int) -> None:
-        for h, mine in zip(self.seqs[p], self.owned[p]):
-            if mine:
-                self.pt.free(h)
+        self.engine.free([h for h, mine in zip(self.seqs[p], self.owned[p]) if mine])
         self.seqs[p], self.owned[p] = [], []
 
     def release_roots(self) -> None:
-        for p, r in enumerate(self.roots):
-            if r is not None:
-                self.roots[p] = None
-                self.engine.release(r)
+        roots = [r for r in self.roots if r is not None]
+        self.roots = [None] * len(self.roots)
+        self.engine.free(roots)
 
     def cleanup(self) -> None:
         for p in range(len(self.seqs)):
@@ -301,38 +292,28 @@ class _Search:
             active = [p for i, p in enumerate(active) if not done[i]]
             if not active:  # at the latest after step n - 1, where every candidate ends
                 break
-            logits = self.decode(active, tok[~done], t)
+            logits = self.decode(active, tok[~done])
         return beams
 
-    def decode(self, prompts: List[int], tokens: np.ndarray, t: int) -> torch.Tensor:
-        """Feed ``tokens`` int [b, W] (token ``t`` of each running beam of ``prompts``) in one
-        forward; returns the next-token logits ``[b, W, V]`` fp32."""
+    def decode(self, prompts: List[int], tokens: np.ndarray) -> torch.Tensor:
+        """Feed ``tokens`` int [b, W] (the next token of each running beam of ``prompts``) in one
+        engine decode step; returns the next-token logits ``[b, W, V]`` fp32."""
         eng, W = self.engine, self.cfg.num_beams
-        seqs = np.array([h for p in prompts for h in self.seqs[p]], dtype=np.int32)
-        toks = tokens.reshape(-1).astype(np.int32)
-        ones = np.ones(seqs.size, dtype=np.int32)
-        positions = [self.prompt_lens[p] + t for p in prompts for _ in range(W)]
-        eng._make_room(lambda: self.pt.can_append(seqs, ones), "decoding token beams")
-        slots, src, dst = self.pt.append(seqs, ones, toks)
-        eng._run_copies(src, dst)
-        eng._note_usage()
-        hidden = eng._forward(toks.tolist(), positions, slots, seqs, ones)  # [b * W, C]
-        eng.stats.tokens_decoded += int(seqs.size)
-        tables, _ = self.pt.batch_tables(seqs, pad=-1)  # [b * W, pages]
+        seqs = [h for p in prompts for h in self.seqs[p]]
+        hidden = eng.decode(seqs, tokens.reshape(-1))  # [b * W, C]
         for i, p in enumerate(prompts):
             st = self.stats[p]
             st.tokens_decoded += W
             st.model_calls += 1
-            block = tables[i * W:(i + 1) * W]
-            st.kv_pages_peak = max(st.kv_pages_peak, int(np.unique(block[block >= 0]).size))
+            st.kv_pages_peak = max(st.kv_pages_peak, eng.distinct_pages(seqs[i * W:(i + 1) * W]))
         logits = eng.model.logits(hidden).float()  # [b * W, V]
         return logits.reshape(len(prompts), W, -1)
 
 
 def _check_engine(engine) -> None:
-    for attr in ("page_table", "model", "forest", "add_prompts", "hidden", "_forward"):
+    for attr in ("model", "prefill", "decode", "fork", "free", "hidden", "num_tokens", "distinct_pages"):
         if not hasattr(engine, attr):
-            raise TypeError(f"engine must be a ponder.engine.Engine, got {type(engine).__name__} (no {attr!r})")
+            raise TypeError(f"engine must be a ponder.Engine, got {type(engine).__name__} (no {attr!r})")
 
 
 def token_beam_search(engine, prompts: Sequence, config: TokenBeamConfig,
@@ -361,13 +342,12 @@ def token_beam_search(engine, prompts: Sequence, config: TokenBeamConfig,
     if W > 1 and vocab < K:
         raise ValueError(f"num_beams={W} with {len(eos_ids)} EOS tokens keeps {K} candidates per step, "
                          f"more than the vocabulary ({vocab}); use num_beams <= {vocab // (K // W)}")
-    roots = engine.add_prompts(prompts)
+    roots = engine.prefill(prompts)
     search = _Search(engine, roots, cfg)
     try:
         with torch.inference_mode():
             beams = search.run(eos_ids, progress)
     finally:
-        engine._protected = set()
         search.cleanup()
     outs = []
     for p in range(len(roots)):

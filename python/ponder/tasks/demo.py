@@ -178,13 +178,14 @@ def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy,
     for i in range(0, len(problems), chunk):
         part = problems[i:i + chunk]
         eng = ponder.Engine(model, tok, num_pages=8192, page_size=16)
-        results += ponder.search([p.prompt() for p in part], eng, scorer="value", algorithm=s.algorithm,
-                                 budget=s.budget, seed=seed, verifier=verifier(part), stop=STEP_STOP,
-                                 sampling=ponder.SamplingParams(temperature=temperature), progress=progress,
-                                 constraint=legal_step_constraint(part, tok) if constrained else None,
-                                 distinct=s.distinct, **s.options)
-    for r in results:
-        r._session = None  # no resume here: let each chunk's engine and KV cache go
+        found = ponder.search([p.prompt() for p in part], eng, scorer="value", algorithm=s.algorithm,
+                              budget=s.budget, seed=seed, verifier=verifier(part), stop=STEP_STOP,
+                              sampling=ponder.SamplingParams(temperature=temperature), progress=progress,
+                              constraint=legal_step_constraint(part, tok) if constrained else None,
+                              distinct=s.distinct, **s.options)
+        for r in found:
+            r.release()  # no resume here: the results keep their snapshot, the KV goes
+        results += found
     wall = time.perf_counter() - t0
     solved = [countdown.check(p, r.answer).ok for p, r in zip(problems, results)]
     tokens = sum(r.stats["tokens_generated"] for r in results)

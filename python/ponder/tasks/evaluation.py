@@ -1,9 +1,9 @@
 """Quick checks of a trained Countdown model without the search layer.
 
-Both run the inference path the engine uses (``DecoderLM.forward`` on a paged KV cache, then
-``logits`` / ``value``), with the simplest possible page layout: sequence b owns pages
-``b * pages_per_seq ..``. :func:`greedy_decode` writes one completion per problem;
-:func:`value_accuracy` reads the value head at the labelled newlines of trace examples.
+:func:`greedy_decode` writes one completion per problem through the engine's decode loop
+(``Engine.prefill`` / ``Engine.decode``, the inference path of every search);
+:func:`value_accuracy` reads the value head at the labelled newlines of trace examples with the
+model's cache-free ``forward_dense``.
 """
 
 from __future__ import annotations
@@ -14,39 +14,13 @@ from typing import Dict, List, Optional, Sequence, Set
 
 import torch
 
+from ponder.engine import Engine
 from ponder.models import DecoderLM
 from ponder.tasks import countdown
 from ponder.tasks.tokenizer import CharTokenizer
 from ponder.tasks.traces import KINDS, Example, make_example
 
 _PAGE_SIZE = 16
-
-
-class _Pages:
-    """Contiguous paging: B sequences of up to ``capacity`` tokens each."""
-
-    def __init__(self, model: DecoderLM, batch: int, capacity: int) -> None:
-        self.per_seq = -(-capacity // _PAGE_SIZE)
-        self.kv = model.allocate_kv_cache(batch * self.per_seq, _PAGE_SIZE)
-        self.lens = [0] * batch
-        self.device = model.device
-
-    def step(self, rows: Sequence[int], tokens: Sequence[Sequence[int]]) -> Dict[str, torch.Tensor]:
-        """Forward inputs appending ``tokens[i]`` to sequence ``rows[i]``."""
-        ids, positions, slots, indptr = [], [], [], [0]
-        for row, toks in zip(rows, tokens):
-            start = self.lens[row]
-            ids += toks
-            positions += range(start, start + len(toks))
-            slots += (row * self.per_seq * _PAGE_SIZE + p for p in range(start, start + len(toks)))
-            self.lens[row] = start + len(toks)
-            indptr.append(indptr[-1] + len(toks))
-        tables = [[row * self.per_seq + i for i in range(self.per_seq)] for row in rows]
-        as_tensor = lambda x, dtype: torch.tensor(x, dtype=dtype, device=self.device)  # noqa: E731
-        return dict(input_ids=as_tensor(ids, torch.int64), positions=as_tensor(positions, torch.int64),
-                    slot_mapping=as_tensor(slots, torch.int64), block_tables=as_tensor(tables, torch.int32),
-                    seq_lens=as_tensor([self.lens[r] for r in rows], torch.int32),
-                    query_indptr=as_tensor(indptr, torch.int32))
 
 
 @torch.inference_mode()
@@ -68,32 +42,36 @@ def greedy_decode(model: DecoderLM, tokenizer: CharTokenizer, problems: Sequence
     prompts = [tokenizer.encode(p.prompt(), add_bos=True) for p in problems]
     limit = model.config.max_position_embeddings
     capacity = min(limit, max(map(len, prompts)) + max_new_tokens)
-    pages = _Pages(model, len(problems), capacity)
+    pages_per_row = -(-capacity // _PAGE_SIZE)
+    engine = Engine(model, tokenizer, num_pages=len(problems) * pages_per_row, page_size=_PAGE_SIZE,
+                    prefix_cache=False)
+    all_seqs = engine.prefill(prompts).tolist()
+    seqs = list(all_seqs)
     rows = list(range(len(problems)))
     texts = [""] * len(problems)
-    hidden = model(kv_cache=pages.kv, **pages.step(rows, prompts))
-    last = torch.tensor([len(p) for p in prompts]).cumsum(0) - 1
-    logits = model.logits(hidden[last])
+    logits = model.logits(engine.hidden(seqs))
     generated = 0
-    while rows:
-        next_ids = logits.argmax(-1).tolist()
-        keep = []
-        for row, tok in zip(rows, next_ids):
-            if tok == tokenizer.eos_token_id:
-                continue
-            texts[row] += tokenizer.decode([tok])
-            ended = pages.lens[row] + 1 > capacity
-            if texts[row].endswith("\n"):
-                lines = texts[row].split("\n")[:-1]
-                ended = ended or countdown.is_terminal(problems[row], lines)
-            if not ended:
-                keep.append((row, tok))
-        generated += 1
-        if not keep or generated >= max_new_tokens:
-            break
-        rows = [r for r, _ in keep]
-        hidden = model(kv_cache=pages.kv, **pages.step(rows, [[t] for _, t in keep]))
-        logits = model.logits(hidden)
+    try:
+        while rows:
+            next_ids = logits.argmax(-1).tolist()
+            keep = []
+            for row, seq, tok in zip(rows, seqs, next_ids):
+                if tok == tokenizer.eos_token_id:
+                    continue
+                texts[row] += tokenizer.decode([tok])
+                ended = engine.num_tokens(seq) + 1 > capacity
+                if texts[row].endswith("\n"):
+                    lines = texts[row].split("\n")[:-1]
+                    ended = ended or countdown.is_terminal(problems[row], lines)
+                if not ended:
+                    keep.append((row, seq, tok))
+            generated += 1
+            if not keep or generated >= max_new_tokens:
+                break
+            rows, seqs, toks = (list(x) for x in zip(*keep))
+            logits = model.logits(engine.decode(seqs, toks))
+    finally:
+        engine.free(all_seqs)
     return texts
 
 
@@ -113,11 +91,14 @@ def value_accuracy(model: DecoderLM, examples: Sequence[Example], batch_size: in
     scores, labels = [], []
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
-        pages = _Pages(model, len(chunk), max(len(ex.ids) for ex in chunk))
-        hidden = model(kv_cache=pages.kv, **pages.step(range(len(chunk)), [list(ex.ids) for ex in chunk]))
-        offsets = torch.tensor([0] + [len(ex.ids) for ex in chunk[:-1]]).cumsum(0).tolist()
-        rows = [off + p for off, ex in zip(offsets, chunk) for p in ex.value_positions]
-        scores.append(model.value(hidden[rows]))
+        T = max(len(ex.ids) for ex in chunk)
+        ids = torch.zeros(len(chunk), T, dtype=torch.int64, device=model.device)  # right padding
+        for b, ex in enumerate(chunk):
+            ids[b, : len(ex.ids)] = torch.as_tensor(list(ex.ids), dtype=torch.int64)
+        hidden = model.forward_dense(ids)  # [B, T, C]
+        rows = torch.tensor([(b, p) for b, ex in enumerate(chunk) for p in ex.value_positions], dtype=torch.int64)
+        if rows.numel():
+            scores.append(model.value(hidden[rows[:, 0], rows[:, 1]]))
         labels += [lab for ex in chunk for lab in ex.value_labels]
     if not labels:
         return {"accuracy": float("nan"), "balanced_accuracy": float("nan"), "num_states": 0,

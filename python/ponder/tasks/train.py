@@ -6,9 +6,8 @@ with a value head, trains it with AdamW (linear warm-up, cosine decay) on the jo
 ``model.safetensors`` + ``config.json`` (:func:`ponder.models.save_hf`) and ``tokenizer.json``
 (:class:`CharTokenizer`) into ``out_dir``. :func:`load_countdown` reads them back.
 
-The custom ops have no autograd, so training runs :func:`dense_forward`: the same
-computation as ``DecoderLM.forward`` on a padded ``[B, T]`` batch with plain causal attention,
-reading the model's own parameters (tests check it matches the paged forward).
+The custom ops have no autograd, so training runs ``DecoderLM.forward_dense``: the decoder
+without a KV cache on a padded ``[B, T]`` batch (tests check it matches the paged forward).
 """
 
 from __future__ import annotations
@@ -89,40 +88,6 @@ QUICK = TrainConfig(hidden_size=32, num_layers=2, num_heads=2, num_kv_heads=1, i
                     eval_problems=8, eval_value_examples=16)
 
 
-def dense_forward(model: DecoderLM, input_ids: torch.Tensor) -> torch.Tensor:
-    """Differentiable forward of ``model`` on ``input_ids [B, T]`` int64 (position t of every
-    row at position t) -> final-normed hidden ``[B, T, C]`` in the model's dtype.
-
-    Same math as ``DecoderLM.forward`` (ops' reference rms_norm / rotary, fp32 softmax
-    attention), with a causal ``[T, T]`` mask instead of the paged KV cache. Right padding is
-    harmless: padded positions come after every real one, so no real row attends to them.
-    """
-    cfg = model.config
-    B, T = input_ids.shape
-    if T > cfg.max_position_embeddings:
-        raise ValueError(f"input_ids has T={T} tokens, more than max_position_embeddings="
-                         f"{cfg.max_position_embeddings}")
-    H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-    positions = torch.arange(T, device=input_ids.device).repeat(B)  # [B*T]
-    x = F.embedding(input_ids, model.embed)  # [B, T, C]
-    for layer in model.layers:
-        h = reference.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [B, T, C]
-        qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [B, T, (H + 2Hk) * D]
-        q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)
-        q, k = reference.rotary(q.reshape(B * T, H, D), k.reshape(B * T, Hk, D), positions, model.cos_sin)
-        q = q.view(B, T, H, D).transpose(1, 2)  # [B, H, T, D]
-        k = k.view(B, T, Hk, D).transpose(1, 2)  # [B, Hk, T, D]
-        v = v.reshape(B, T, Hk, D).transpose(1, 2)  # [B, Hk, T, D]
-        attn = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True,
-                                              scale=1.0 / math.sqrt(D), enable_gqa=H != Hk)  # [B, H, T, D]
-        attn = attn.to(x.dtype).transpose(1, 2).reshape(B, T, H * D)  # [B, T, H*D]
-        x = x + F.linear(attn, layer.o_weight, layer.o_bias)  # [B, T, C]
-        h = reference.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [B, T, C]
-        gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [B, T, I] each
-        x = x + F.linear(F.silu(gate) * up, layer.down_weight)  # [B, T, C]
-    return reference.rms_norm(x, model.norm, cfg.rms_norm_eps)  # [B, T, C]
-
-
 def dense_logits(model: DecoderLM, hidden: torch.Tensor) -> torch.Tensor:
     """hidden ``[..., C]`` -> fp32 logits ``[..., V]`` (differentiable ``DecoderLM.logits``)."""
     weight = model.embed if model.lm_head is None else model.lm_head
@@ -141,7 +106,7 @@ def joint_loss(model: DecoderLM, batch: Dict[str, torch.Tensor],
                value_weight: float) -> Tuple[torch.Tensor, Dict[str, float]]:
     """``weighted token CE + value_weight * weighted value BCE`` on a
     :func:`~ponder.tasks.traces.collate` batch (token weights from ``target_weights``)."""
-    hidden = dense_forward(model, batch["input_ids"])  # [B, T, C]
+    hidden = model.forward_dense(batch["input_ids"])  # [B, T, C]
     B, T, C = hidden.shape
     logits = dense_logits(model, hidden)  # [B, T, V]
     token_loss = F.cross_entropy(logits.view(B * T, -1), batch["targets"].view(B * T), ignore_index=IGNORE_INDEX,
