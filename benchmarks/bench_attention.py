@@ -5,7 +5,7 @@ One decode step of one layer: B branches share a prompt of P tokens and each own
 
 - shared:  ``triton_backend.shared_prefix_attention`` through an attention plan (each segment of
            the tree read once);
-- paged:   ``triton_backend.paged_decode``, per-branch split-KV decode over the block tables
+- paged:   ``triton_backend.paged_attention``, per-branch split-KV decode over the block tables
            (reads the prompt once per branch);
 - sdpa:    ``torch.nn.functional.scaled_dot_product_attention`` on each branch's KV gathered
            into a contiguous tensor beforehand (the gather is not timed; skipped when it does
@@ -101,7 +101,7 @@ def _dry_run():
         expected = reference.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5)
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G, tokens_per_item=2 * S))
         _check(torch, "shared", tb.shared_prefix_attention(q, kv, 0, plan.to("cpu"), D**-0.5), expected, torch.float32)
-        _check(torch, "paged", tb.paged_decode(q, kv, 0, bt, sl, qi, D**-0.5, num_splits=2), expected, torch.float32)
+        _check(torch, "paged", tb.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5, num_splits=2), expected, torch.float32)
         k, v = _sdpa_inputs(torch, kv, bt, sl, Hk, D)
         _check(torch, "sdpa", _sdpa(torch, q, k, v, D**-0.5), expected, torch.float32)
         print(f"dry run Hk={Hk} G={G} B={B} P={P} s={s}: shared, paged and sdpa agree with the reference "
@@ -140,7 +140,7 @@ def _bench(args):
         expected = reference.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5)
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G)).to(dev)
         _check(torch, "shared vs reference", tb.shared_prefix_attention(q, kv, 0, plan, D**-0.5), expected, dtype)
-        _check(torch, "paged vs reference", tb.paged_decode(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
+        _check(torch, "paged vs reference", tb.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
         q = kv = expected = None  # free the check tensors before the sweep
 
         for P, B, s in sweep:
@@ -155,7 +155,7 @@ def _bench(args):
             out_shared = torch.empty_like(q)
             out_paged = torch.empty_like(q)
             tb.shared_prefix_attention(q, kv, 0, plan, scale, out=out_shared)
-            tb.paged_decode(q, kv, 0, bt, sl, qi, scale, out=out_paged)
+            tb.paged_attention(q, kv, 0, bt, sl, qi, scale, out=out_paged)
             _check(torch, f"shared vs paged P={P} B={B} s={s}", out_shared, out_paged, dtype)
             kv_gather_bytes = 2 * B * (P + s) * Hk * D * nbytes
             k = v = None
@@ -167,7 +167,7 @@ def _bench(args):
                 lambda: tb.shared_prefix_attention(q, kv, 0, plan, scale, out=out_shared), return_mode="median"
             )
             t_paged = triton.testing.do_bench(
-                lambda: tb.paged_decode(q, kv, 0, bt, sl, qi, scale, out=out_paged), return_mode="median"
+                lambda: tb.paged_attention(q, kv, 0, bt, sl, qi, scale, out=out_paged), return_mode="median"
             )
             t_sdpa = None
             if k is not None:

@@ -44,7 +44,7 @@ def test_paged_attention_decode_matches_reference(forest, device, G, S, D):
 def test_split_kv_decode_merges_partials(forest, device, num_splits):
     q, kv, bt, sl, qi, _ = _decode_batch(forest, seed=num_splits, S=2, Hk=1, G=4, D=8, max_step=9, device=device)
     expected = reference.paged_attention(q, kv, 0, bt, sl, qi, 0.5)
-    out = triton_backend.paged_decode(q, kv, 0, bt, sl, qi, 0.5, num_splits=num_splits)
+    out = triton_backend.paged_attention(q, kv, 0, bt, sl, qi, 0.5, num_splits=num_splits)
     torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
@@ -56,7 +56,7 @@ def test_ragged_rows_equal_to_sequences_are_exact(device):
     qi = torch.tensor([0, 2, 2, 3], dtype=torch.int32, device=device)
     q = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(3)).to(device)
     expected = reference.paged_attention(q, kv, 1, bt, sl, qi, 0.35)
-    torch.testing.assert_close(triton_backend.paged_decode(q, kv, 1, bt, sl, qi, 0.35, num_splits=2), expected, **FP32_TOL)
+    torch.testing.assert_close(triton_backend.paged_attention(q, kv, 1, bt, sl, qi, 0.35, num_splits=2), expected, **FP32_TOL)
 
 
 def test_prefill_falls_back_to_reference(device):
@@ -119,7 +119,7 @@ def test_shared_prefix_and_per_branch_plans_agree_on_a_wide_tree(device):
     assert plan.max_item_queries == B and plan.pages_read() == 2 + B
     out = triton_backend.shared_prefix_attention(q, kv, 0, plan.to(device), 0.25)
     torch.testing.assert_close(out, expected, **FP32_TOL)
-    torch.testing.assert_close(triton_backend.paged_decode(q, kv, 0, bt, sl, qi, 0.25), expected, **FP32_TOL)
+    torch.testing.assert_close(triton_backend.paged_attention(q, kv, 0, bt, sl, qi, 0.25), expected, **FP32_TOL)
 
 
 # ---- GPU: compiled kernels, 16-bit dtypes ---------------------------------------------------------
@@ -140,7 +140,7 @@ def test_gpu_decode_and_shared_prefix_match_reference(forest, dtype, G, S, D):
     expected = reference.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5)
     torch.testing.assert_close(ops.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5, backend="triton"), expected, **GPU_TOL[dtype])
     torch.testing.assert_close(
-        triton_backend.paged_decode(q, kv, 1, bt, sl, qi, D**-0.5, num_splits=3), expected, **GPU_TOL[dtype]
+        triton_backend.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5, num_splits=3), expected, **GPU_TOL[dtype]
     )
     plan = plan_attention(tables, lens, S, **triton_backend.plan_options(S, G, tokens_per_item=2 * S))
     out = triton_backend.shared_prefix_attention(q, kv, 1, plan.to("cuda"), D**-0.5)
