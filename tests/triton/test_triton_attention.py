@@ -89,6 +89,31 @@ def test_shared_prefix_attention_matches_reference_on_trees(forest, device, G, o
     torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_shared_prefix_attention_op_runs_the_triton_kernel(forest, device, G):
+    q, kv, bt, sl, qi, (tables, lens, _) = _decode_batch(
+        forest, seed=20 + G, S=3, Hk=2, G=G, D=12, num_roots=2, max_nodes=12, max_step=5, device=device
+    )
+    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=2 * G, backend="triton")
+    expected = reference.paged_attention(q, kv, 0, bt, sl, qi, 0.45)
+    out = ops.shared_prefix_attention(q, kv, 0, plan, 0.45, backend="triton")
+    torch.testing.assert_close(out, expected, **FP32_TOL)
+    # the same plan through the reference: both backends read the plan the same way
+    torch.testing.assert_close(ops.shared_prefix_attention(q, kv, 0, plan, 0.45, backend="torch"), out, **FP32_TOL)
+
+
+def test_shared_prefix_attention_op_refuses_a_plan_too_wide_for_the_kernel(device):
+    kv = _kv(4, 4, 1, 8, device=device)
+    tables, lens = np.zeros((40, 1), dtype=np.int32), np.full(40, 3, dtype=np.int32)
+    whole = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4, backend="torch")  # 40 x G=4 rows
+    q = torch.zeros(40, 4, 8, device=device)
+    with pytest.raises(ValueError, match=r"max_queries_per_item <= 32"):
+        ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="triton")
+    split = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4, backend="triton")
+    expected = ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="torch")
+    torch.testing.assert_close(ops.shared_prefix_attention(q, kv, 0, split, 0.3, backend="triton"), expected, **FP32_TOL)
+
+
 def test_shared_prefix_attention_refuses_a_mismatched_plan():
     kv = _kv(4, 4, 1, 8)
     plan = plan_attention([[0, 1], [0, 2]], [6, 5], 4).to("cpu")
@@ -142,6 +167,9 @@ def test_gpu_decode_and_shared_prefix_match_reference(forest, dtype, G, S, D):
     torch.testing.assert_close(
         triton_backend.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5, num_splits=3), expected, **GPU_TOL[dtype]
     )
-    plan = plan_attention(tables, lens, S, **triton_backend.plan_options(S, G, tokens_per_item=2 * S))
-    out = triton_backend.shared_prefix_attention(q, kv, 1, plan.to("cuda"), D**-0.5)
+    plan = plan_attention(tables, lens, S, **triton_backend.plan_options(S, G, tokens_per_item=2 * S)).to("cuda")
+    out = triton_backend.shared_prefix_attention(q, kv, 1, plan, D**-0.5)
     torch.testing.assert_close(out, expected, **GPU_TOL[dtype])
+    for backend in ("triton", "torch"):
+        out = ops.shared_prefix_attention(q, kv, 1, plan, D**-0.5, backend=backend)
+        torch.testing.assert_close(out, expected, **GPU_TOL[dtype])

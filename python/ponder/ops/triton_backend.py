@@ -4,7 +4,8 @@ Importing this module never imports Triton: each launcher loads its kernel modul
 and the registry only offers the backend when Triton imports and the tensors are on CUDA (or
 ``TRITON_INTERPRET=1`` runs the kernels on the CPU, for tests).
 
-Two attention launchers, also callable directly with launch options (``num_splits``, ``out``):
+Two attention launchers, each the ``"triton"`` backend of the op of the same name, also callable
+directly with launch options (``num_splits``, ``out``):
 
 - ``paged_attention``: one query row per program and KV chunk (split-KV "flash decoding"); the
   registry runs it for decode. Prefill batches (more query rows than sequences) go to the torch
@@ -218,6 +219,7 @@ def plan_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024
     }
 
 
+@register("shared_prefix_attention", "triton")
 def shared_prefix_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
