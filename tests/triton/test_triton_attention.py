@@ -1,4 +1,4 @@
-"""Triton paged decode and shared-prefix attention against ponder.ops.reference."""
+"""Triton paged_attention and shared_prefix_attention against ponder.ops.reference."""
 
 import numpy as np
 import pytest
@@ -41,14 +41,14 @@ def test_paged_attention_decode_matches_reference(forest, device, G, S, D):
 
 
 @pytest.mark.parametrize("num_splits", [2, 5])
-def test_split_kv_decode_merges_partials(forest, device, num_splits):
+def test_paged_attention_split_kv_merges_partials(forest, device, num_splits):
     q, kv, bt, sl, qi, _ = _decode_batch(forest, seed=num_splits, S=2, Hk=1, G=4, D=8, max_step=9, device=device)
     expected = reference.paged_attention(q, kv, 0, bt, sl, qi, 0.5)
     out = triton_backend.paged_attention(q, kv, 0, bt, sl, qi, 0.5, num_splits=num_splits)
     torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
-def test_ragged_rows_equal_to_sequences_are_exact(device):
+def test_paged_attention_ragged_rows_equal_to_sequences_are_exact(device):
     # T == B but sequence 1 has no query row and sequence 0 has two: the kernel searches rows.
     kv = _kv(6, 3, 2, 8, device=device)
     bt = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]], dtype=torch.int32, device=device)
@@ -59,7 +59,7 @@ def test_ragged_rows_equal_to_sequences_are_exact(device):
     torch.testing.assert_close(triton_backend.paged_attention(q, kv, 1, bt, sl, qi, 0.35, num_splits=2), expected, **FP32_TOL)
 
 
-def test_prefill_falls_back_to_reference(device):
+def test_paged_attention_prefill_falls_back_to_reference(device):
     kv = _kv(4, 4, 1, 8, device=device)
     bt = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
     sl = torch.tensor([7, 5], dtype=torch.int32, device=device)
@@ -127,7 +127,7 @@ def test_shared_prefix_attention_refuses_a_mismatched_plan():
         triton_backend.shared_prefix_attention(torch.zeros(40, 4, 8), kv, 0, wide, 0.3)
 
 
-def test_shared_prefix_and_per_branch_plans_agree_on_a_wide_tree(device):
+def test_shared_prefix_attention_and_paged_attention_agree_on_a_wide_tree(device):
     # 24 branches under one 2-page prompt: the shared item has 24 * 4 = 96 rows.
     S, Hk, G, D = 4, 1, 4, 16
     B = 24
@@ -158,7 +158,7 @@ GPU_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("G,S,D", [(1, 16, 128), (4, 16, 128), (8, 16, 64), (4, 5, 40)])
-def test_gpu_decode_and_shared_prefix_match_reference(forest, dtype, G, S, D):
+def test_gpu_paged_attention_and_shared_prefix_attention_match_reference(forest, dtype, G, S, D):
     q, kv, bt, sl, qi, (tables, lens, num_pages) = _decode_batch(
         forest, seed=G + S, S=S, Hk=2, G=G, D=D, num_roots=3, max_nodes=40, max_step=3 * S, dtype=dtype, device="cuda"
     )
