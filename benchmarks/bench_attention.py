@@ -249,7 +249,8 @@ def _bench_cpu(args):
         base, base_cpu = _time_cpu(paged, repeats)
         print(f"P={P:5d} B={B:3d} s={s:4d} H={Hk * G} Hk={Hk} D={D} fp32 | shared {ours:8.2f} ms ({ours_cpu:8.2f} cpu)"
               f" | paged {base:8.2f} ms ({base_cpu:8.2f} cpu) | x{base / ours:5.1f}"
-              f" | plan {plan_ms:5.2f} ms ({plan.num_items} items, once per step) | threads {threads}", flush=True)  # fmt: skip
+              f" | plan {plan_ms:5.2f} ms ({plan.num_items} items, once per step) | threads {threads}",
+              flush=True)  # fmt: skip
     return 0
 
 

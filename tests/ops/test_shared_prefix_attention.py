@@ -159,14 +159,16 @@ def test_plan_shared_prefix_attention_keeps_segments_whole_for_the_reference():
 
 def test_shared_prefix_attention_opcheck():
     tables, lens, num_pages, used = grow_tree_batch(seed=4, S=3, num_roots=2, max_nodes=10)
-    kv = torch.nan_to_num(make_kv(num_pages, 3, 2, 8, used, torch.float32))  # opcheck compares with NaN-sensitive equality
+    # opcheck compares outputs with NaN-sensitive equality
+    kv = torch.nan_to_num(make_kv(num_pages, 3, 2, 8, used, torch.float32))
     q = torch.randn(len(lens), 4, 8, generator=torch.Generator().manual_seed(1))
     plan = plan_attention(tables, lens, 3).to("cpu")
     arrays = (plan.item_page_indptr, plan.item_pages, plan.item_num_tokens, plan.item_query_indptr, plan.item_queries,
               plan.merge_indptr, plan.merge_slots)  # fmt: skip
     args = (q, kv, 1, *arrays, plan.num_shared_items, plan.max_item_queries, 0.35, "torch")
     torch.library.opcheck(torch.ops.ponder.shared_prefix_attention.default, args)
-    torch.testing.assert_close(torch.ops.ponder.shared_prefix_attention(*args), ops.shared_prefix_attention(q, kv, 1, plan, 0.35))
+    expected = ops.shared_prefix_attention(q, kv, 1, plan, 0.35)
+    torch.testing.assert_close(torch.ops.ponder.shared_prefix_attention(*args), expected, atol=0, rtol=0)
 
 
 def test_shared_prefix_attention_compiles_into_one_graph():

@@ -111,7 +111,8 @@ def test_shared_prefix_attention_op_refuses_a_plan_too_wide_for_the_kernel(devic
         ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="triton")
     split = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4, backend="triton")
     expected = ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="torch")
-    torch.testing.assert_close(ops.shared_prefix_attention(q, kv, 0, split, 0.3, backend="triton"), expected, **FP32_TOL)
+    out = ops.shared_prefix_attention(q, kv, 0, split, 0.3, backend="triton")
+    torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
 def test_shared_prefix_attention_refuses_a_mismatched_plan():

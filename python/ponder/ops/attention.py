@@ -179,7 +179,9 @@ def _check_shared_prefix_attention(q, kv_cache, layer, plan, scale, check) -> No
     if pages.size and (pages.min() < 0 or pages.max() >= P):
         raise IndexError(f"plan.item_pages must be page ids in [0, {P}), got values in [{pages.min()}, {pages.max()}]")
     if queries.min() < 0 or queries.max() >= B:
-        raise IndexError(f"plan.item_queries must be rows of q in [0, {B}), got values in [{queries.min()}, {queries.max()}]")
+        raise IndexError(
+            f"plan.item_queries must be rows of q in [0, {B}), got values in [{queries.min()}, {queries.max()}]"
+        )
     # The merge lists must be exactly the slots of each query (the kernels read them, the
     # reference reads item_queries).
     slots = a["merge_slots"]
