@@ -1,11 +1,13 @@
-"""Shared-prefix decode attention vs per-branch paged decode vs torch SDPA on gathered KV.
+"""Shared-prefix decode attention vs per-branch paged decode, on a GPU (Triton) or the CPU (PyTorch).
 
 One decode step of one layer: B branches share a prompt of P tokens and each owns s tokens
-(``s`` includes the decode token). Three ways to compute the same attention:
+(``s`` includes the decode token).
+
+On a GPU, three ways to compute the same attention:
 
 - shared:  ``triton_backend.shared_prefix_attention`` through an attention plan (each segment of
            the tree read once);
-- paged:   ``triton_backend.paged_decode``, per-branch split-KV decode over the block tables
+- paged:   ``triton_backend.paged_attention``, per-branch split-KV decode over the block tables
            (reads the prompt once per branch);
 - sdpa:    ``torch.nn.functional.scaled_dot_product_attention`` on each branch's KV gathered
            into a contiguous tensor beforehand (the gather is not timed; skipped when it does
@@ -13,11 +15,21 @@ One decode step of one layer: B branches share a prompt of P tokens and each own
 
 Bandwidth is reported against the fewest bytes any method must read (BENCHMARKS.md):
 ``beta * (P + B * s)`` with ``beta = 2 * Hk * D * bytes`` per token and layer; reading the prompt
-per branch costs ``beta * B * (P + s)``. Every configuration is checked for agreement before it
-is timed. ``--quick`` runs a short sweep; ``--dry-run`` runs only the correctness check on tiny
-shapes on the CPU (Triton interpreter), so the script is exercised without a GPU.
+per branch costs ``beta * B * (P + s)``.
+
+On the CPU (``--device cpu``, or no GPU), fp32 with SmolLM2-135M's heads (H=9, Hk=3, D=64):
+``reference.shared_prefix_attention`` through the plan of ``plan_shared_prefix_attention``
+(the prompt read once) against ``reference.paged_attention`` (the engine's per-branch path,
+gathering the prompt for every branch). The plan is built once per decode step and serves every
+layer, so it is timed on its own. Each line gives wall time (median) and process CPU time per
+call, the ratio, and the torch thread count (``--threads``).
+
+Every configuration is checked for agreement before it is timed. ``--quick`` runs a short
+sweep; ``--dry-run`` runs only the Triton correctness check on tiny shapes on the CPU (Triton
+interpreter), so the GPU script is exercised without a GPU.
 
     python benchmarks/bench_attention.py [--quick | --dry-run] [--dtype bf16|fp16]
+    python benchmarks/bench_attention.py --device cpu [--quick] [--threads 1]
 """
 
 from __future__ import annotations
@@ -39,6 +51,8 @@ def _args():
     mode.add_argument("--dry-run", action="store_true", help="tiny correctness check on the CPU, no timing")
     p.add_argument("--dtype", choices=("bf16", "fp16"), default="bf16")
     p.add_argument("--page-size", type=int, default=16)
+    p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: the GPU when there is one")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for the CPU mode (default: torch's)")
     return p.parse_args()
 
 
@@ -101,7 +115,7 @@ def _dry_run():
         expected = reference.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5)
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G, tokens_per_item=2 * S))
         _check(torch, "shared", tb.shared_prefix_attention(q, kv, 0, plan.to("cpu"), D**-0.5), expected, torch.float32)
-        _check(torch, "paged", tb.paged_decode(q, kv, 0, bt, sl, qi, D**-0.5, num_splits=2), expected, torch.float32)
+        _check(torch, "paged", tb.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5, num_splits=2), expected, torch.float32)
         k, v = _sdpa_inputs(torch, kv, bt, sl, Hk, D)
         _check(torch, "sdpa", _sdpa(torch, q, k, v, D**-0.5), expected, torch.float32)
         print(f"dry run Hk={Hk} G={G} B={B} P={P} s={s}: shared, paged and sdpa agree with the reference "
@@ -113,8 +127,8 @@ def _bench(args):
     import torch
 
     if not torch.cuda.is_available():
-        print("bench_attention: SKIPPED, needs a CUDA GPU (run with --dry-run for the CPU correctness check)")
-        return 0
+        print("bench_attention: no CUDA GPU; run with --device cpu for the CPU comparison")
+        return 1
     import triton.testing
 
     from ponder.attention_plan import plan_attention
@@ -140,7 +154,7 @@ def _bench(args):
         expected = reference.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5)
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G)).to(dev)
         _check(torch, "shared vs reference", tb.shared_prefix_attention(q, kv, 0, plan, D**-0.5), expected, dtype)
-        _check(torch, "paged vs reference", tb.paged_decode(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
+        _check(torch, "paged vs reference", tb.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
         q = kv = expected = None  # free the check tensors before the sweep
 
         for P, B, s in sweep:
@@ -155,7 +169,7 @@ def _bench(args):
             out_shared = torch.empty_like(q)
             out_paged = torch.empty_like(q)
             tb.shared_prefix_attention(q, kv, 0, plan, scale, out=out_shared)
-            tb.paged_decode(q, kv, 0, bt, sl, qi, scale, out=out_paged)
+            tb.paged_attention(q, kv, 0, bt, sl, qi, scale, out=out_paged)
             _check(torch, f"shared vs paged P={P} B={B} s={s}", out_shared, out_paged, dtype)
             kv_gather_bytes = 2 * B * (P + s) * Hk * D * nbytes
             k = v = None
@@ -167,7 +181,7 @@ def _bench(args):
                 lambda: tb.shared_prefix_attention(q, kv, 0, plan, scale, out=out_shared), return_mode="median"
             )
             t_paged = triton.testing.do_bench(
-                lambda: tb.paged_decode(q, kv, 0, bt, sl, qi, scale, out=out_paged), return_mode="median"
+                lambda: tb.paged_attention(q, kv, 0, bt, sl, qi, scale, out=out_paged), return_mode="median"
             )
             t_sdpa = None
             if k is not None:
@@ -188,10 +202,68 @@ def _bench(args):
     return 0
 
 
+def _time_cpu(fn, repeats):
+    """(median wall ms, median process CPU ms) of ``fn()`` over ``repeats`` calls after one warm-up."""
+    fn()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        fn()
+        wall.append(time.perf_counter() - w0)
+        cpu.append(time.process_time() - c0)
+    return 1e3 * sorted(wall)[repeats // 2], 1e3 * sorted(cpu)[repeats // 2]
+
+
+def _bench_cpu(args):
+    import torch
+
+    import ponder.ops as ops
+    from ponder.ops import reference
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    S = args.page_size
+    Hk, G, D = 3, 3, 64  # SmolLM2-135M: 9 query heads, 3 KV heads, head dim 64
+    if args.quick:
+        sweep, repeats = [(2048, 64, 32)], 5
+    else:
+        sweep, repeats = list(itertools.product((512, 2048, 8192), (16, 64), (32, 256))), 9
+    print(f"# CPU, fp32, page size {S}, H={Hk * G} Hk={Hk} D={D}, {threads} torch thread(s); "
+          "ms per call: wall median (process CPU)")  # fmt: skip
+    for P, B, s in sweep:
+        q, kv, bt, sl = _batch(torch, B, P, s, Hk, G, D, S, torch.float32, "cpu")
+        qi = torch.arange(B + 1, dtype=torch.int32)
+        scale = D**-0.5
+        plan_ms, _ = _time_cpu(lambda: ops.plan_shared_prefix_attention(bt, sl, kv, Hk * G, "torch"), repeats)
+        plan = ops.plan_shared_prefix_attention(bt, sl, kv, num_heads=Hk * G, backend="torch")
+
+        def shared():
+            return reference.shared_prefix_attention(q, kv, 0, plan, scale)
+
+        def paged():
+            return reference.paged_attention(q, kv, 0, bt, sl, qi, scale)
+
+        _check(torch, f"shared vs paged P={P} B={B} s={s}", shared(), paged(), torch.float32)
+        ours, ours_cpu = _time_cpu(shared, repeats)
+        base, base_cpu = _time_cpu(paged, repeats)
+        print(f"P={P:5d} B={B:3d} s={s:4d} H={Hk * G} Hk={Hk} D={D} fp32 | shared {ours:8.2f} ms ({ours_cpu:8.2f} cpu)"
+              f" | paged {base:8.2f} ms ({base_cpu:8.2f} cpu) | x{base / ours:5.1f}"
+              f" | plan {plan_ms:5.2f} ms ({plan.num_items} items, once per step) | threads {threads}",
+              flush=True)  # fmt: skip
+    return 0
+
+
 def main() -> int:
     args = _args()
     if args.dry_run:
         return _dry_run()
+    if args.device == "cpu":
+        return _bench_cpu(args)
+    import torch
+
+    if args.device == "auto" and not torch.cuda.is_available():
+        return _bench_cpu(args)
     return _bench(args)
 
 

@@ -4,7 +4,7 @@
 #include <string>
 
 #include "common.h"
-#include "cuda/kv_copy.cuh"
+#include "cuda/copy_pages.cuh"
 #include "cuda/launchers.h"
 
 namespace ponder {

@@ -1,5 +1,5 @@
-"""Paged decode attention kernels: shared-prefix work items, per-row split-KV decode, and the
-log-sum-exp merge of partial outputs.
+"""Decode attention kernels: ``shared_prefix_attention`` (work items of an attention plan),
+``paged_attention`` (per-row split-KV decode), and the log-sum-exp merge of partial outputs.
 
 Both attention kernels run the same inner loop, ``_attend_pages``: a tile of query rows (q
 branches x G query heads of one KV head) against a run of KV tokens stored in pages. The
@@ -129,7 +129,7 @@ def _sequence_of_row(query_indptr_ptr, t, num_seqs):
 
 
 @triton.jit
-def _paged_decode_kernel(
+def _paged_attention_kernel(
     q_ptr, kv_ptr, block_tables_ptr, seq_lens_ptr, query_indptr_ptr, out_ptr, part_out_ptr, part_lse_ptr,
     num_seqs, max_pages, chunk_pages, num_heads, stride_qt, stride_qh, stride_ot, stride_oh,
     k_base, v_plane, token_stride, sm_scale_log2,

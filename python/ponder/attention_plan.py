@@ -4,9 +4,10 @@ Branches of a search tree share the KV pages of their common ancestors. ``plan_a
 at a decode batch's block tables and finds the tree segments -- maximal runs of pages shared by
 the same set of branches: a prefix shared by all, sub-prefixes shared by sibling groups, each
 branch's own tail -- and emits work items ``(segment pages, query rows)`` plus, per query, the
-partial outputs to merge. A kernel (``ponder.ops.triton_backend.shared_prefix_attention``) reads
-each item's pages once for all of its rows and merges the partials by log-sum-exp. Build the plan
-once per decode step and reuse it for every layer.
+partial outputs to merge. The op ``ponder.ops.shared_prefix_attention`` reads each item's pages
+once for all of its rows and merges the partials by log-sum-exp. Build the plan once per decode
+step (``ponder.ops.plan_shared_prefix_attention`` does it from block tables in one call) and reuse
+it for every layer.
 
 Example (S = 4; rows are branches, -1 is padding)::
 

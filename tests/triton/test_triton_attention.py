@@ -1,4 +1,4 @@
-"""Triton paged decode and shared-prefix attention against ponder.ops.reference."""
+"""Triton paged_attention and shared_prefix_attention against ponder.ops.reference."""
 
 import numpy as np
 import pytest
@@ -41,14 +41,14 @@ def test_paged_attention_decode_matches_reference(forest, device, G, S, D):
 
 
 @pytest.mark.parametrize("num_splits", [2, 5])
-def test_split_kv_decode_merges_partials(forest, device, num_splits):
+def test_paged_attention_split_kv_merges_partials(forest, device, num_splits):
     q, kv, bt, sl, qi, _ = _decode_batch(forest, seed=num_splits, S=2, Hk=1, G=4, D=8, max_step=9, device=device)
     expected = reference.paged_attention(q, kv, 0, bt, sl, qi, 0.5)
-    out = triton_backend.paged_decode(q, kv, 0, bt, sl, qi, 0.5, num_splits=num_splits)
+    out = triton_backend.paged_attention(q, kv, 0, bt, sl, qi, 0.5, num_splits=num_splits)
     torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
-def test_ragged_rows_equal_to_sequences_are_exact(device):
+def test_paged_attention_ragged_rows_equal_to_sequences_are_exact(device):
     # T == B but sequence 1 has no query row and sequence 0 has two: the kernel searches rows.
     kv = _kv(6, 3, 2, 8, device=device)
     bt = torch.tensor([[0, 1, 2], [3, -1, -1], [4, 5, -1]], dtype=torch.int32, device=device)
@@ -56,10 +56,10 @@ def test_ragged_rows_equal_to_sequences_are_exact(device):
     qi = torch.tensor([0, 2, 2, 3], dtype=torch.int32, device=device)
     q = torch.randn(3, 4, 8, generator=torch.Generator().manual_seed(3)).to(device)
     expected = reference.paged_attention(q, kv, 1, bt, sl, qi, 0.35)
-    torch.testing.assert_close(triton_backend.paged_decode(q, kv, 1, bt, sl, qi, 0.35, num_splits=2), expected, **FP32_TOL)
+    torch.testing.assert_close(triton_backend.paged_attention(q, kv, 1, bt, sl, qi, 0.35, num_splits=2), expected, **FP32_TOL)
 
 
-def test_prefill_falls_back_to_reference(device):
+def test_paged_attention_prefill_falls_back_to_reference(device):
     kv = _kv(4, 4, 1, 8, device=device)
     bt = torch.tensor([[0, 1], [2, 3]], dtype=torch.int32, device=device)
     sl = torch.tensor([7, 5], dtype=torch.int32, device=device)
@@ -89,6 +89,32 @@ def test_shared_prefix_attention_matches_reference_on_trees(forest, device, G, o
     torch.testing.assert_close(out, expected, **FP32_TOL)
 
 
+@pytest.mark.parametrize("G", [1, 2, 4])
+def test_shared_prefix_attention_op_runs_the_triton_kernel(forest, device, G):
+    q, kv, bt, sl, qi, (tables, lens, _) = _decode_batch(
+        forest, seed=20 + G, S=3, Hk=2, G=G, D=12, num_roots=2, max_nodes=12, max_step=5, device=device
+    )
+    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=2 * G, backend="triton")
+    expected = reference.paged_attention(q, kv, 0, bt, sl, qi, 0.45)
+    out = ops.shared_prefix_attention(q, kv, 0, plan, 0.45, backend="triton")
+    torch.testing.assert_close(out, expected, **FP32_TOL)
+    # the same plan through the reference: both backends read the plan the same way
+    torch.testing.assert_close(ops.shared_prefix_attention(q, kv, 0, plan, 0.45, backend="torch"), out, **FP32_TOL)
+
+
+def test_shared_prefix_attention_op_refuses_a_plan_too_wide_for_the_kernel(device):
+    kv = _kv(4, 4, 1, 8, device=device)
+    tables, lens = np.zeros((40, 1), dtype=np.int32), np.full(40, 3, dtype=np.int32)
+    whole = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4, backend="torch")  # 40 x G=4 rows
+    q = torch.zeros(40, 4, 8, device=device)
+    with pytest.raises(ValueError, match=r"max_queries_per_item <= 32"):
+        ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="triton")
+    split = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4, backend="triton")
+    expected = ops.shared_prefix_attention(q, kv, 0, whole, 0.3, backend="torch")
+    out = ops.shared_prefix_attention(q, kv, 0, split, 0.3, backend="triton")
+    torch.testing.assert_close(out, expected, **FP32_TOL)
+
+
 def test_shared_prefix_attention_refuses_a_mismatched_plan():
     kv = _kv(4, 4, 1, 8)
     plan = plan_attention([[0, 1], [0, 2]], [6, 5], 4).to("cpu")
@@ -102,7 +128,7 @@ def test_shared_prefix_attention_refuses_a_mismatched_plan():
         triton_backend.shared_prefix_attention(torch.zeros(40, 4, 8), kv, 0, wide, 0.3)
 
 
-def test_shared_prefix_and_per_branch_plans_agree_on_a_wide_tree(device):
+def test_shared_prefix_attention_and_paged_attention_agree_on_a_wide_tree(device):
     # 24 branches under one 2-page prompt: the shared item has 24 * 4 = 96 rows.
     S, Hk, G, D = 4, 1, 4, 16
     B = 24
@@ -119,7 +145,7 @@ def test_shared_prefix_and_per_branch_plans_agree_on_a_wide_tree(device):
     assert plan.max_item_queries == B and plan.pages_read() == 2 + B
     out = triton_backend.shared_prefix_attention(q, kv, 0, plan.to(device), 0.25)
     torch.testing.assert_close(out, expected, **FP32_TOL)
-    torch.testing.assert_close(triton_backend.paged_decode(q, kv, 0, bt, sl, qi, 0.25), expected, **FP32_TOL)
+    torch.testing.assert_close(triton_backend.paged_attention(q, kv, 0, bt, sl, qi, 0.25), expected, **FP32_TOL)
 
 
 # ---- GPU: compiled kernels, 16-bit dtypes ---------------------------------------------------------
@@ -133,15 +159,18 @@ GPU_TOL = {torch.float32: dict(atol=1e-4, rtol=1e-4), torch.bfloat16: dict(atol=
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("G,S,D", [(1, 16, 128), (4, 16, 128), (8, 16, 64), (4, 5, 40)])
-def test_gpu_decode_and_shared_prefix_match_reference(forest, dtype, G, S, D):
+def test_gpu_paged_attention_and_shared_prefix_attention_match_reference(forest, dtype, G, S, D):
     q, kv, bt, sl, qi, (tables, lens, num_pages) = _decode_batch(
         forest, seed=G + S, S=S, Hk=2, G=G, D=D, num_roots=3, max_nodes=40, max_step=3 * S, dtype=dtype, device="cuda"
     )
     expected = reference.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5)
     torch.testing.assert_close(ops.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5, backend="triton"), expected, **GPU_TOL[dtype])
     torch.testing.assert_close(
-        triton_backend.paged_decode(q, kv, 1, bt, sl, qi, D**-0.5, num_splits=3), expected, **GPU_TOL[dtype]
+        triton_backend.paged_attention(q, kv, 1, bt, sl, qi, D**-0.5, num_splits=3), expected, **GPU_TOL[dtype]
     )
-    plan = plan_attention(tables, lens, S, **triton_backend.plan_options(S, G, tokens_per_item=2 * S))
-    out = triton_backend.shared_prefix_attention(q, kv, 1, plan.to("cuda"), D**-0.5)
+    plan = plan_attention(tables, lens, S, **triton_backend.plan_options(S, G, tokens_per_item=2 * S)).to("cuda")
+    out = triton_backend.shared_prefix_attention(q, kv, 1, plan, D**-0.5)
     torch.testing.assert_close(out, expected, **GPU_TOL[dtype])
+    for backend in ("triton", "torch"):
+        out = ops.shared_prefix_attention(q, kv, 1, plan, D**-0.5, backend=backend)
+        torch.testing.assert_close(out, expected, **GPU_TOL[dtype])

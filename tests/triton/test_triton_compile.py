@@ -26,7 +26,7 @@ _SHARED_SIG = dict(
     item_offset="i32", num_heads="i32", stride_qt="i32", stride_qh="i32", k_base="i64", v_plane="i64",
     token_stride="i32", sm_scale_log2="fp32",
 )  # fmt: skip
-_DECODE_SIG = dict(
+_PAGED_SIG = dict(
     q_ptr="*bf16", kv_ptr="*bf16", block_tables_ptr="*i32", seq_lens_ptr="*i32", query_indptr_ptr="*i32",
     out_ptr="*bf16", part_out_ptr="*fp32", part_lse_ptr="*fp32", num_seqs="i32", max_pages="i32", chunk_pages="i32",
     num_heads="i32", stride_qt="i32", stride_qh="i32", stride_ot="i32", stride_oh="i32", k_base="i64", v_plane="i64",
@@ -34,7 +34,7 @@ _DECODE_SIG = dict(
 )  # fmt: skip
 CASES = [
     ("attention", "_shared_prefix_attention_kernel", _SHARED_SIG, dict(_ATTN, BLOCK_M=64, BLOCK_N=64, USE_DOT=True), 8),
-    ("attention", "_paged_decode_kernel", _DECODE_SIG, dict(_ATTN, BLOCK_M=4, BLOCK_N=16, USE_DOT=False, SPLIT=True), 4),
+    ("attention", "_paged_attention_kernel", _PAGED_SIG, dict(_ATTN, BLOCK_M=4, BLOCK_N=16, USE_DOT=False, SPLIT=True), 4),
     (
         "attention", "_merge_partials_kernel",
         dict(part_out_ptr="*fp32", part_lse_ptr="*fp32", merge_indptr_ptr="*i32", merge_slots_ptr="*i32",

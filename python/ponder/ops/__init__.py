@@ -25,7 +25,10 @@ Ops (one module per family; each a ``torch.library.custom_op("ponder::<name>")``
 implementation, so they trace under ``torch.compile`` and capture in CUDA graphs):
 
 - ``kv``: ``copy_pages`` (copy-on-write of pages), ``append_kv`` (write new tokens' K/V to slots)
-- ``attention``: ``paged_attention`` (causal attention of ragged query rows over paged KV)
+- ``attention``: ``paged_attention`` (causal attention of ragged query rows over paged KV),
+  ``shared_prefix_attention`` (decode attention through an attention plan: each run of pages
+  shared by several branches is read once for all of them) and ``plan_shared_prefix_attention``
+  (the plan of one decode step from block tables, built once and reused in every layer)
 - ``norm``: ``rms_norm``;  ``rotary``: ``rotary``, ``rope_cache``
 - ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs)
 
@@ -35,7 +38,7 @@ run by default for CPU tensors and otherwise only with ``check=True``.
 """
 
 from ponder.ops._registry import BACKENDS, available_backends, resolve_backend
-from ponder.ops.attention import paged_attention
+from ponder.ops.attention import paged_attention, plan_shared_prefix_attention, shared_prefix_attention
 from ponder.ops.kv import append_kv, copy_pages
 from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
@@ -49,10 +52,12 @@ __all__ = [
     "available_backends",
     "copy_pages",
     "paged_attention",
+    "plan_shared_prefix_attention",
     "resolve_backend",
     "rms_norm",
     "rope_cache",
     "rotary",
     "sample",
+    "shared_prefix_attention",
     "value_score",
 ]

@@ -1,4 +1,5 @@
-"""Attention over the paged KV cache: ``paged_attention`` (decode and prefill, ragged batches)."""
+"""Attention over the paged KV cache: ``paged_attention`` (decode and prefill, ragged batches) and
+``shared_prefix_attention`` (decode through an attention plan, each shared tree segment read once)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ import numpy as np
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import direct_call, implementation, register
+from ponder.attention_plan import DeviceAttentionPlan, plan_attention
+from ponder.ops._registry import direct_call, implementation, register, resolve_backend
 
 _INT32 = (torch.int32,)
 
@@ -122,3 +124,182 @@ def paged_attention(
     if direct_call(q, kv_cache, block_tables, seq_lens, query_indptr):
         return implementation("paged_attention", backend, q.device)(*args)
     return _paged_attention_op(*args, backend)
+
+
+# ---- shared_prefix_attention ----------------------------------------------------------------------
+_PLAN_ARRAYS = ("item_page_indptr", "item_pages", "item_num_tokens", "item_query_indptr", "item_queries",
+                "merge_indptr", "merge_slots")  # fmt: skip
+
+
+def _check_csr(name: str, indptr: np.ndarray, total: int, what: str) -> np.ndarray:
+    counts = np.diff(indptr)
+    if indptr.size == 0 or indptr[0] != 0 or indptr[-1] != total or (counts < 1).any():
+        raise ValueError(f"plan.{name} must rise strictly from 0 to {total} ({what}), got {indptr.tolist()}")
+    return counts
+
+
+def _check_shared_prefix_attention(q, kv_cache, layer, plan, scale, check) -> None:
+    _checks.kv_cache(kv_cache, layer)
+    _, _, P, S, Hk, D = kv_cache.shape
+    _checks.tensor("q", q, 3, _checks.FLOAT_DTYPES, "[B, H, D] float")
+    _checks.dim_size("q", q, 2, D, "D, the kv_cache's head dim")
+    B, H = q.shape[:2]
+    if H % Hk != 0:
+        raise ValueError(f"q has {H} heads, which is not a multiple of the kv_cache's {Hk} KV heads")
+    if not all(isinstance(getattr(plan, n, None), torch.Tensor) for n in _PLAN_ARRAYS):
+        raise TypeError(
+            f"plan must be a ponder.attention_plan.DeviceAttentionPlan (plan_attention(...).to(device), built once "
+            f"per decode step), got {type(plan).__name__}"
+        )
+    for n in _PLAN_ARRAYS:
+        _checks.tensor(f"plan.{n}", getattr(plan, n), 1, _INT32, "1-D int32")
+    _checks.same_device("q", q, kv_cache=kv_cache, **{f"plan.{n}": getattr(plan, n) for n in _PLAN_ARRAYS})
+    if plan.num_queries != B:
+        raise ValueError(f"q has {B} rows but the plan has {plan.num_queries} queries (one decode row per branch)")
+    if plan.page_size != S:
+        raise ValueError(f"the plan was built for page size {plan.page_size} but the kv_cache has S = {S}")
+    _checks.dim_size("plan.merge_indptr", plan.merge_indptr, 0, B + 1, "B + 1, one more than q's rows")
+    if isinstance(scale, bool) or not isinstance(scale, (float, int)):
+        raise TypeError(f"scale must be a float, got {type(scale).__name__} {scale!r}")
+    if not _checks.value_checks(check, q.device) or B == 0:
+        return
+    a = {n: _checks.host_array(getattr(plan, n)).astype(np.int64) for n in _PLAN_ARRAYS}
+    num_items = a["item_num_tokens"].shape[0]
+    num_pages = _check_csr("item_page_indptr", a["item_page_indptr"], a["item_pages"].shape[0], "pages of each item")
+    num_q = _check_csr("item_query_indptr", a["item_query_indptr"], a["item_queries"].shape[0], "queries of each item")
+    _check_csr("merge_indptr", a["merge_indptr"], a["merge_slots"].shape[0], "slots of each query")
+    if num_pages.shape[0] != num_items or num_q.shape[0] != num_items:
+        raise ValueError(f"plan.item_page_indptr and plan.item_query_indptr must have {num_items + 1} entries")
+    tokens = a["item_num_tokens"]
+    bad = np.flatnonzero((tokens <= (num_pages - 1) * S) | (tokens > num_pages * S))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"plan.item_num_tokens[{i}] = {tokens[i]} does not fit its {num_pages[i]} pages of S = {S}")
+    pages, queries = a["item_pages"], a["item_queries"]
+    if pages.size and (pages.min() < 0 or pages.max() >= P):
+        raise IndexError(f"plan.item_pages must be page ids in [0, {P}), got values in [{pages.min()}, {pages.max()}]")
+    if queries.min() < 0 or queries.max() >= B:
+        raise IndexError(
+            f"plan.item_queries must be rows of q in [0, {B}), got values in [{queries.min()}, {queries.max()}]"
+        )
+    # The merge lists must be exactly the slots of each query (the kernels read them, the
+    # reference reads item_queries).
+    slots = a["merge_slots"]
+    owner = np.repeat(np.arange(B), np.diff(a["merge_indptr"]))
+    if slots.min() < 0 or slots.max() >= queries.shape[0] or not np.array_equal(queries[slots], owner):
+        raise ValueError("plan.merge_slots must list, for each query b, the slots s with item_queries[s] == b")
+    if np.bincount(slots, minlength=queries.shape[0]).max() != 1:
+        raise ValueError("plan.merge_slots must name every slot exactly once")
+
+
+def _device_plan(q, kv_cache, arrays, num_shared_items, max_item_queries) -> DeviceAttentionPlan:
+    """The plan view the implementations take, rebuilt from the op's flat arguments."""
+    return DeviceAttentionPlan(
+        *arrays, num_queries=q.shape[0], num_items=arrays[2].shape[0], num_shared_items=num_shared_items,
+        max_item_queries=max_item_queries, page_size=kv_cache.shape[3],
+    )  # fmt: skip
+
+
+@torch.library.custom_op("ponder::shared_prefix_attention", mutates_args=())
+def _shared_prefix_attention_op(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    layer: int,
+    item_page_indptr: torch.Tensor,
+    item_pages: torch.Tensor,
+    item_num_tokens: torch.Tensor,
+    item_query_indptr: torch.Tensor,
+    item_queries: torch.Tensor,
+    merge_indptr: torch.Tensor,
+    merge_slots: torch.Tensor,
+    num_shared_items: int,
+    max_item_queries: int,
+    scale: float,
+    backend: str,
+) -> torch.Tensor:
+    arrays = (item_page_indptr, item_pages, item_num_tokens, item_query_indptr, item_queries, merge_indptr, merge_slots)
+    plan = _device_plan(q, kv_cache, arrays, num_shared_items, max_item_queries)
+    return implementation("shared_prefix_attention", backend, q.device)(q, kv_cache, layer, plan, scale)
+
+
+@_shared_prefix_attention_op.register_fake
+def _(q, kv_cache, layer, item_page_indptr, item_pages, item_num_tokens, item_query_indptr, item_queries,
+      merge_indptr, merge_slots, num_shared_items, max_item_queries, scale, backend):  # fmt: skip
+    return torch.empty_like(q)
+
+
+register("shared_prefix_attention", "torch")(reference.shared_prefix_attention)
+
+
+def plan_shared_prefix_attention(
+    block_tables, seq_lens, kv_cache: torch.Tensor, num_heads: int, backend: str = "auto"
+) -> DeviceAttentionPlan:
+    """The attention plan of one decode step, on the KV cache's device, in one call.
+
+    block_tables: ``[B, max_pages]`` integer page ids and seq_lens: ``[B]`` tokens per branch
+    *including* its decode token, as ``PageTable.batch_tables`` returns them (numpy or torch;
+    device tensors are copied to the host once). kv_cache: ``[L, 2, P, S, Hk, D]``, for S, P and
+    the device. num_heads: H, the query heads (G = H // Hk sets the Triton tile).
+
+    Items are shaped for the backend that ``backend`` resolves to on the cache's device: the
+    Triton kernel gets items of about 1024 tokens and at most 64 query-head rows
+    (``triton_backend.plan_options``); the PyTorch reference gets whole segments, so a prefix is
+    read once for all branches under it. Build it once per decode step, pass it to
+    ``shared_prefix_attention`` in every layer.
+    """
+    from ponder.ops import triton_backend
+
+    _checks.kv_cache(kv_cache, 0)
+    _, _, P, S, Hk, _ = kv_cache.shape
+    if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or num_heads % Hk:
+        raise ValueError(f"num_heads must be a positive multiple of the kv_cache's {Hk} KV heads, got {num_heads!r}")
+    chosen = resolve_backend(backend, kv_cache.device, "shared_prefix_attention")
+    options = triton_backend.plan_options(S, num_heads // Hk) if chosen == "triton" else {}
+    return plan_attention(block_tables, seq_lens, S, num_pages=P, **options).to(kv_cache.device)
+
+
+def shared_prefix_attention(
+    q: torch.Tensor,
+    kv_cache: torch.Tensor,
+    layer: int,
+    plan: DeviceAttentionPlan,
+    scale: float,
+    backend: str = "auto",
+    *,
+    check: Optional[bool] = None,
+) -> torch.Tensor:
+    """Decode attention of B branches that reads each shared segment of their tree once.
+
+    q: ``[B, H, D]`` float32 / bfloat16 / float16; row b is branch b's decode query (the plan's
+    query b). kv_cache: ``[L, 2, P, S, Hk, D]``, any float dtype; H a multiple of Hk.
+    layer: the layer whose K/V planes are read, in ``[0, L)``.
+    plan: a ``ponder.attention_plan.DeviceAttentionPlan`` on q's device, from
+    ``plan_shared_prefix_attention`` (or ``plan_attention(...).to(device)``): built once per
+    decode step from the block tables, reused in every layer.
+    scale: multiplies ``q . k`` before the softmax (usually ``D ** -0.5``).
+    check: validate the plan's values (device syncs). Default: on CPU tensors only.
+
+    Returns ``[B, H, D]`` in q's dtype, equal to ``paged_attention`` with one query row per
+    branch: branch b attends to all ``seq_lens[b]`` tokens of its KV (its decode token appended
+    already). Each plan item -- a run of pages shared by a set of branches -- is attended by all
+    of its branches' rows at once, giving partial outputs with their log-sum-exp, which are
+    merged per branch. Scores, softmax and merge are fp32.
+
+    Example (S=4; branches 0 and 1 forked from a 6-token prompt, pages 0-1)::
+
+        block_tables = [[0, 1, 2],     seq_lens = [10, 9]
+                        [0, 3, 4]]
+        item 0: page [0], tokens 0-3, branches {0, 1}   <- the full prompt page, read once
+        item 1: pages [1, 2], tokens 4-9, branch 0       (page 3 is branch 1's copy of page 1)
+        item 2: pages [3, 4], tokens 4-8, branch 1
+        out[b] = merge of branch b's partials weighted by exp(lse - max lse)
+    """
+    _check_shared_prefix_attention(q, kv_cache, layer, plan, scale, check)
+    if q.shape[0] == 0:
+        return torch.empty_like(q)
+    arrays = tuple(getattr(plan, n) for n in _PLAN_ARRAYS)
+    if direct_call(q, kv_cache, *arrays):
+        return implementation("shared_prefix_attention", backend, q.device)(q, kv_cache, layer, plan, float(scale))
+    return _shared_prefix_attention_op(
+        q, kv_cache, layer, *arrays, int(plan.num_shared_items), int(plan.max_item_queries), float(scale), backend
+    )

@@ -4,12 +4,13 @@ Importing this module never imports Triton: each launcher loads its kernel modul
 and the registry only offers the backend when Triton imports and the tensors are on CUDA (or
 ``TRITON_INTERPRET=1`` runs the kernels on the CPU, for tests).
 
-Besides the registered ops, two attention entry points for decode batches:
+Two attention launchers, each the ``"triton"`` backend of the op of the same name, also callable
+directly with launch options (``num_splits``, ``out``):
 
-- ``paged_decode``: one query row per program and KV chunk (split-KV "flash decoding"); what the
-  registry's ``paged_attention`` runs for decode. Prefill batches (more query rows than
-  sequences) go to the torch reference instead, which batches the rows of a sequence into
-  matrix products; a per-row kernel would read the KV once per row.
+- ``paged_attention``: one query row per program and KV chunk (split-KV "flash decoding"); the
+  registry runs it for decode. Prefill batches (more query rows than sequences) go to the torch
+  reference instead, which batches the rows of a sequence into matrix products; a per-row kernel
+  would read the KV once per row.
 - ``shared_prefix_attention``: the same inner loop driven by an attention plan
   (``ponder.attention_plan``), reading each tree segment's KV once for all the branches under it.
 """
@@ -26,7 +27,7 @@ from ponder.ops import reference
 from ponder.ops._registry import register
 from ponder.ops.value_score import MODES as _SCORE_MODES  # the kernel's MODE constexpr is the index
 
-__all__ = ["paged_decode", "plan_options", "shared_prefix_attention"]
+__all__ = ["paged_attention", "plan_options", "shared_prefix_attention"]
 
 _LOG2E = 1.4426950408889634
 # Target elements of the [rows, tokens, D] product tile of the non-tensor-core path (at least 16
@@ -148,7 +149,7 @@ def _default_splits(q: torch.Tensor, num_kv_heads: int, max_tokens: int) -> int:
     return max(1, min(want, _cdiv(max_tokens, _MIN_CHUNK_TOKENS)))
 
 
-def paged_decode(
+def paged_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
     layer: int,
@@ -188,7 +189,7 @@ def paged_decode(
     else:
         part_out = part_lse = out  # unused by the single-chunk variant
     _launch(
-        "attention", "_paged_decode_kernel", (T, splits, Hk),
+        "attention", "_paged_attention_kernel", (T, splits, Hk),
         q, kv_cache, block_tables, seq_lens, query_indptr, out, part_out, part_lse,
         B, max_pages, chunk_pages, H, q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_base, v_plane, token_stride, float(scale) * _LOG2E,
@@ -201,11 +202,11 @@ def paged_decode(
 
 
 @register("paged_attention", "triton")
-def _paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale) -> torch.Tensor:
+def _paged_attention_or_prefill(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale) -> torch.Tensor:
     if q.shape[0] != seq_lens.shape[0]:
         # Prefill: the reference's batched matrix products beat re-reading the KV per row.
         return reference.paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
-    return paged_decode(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
+    return paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
 
 
 def plan_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024, rows_per_item: int = 64) -> dict:
@@ -218,6 +219,7 @@ def plan_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024
     }
 
 
+@register("shared_prefix_attention", "triton")
 def shared_prefix_attention(
     q: torch.Tensor,
     kv_cache: torch.Tensor,
