@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 EvictFn = Callable[["KVStore", int], Iterable[int]]
 
 
+DECODE_ATTENTION = ("shared_prefix", "paged")
+
+
 def int_list(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
@@ -56,13 +59,17 @@ class KVStore:
         evict: ``evict(engine, num_pages_needed) -> handles`` whose KV may be dropped under
             memory pressure, most expendable first; a call's own ``evict=`` is asked first, this
             second, then least recently used sequences go.
-        backend: op backend for copy_pages and sampling (``"auto"`` | ``"torch"`` | ...).
+        backend: op backend for the engine's ops (``"auto"`` | ``"torch"`` | ...).
+        decode_attention: ``"shared_prefix"`` (default): a decode step builds one attention plan
+            for the batch and every layer reads each KV segment shared by several sequences once
+            (``ops.shared_prefix_attention``); ``"paged"``: every sequence reads its whole KV
+            (``ops.paged_attention``), the baseline.
     """
 
     def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
                  max_kv_bytes: Optional[int] = None, prefix_cache: bool = True,
                  eos_token_ids: Optional[Sequence[int]] = None, max_batch_tokens: int = 4096,
-                 evict: Optional[EvictFn] = None, backend: str = "auto"):
+                 evict: Optional[EvictFn] = None, backend: str = "auto", decode_attention: str = "shared_prefix"):
         if not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
         bytes_per_page = model.kv_bytes_per_token * page_size
@@ -76,7 +83,10 @@ class KVStore:
             raise ValueError(f"max_batch_tokens must be an int >= 1, got {max_batch_tokens!r}")
         if evict is not None and not callable(evict):
             raise TypeError(f"evict must be callable (engine, pages needed) -> handles, got {type(evict).__name__}")
+        if decode_attention not in DECODE_ATTENTION:
+            raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         ops.resolve_backend(backend)  # validates the name now rather than mid-search
+        self.decode_attention = decode_attention
         self.model, self.tokenizer, self.page_size = model, tokenizer, page_size
         self.num_pages, self.backend, self.max_batch_tokens = int(num_pages), backend, max_batch_tokens
         self.evict_fn = evict
@@ -223,6 +233,10 @@ class KVStore:
         tables, lens = self.page_table.batch_tables(np.asarray(pages, dtype=np.int32), pad=0)
         indptr = np.zeros(len(query_counts) + 1, dtype=np.int32)
         np.cumsum(query_counts, out=indptr[1:])
+        plan = None
+        if self.decode_attention == "shared_prefix" and indptr[-1] == len(query_counts):  # one row each
+            plan = ops.plan_shared_prefix_attention(tables, lens, self.kv_cache, self.model.config.num_heads,
+                                                    backend=self.backend)
         with torch.inference_mode():
             hidden = self.model(
                 torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=dev),
@@ -233,6 +247,7 @@ class KVStore:
                 torch.as_tensor(lens, device=dev),
                 torch.as_tensor(indptr, device=dev),
                 check=False,  # the page table builds consistent metadata; skip per-step value checks
+                decode_plan=plan,
             )
         self.stats.model_calls += 1
         return hidden

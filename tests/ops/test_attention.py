@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 import ponder.ops as ops
-from ponder.ops import reference
+from ponder.ops import reference, reference_attention
 
 # fp32: the reference accumulates in fp32, the oracle in fp64; over D <= 64 products and a
 # softmax over <= 60 keys the measured gap is below 1e-6, so 2e-5 leaves a wide margin.
@@ -134,8 +134,8 @@ def test_chunked_rows_and_ungrouped_fallback_agree(monkeypatch):
     repeats KV heads; both must give the same result as the single-chunk grouped path."""
     q, kv, bt, sl, ip = make_case([37, 30], [30, 12], 4, 8, 2, 12, torch.float32)
     expected = ops.paged_attention(q, kv, 0, bt, sl, ip, 0.3)
-    monkeypatch.setattr(reference, "_MAX_SCORE_ELEMENTS", 8 * 2 * 40 * 7)  # 7 rows per chunk
-    monkeypatch.setattr(reference, "_SDPA_HAS_GQA", False)
+    monkeypatch.setattr(reference_attention, "_MAX_SCORE_ELEMENTS", 8 * 2 * 40 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(reference_attention, "_SDPA_HAS_GQA", False)
     torch.testing.assert_close(ops.paged_attention(q, kv, 0, bt, sl, ip, 0.3), expected, atol=1e-6, rtol=1e-6)
 
 

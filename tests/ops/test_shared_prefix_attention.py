@@ -7,7 +7,7 @@ import torch
 import ponder.ops as ops
 from ponder import PageTable
 from ponder.attention_plan import plan_attention
-from ponder.ops import reference
+from ponder.ops import reference, reference_attention
 
 # fp32: both sides multiply and exponentiate in fp32, in another order (SDPA's fused softmax vs
 # per-item products and a log-sum-exp merge); measured gaps stay below 1e-6, 2e-5 is a wide margin.
@@ -119,13 +119,13 @@ def test_reference_reads_each_item_once_in_one_product_per_shape(monkeypatch):
     """Every page of the plan is gathered exactly once, and items of equal shape share a call."""
     tables, lens, num_pages, used = grow_tree_batch(seed=5, S=2, num_roots=2, max_nodes=24)
     calls = []
-    attend = reference._attend_items
+    attend = reference_attention._attend_items
 
     def spy(q, k_plane, v_plane, pages, num_tokens, rows, scale):
         calls.append((pages.clone(), rows.clone()))
         return attend(q, k_plane, v_plane, pages, num_tokens, rows, scale)
 
-    monkeypatch.setattr(reference, "_attend_items", spy)
+    monkeypatch.setattr(reference_attention, "_attend_items", spy)
     out, expected, plan = run_both(tables, lens, num_pages, used, 2, 8, 2, 16, torch.float32)
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
     gathered = sorted(torch.cat([p.reshape(-1) for p, _ in calls]).tolist())

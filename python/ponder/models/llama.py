@@ -148,7 +148,7 @@ class DecoderLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                query_indptr: torch.Tensor, *, check: Optional[bool] = None) -> torch.Tensor:
+                query_indptr: torch.Tensor, *, check: Optional[bool] = None, decode_plan=None) -> torch.Tensor:
         """Run ``T`` new tokens of ``B`` sequences; returns the final-normed hidden ``[T, C]``.
 
         input_ids ``[T]`` int64; positions ``[T]`` int64 (absolute position of each token);
@@ -159,6 +159,10 @@ class DecoderLM(nn.Module):
         check: validate index values and their consistency (token ids, positions, slots, pages;
         device syncs) before anything is written. Default: on CPU tensors only, like the ops.
         Shapes, dtypes and devices are always checked.
+        decode_plan: for a decode batch (one new token per sequence), the step's
+        :class:`~ponder.attention_plan.DeviceAttentionPlan` from ``ops.plan_shared_prefix_attention``
+        over the same block tables and lengths; every layer then runs
+        ``ops.shared_prefix_attention``, reading each KV segment shared by several sequences once.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
@@ -172,6 +176,9 @@ class DecoderLM(nn.Module):
         if input_ids.shape[0] and (self.device.type == "cpu" if check is None else check):
             inputs.check_values(cfg, *batch)
         T = input_ids.shape[0]
+        if decode_plan is not None and block_tables.shape[0] != T:
+            raise ValueError(f"decode_plan serves decode batches (one new token per sequence); got {T} tokens "
+                             f"for {block_tables.shape[0]} sequences")
         if T == 0:
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
         H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -186,8 +193,11 @@ class DecoderLM(nn.Module):
             v = v.reshape(T, Hk, D)  # [T, Hk, D]
             q, k = ops.rotary(q, k, positions, self.cos_sin, check=False)  # [T, H, D], [T, Hk, D]
             ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=False)
-            attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
-                                       check=False)  # [T, H, D]
+            if decode_plan is not None:
+                attn = ops.shared_prefix_attention(q, kv_cache, i, decode_plan, scale, check=False)  # [T, H, D]
+            else:
+                attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
+                                           check=False)  # [T, H, D]
             x = x + F.linear(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
             h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
             gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
