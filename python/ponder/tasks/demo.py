@@ -233,6 +233,9 @@ def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = F
              constrained: bool = True) -> List[Dict]:
     """Run every strategy on the same problems; print the table; write the plot and one tree.
     ``constrained=False`` lets the policy write any text (an illegal line ends its path)."""
+    from ponder.tasks.paths import ensure_writable_dir
+
+    ensure_writable_dir(out_dir, "out_dir")  # before the runs, not when writing their plot
     model, tok = load_model(model_dir)
     threads = torch.get_num_threads()
     # one thread: the ops of a model this small are too short to split across cores
