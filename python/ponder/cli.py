@@ -1,11 +1,71 @@
-"""The ``ponder`` command line."""
+"""The ``ponder`` command line.
+
+Only :mod:`ponder._version` is imported up front, so ``--help`` and ``--version`` answer without
+loading torch; each command imports what it needs. A mistake in the input (a number out of
+range, a missing or broken model directory, an output directory that cannot be written) ends
+the command before any long work with one line on stderr, ``ponder: error: ...``, and exit
+status 2.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import re
 import sys
-from typing import List, Optional
+from typing import Iterator, List, NoReturn, Optional
+
+from ponder._version import __version__
+
+USAGE_ERROR = 2
+
+
+class UsageError(Exception):
+    """A mistake in the command's input: reported in one line with exit status 2."""
+
+
+def _exit_usage(message: str) -> NoReturn:
+    sys.stderr.write(f"ponder: error: {message}\n")
+    raise SystemExit(USAGE_ERROR)
+
+
+@contextlib.contextmanager
+def _user_input(name: Optional[str] = None) -> Iterator[None]:
+    """Turn the ValueError / TypeError / OSError raised while checking the value of option
+    ``name`` into a UsageError (prefixed with ``name`` when the message does not say it)."""
+    try:
+        yield
+    except (ValueError, TypeError, OSError) as err:
+        raise UsageError(f"{name}: {err}" if name else str(err)) from None
+
+
+class _Int:
+    """argparse type: an int in ``[minimum, maximum]``. Errors say the range, never this name."""
+
+    def __init__(self, minimum: int, maximum: Optional[int] = None):
+        self.minimum, self.maximum = minimum, maximum
+        self.expected = f"an int >= {minimum}" if maximum is None else f"an int from {minimum} to {maximum}"
+
+    def __call__(self, text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {self.expected}, got {text!r}") from None
+        if value < self.minimum or (self.maximum is not None and value > self.maximum):
+            raise argparse.ArgumentTypeError(f"must be {self.expected}, got {value}")
+        return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """One line per mistake (no usage block), as every command's own checks report."""
+
+    def error(self, message: str) -> NoReturn:
+        # argparse writes "argument --budget: must be ..."; lead with the option instead
+        m = re.fullmatch(r"argument (\S+): (must be .*)", message, flags=re.DOTALL)
+        if m:
+            message = f"{m.group(1)} {m.group(2)}"
+        _exit_usage(f"{message} (see `{self.prog} --help`)")
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -22,8 +82,14 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from ponder.tasks.demo import run_demo
+    from ponder.tasks.paths import ensure_writable_dir
 
+    with _user_input():
+        ensure_writable_dir(args.out, "--out")
+    from ponder.tasks.demo import load_model, run_demo
+
+    with _user_input("--model"):
+        load_model(args.model)
     n = args.problems if args.problems is not None else (6 if args.quick else 40)
     run_demo(num_problems=n, num_numbers=args.numbers, all_numbers=args.all_numbers, seed=args.seed,
              quick=args.quick, out_dir=args.out, progress=not args.no_progress, model_dir=args.model,
@@ -32,16 +98,28 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_solve(args: argparse.Namespace) -> int:
-    from ponder.tasks.demo import format_solution, solve
+    from ponder.tasks import countdown
 
-    out = solve(args.numbers, args.target, all_numbers=args.all_numbers, algorithm=args.algorithm,
-                budget=args.budget, seed=args.seed, model_dir=args.model, progress=not args.no_progress,
-                constrained=not args.no_constraint)
+    if not 2 <= len(args.numbers) <= countdown.MAX_NUMBERS:
+        raise UsageError(f"solve takes 2 to {countdown.MAX_NUMBERS} numbers, got {len(args.numbers)}: "
+                         f"{' '.join(map(str, args.numbers))}")
+    with _user_input():
+        problem = countdown.Problem(tuple(args.numbers), args.target, args.all_numbers)
+    from ponder.tasks.demo import format_solution, load_model, solve_problem
+
+    with _user_input("--model"):
+        model, tok = load_model(args.model)
+    out = solve_problem(model, tok, problem, algorithm=args.algorithm, budget=args.budget, seed=args.seed,
+                        progress=not args.no_progress, constrained=not args.no_constraint)
     print(format_solution(out))
     return 0 if out["check"].ok else 1
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from ponder.tasks.paths import ensure_writable_dir
+
+    with _user_input():
+        ensure_writable_dir(args.out, "--out")
     from ponder.tasks.train import train_countdown
 
     metrics = train_countdown(args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
@@ -50,17 +128,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
-    from ponder import __version__
-
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="ponder",
         description="ponder: a test-time-compute engine for LLM reasoning (tree search on a shared paged KV cache).",
     )
@@ -70,17 +139,16 @@ def build_parser() -> argparse.ArgumentParser:
     p_info.add_argument("--json", action="store_true", help="print the information as JSON")
     p_info.set_defaults(func=_cmd_info)
 
+    model_help = "model directory from `ponder train countdown` (default: python/ponder/assets/countdown)"
     p_demo = sub.add_parser("demo", help="Countdown: greedy vs best-of-N vs beam search vs MCTS with a trained model")
     p_demo.add_argument("--quick", action="store_true", help="a few problems and one budget per strategy")
-    p_demo.add_argument("--problems", type=_positive, default=None, help="number of problems (default 40; 6 with --quick)")
-    p_demo.add_argument("--numbers", type=int, choices=range(3, 7), default=4, metavar="{3..6}",
-                        help="numbers per problem (default 4)")
+    p_demo.add_argument("--problems", type=_Int(1), default=None, help="number of problems (default 40; 6 with --quick)")
+    p_demo.add_argument("--numbers", type=_Int(3, 6), default=4, metavar="{3..6}", help="numbers per problem (default 4)")
     p_demo.add_argument("--all-numbers", action="store_true", help="24-game rule: every number used exactly once")
-    p_demo.add_argument("--seed", type=int, default=None,
+    p_demo.add_argument("--seed", type=_Int(0), default=None,
                         help="problem seed (default: the model's held-out evaluation problems)")
     p_demo.add_argument("--out", default=".", help="directory for ponder-demo.png and the tree DOT/JSON")
-    p_demo.add_argument("--model", default=None,
-                        help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
+    p_demo.add_argument("--model", default=None, help=model_help)
     p_demo.add_argument("--no-progress", action="store_true", help="no progress bars")
     p_demo.add_argument("--no-constraint", action="store_true",
                         help="let the policy write any text instead of legal steps only (an illegal line fails; "
@@ -88,15 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_demo.set_defaults(func=_cmd_demo)
 
     p_solve = sub.add_parser("solve", help="solve one Countdown problem, e.g. ponder solve 3 7 25 50 --target 175")
-    p_solve.add_argument("numbers", type=_positive, nargs="+")
-    p_solve.add_argument("--target", type=_positive, required=True)
+    p_solve.add_argument("numbers", type=_Int(1), nargs="+", metavar="number", help="2 to 8 positive ints")
+    p_solve.add_argument("--target", type=_Int(1), required=True)
     p_solve.add_argument("--all-numbers", action="store_true", help="24-game rule: every number used exactly once")
     p_solve.add_argument("--algorithm", choices=("mcts", "beam_search", "best_of_n", "greedy"), default="mcts")
-    p_solve.add_argument("--budget", type=_positive, default=64,
-                         help="MCTS expansions, beam width or N (default 64)")
-    p_solve.add_argument("--seed", type=int, default=0)
-    p_solve.add_argument("--model", default=None,
-                         help="model directory from `ponder train countdown` (default: python/ponder/assets/countdown)")
+    p_solve.add_argument("--budget", type=_Int(1), default=64, help="MCTS expansions, beam width or N (default 64)")
+    p_solve.add_argument("--seed", type=_Int(0), default=0)
+    p_solve.add_argument("--model", default=None, help=model_help)
     p_solve.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_solve.add_argument("--no-constraint", action="store_true",
                          help="let the policy write any text instead of legal steps only")
@@ -105,9 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_train = sub.add_parser("train", help="train the Countdown policy + value model from scratch")
     p_train.add_argument("task", choices=("countdown",))
     p_train.add_argument("--out", required=True, help="output directory (config.json, model.safetensors, tokenizer.json)")
-    p_train.add_argument("--steps", type=_positive, default=None, help="optimizer steps (default: the shipped recipe)")
-    p_train.add_argument("--batch-size", type=_positive, default=None)
-    p_train.add_argument("--seed", type=int, default=0)
+    p_train.add_argument("--steps", type=_Int(1), default=None, help="optimizer steps (default: the shipped recipe)")
+    p_train.add_argument("--batch-size", type=_Int(1), default=None)
+    p_train.add_argument("--seed", type=_Int(0), default=0)
     p_train.add_argument("--quick", action="store_true", help="a toy model in seconds (for tests)")
     p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
@@ -115,12 +181,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the command in ``argv`` (default: ``sys.argv[1:]``); returns its exit status (``solve``:
+    1 when not solved). A usage error prints one line and raises ``SystemExit(2)``, as argparse does."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return args.func(args)
+        return USAGE_ERROR
+    try:
+        return args.func(args)
+    except UsageError as err:
+        _exit_usage(str(err))
+    except KeyboardInterrupt:
+        sys.stderr.write("ponder: interrupted\n")
+        return 130
 
 
 if __name__ == "__main__":

@@ -8,6 +8,8 @@ from typing import Dict, List, Optional
 
 import numpy as np
 
+from ponder.search import result_json
+
 NODE_FIELDS = ("parent", "visits", "value_sum", "prior", "reward", "path_score", "terminal", "depth")
 
 
@@ -59,16 +61,17 @@ class SearchResult:
 
     # ------------------------------------------------------------------ JSON
     def to_json(self, indent: Optional[int] = None) -> str:
-        payload = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
-        return json.dumps(payload, indent=indent)
+        """This result as JSON (without the live search: a result read back cannot be resumed).
+        The text carries ``format_version``; see :mod:`ponder.search.result_json`."""
+        fields = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        return json.dumps(result_json.encode(fields), indent=indent)
 
     @classmethod
     def from_json(cls, text: str) -> "SearchResult":
-        data = json.loads(text)
-        missing = {f for f in cls.__dataclass_fields__ if not f.startswith("_")} - set(data)
-        if missing:
-            raise ValueError(f"not a SearchResult JSON: missing {sorted(missing)}")
-        return cls(**data)
+        """A result from :meth:`to_json`'s text. Raises ``ValueError`` naming the first problem
+        when the text is not valid JSON, has a missing or unknown ``format_version``, a missing
+        or mistyped field, or an inconsistent tree (see :func:`ponder.search.result_json.decode`)."""
+        return cls(**result_json.decode(text))
 
     # ------------------------------------------------------------------ Graphviz
     def to_dot(self, max_label: int = 40) -> str:

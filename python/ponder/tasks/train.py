@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from ponder.models import DecoderLM, ModelConfig, load_hf, save_hf
 from ponder.ops import reference
 from ponder.tasks import evaluation
+from ponder.tasks.paths import ensure_writable_dir
 from ponder.tasks.tokenizer import CharTokenizer
 from ponder.tasks.traces import IGNORE_INDEX, TraceSampler
 
@@ -166,6 +167,7 @@ def train_countdown(out_dir: str | os.PathLike, steps: Optional[int] = None, see
     if num_threads is not None and (isinstance(num_threads, bool) or not isinstance(num_threads, int)
                                     or num_threads < 1):
         raise ValueError(f"num_threads must be None or a positive int, got {num_threads!r}")
+    ensure_writable_dir(out_dir, "out_dir")  # now, not after the run: saving is its last step
     previous_threads = torch.get_num_threads()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
