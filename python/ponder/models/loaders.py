@@ -48,7 +48,7 @@ def _build(cfg: ModelConfig, state: Dict[str, torch.Tensor], dtype: torch.dtype)
     has_value_head = VALUE_HEAD_KEYS[0] in state
     model = DecoderLM(cfg, dtype=dtype, device="meta", value_head=has_value_head)
     model.load_state_dict(state, strict=True, assign=True)
-    model._refresh_rope()
+    model.refresh_rope()
     return model.eval()
 
 

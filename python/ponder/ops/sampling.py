@@ -86,7 +86,7 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
         sub = lf.index_select(0, nucleus)
         scaled = sub / temperature.index_select(0, nucleus)[:, None]
         # bool is stored as one byte holding 0 or 1: the uint8 mask the native code reads
-        allowed = reference._allowed_mask(sub, scaled, top_k.index_select(0, nucleus),
+        allowed = reference.allowed_mask(sub, scaled, top_k.index_select(0, nucleus),
                                           top_p.index_select(0, nucleus)).contiguous()
         allowed_row[nucleus] = torch.arange(nucleus.numel())
     tokens = torch.empty(B, dtype=torch.int64)
