@@ -249,3 +249,22 @@ def test_bad_input_is_refused_and_engine_stays_usable(model, call, exc, match):
         call(eng, roots)
     exp = eng.expand(roots, num_children=1, stop=STOP)
     assert len(exp.children) == 1
+
+
+class TemplatedTokenizer(CharTokenizer):
+    """A chat template that wraps the user's text as "(" + text + ")\n"."""
+
+    chat_template = "(...)"
+
+    def apply_chat_template(self, messages, add_generation_prompt=False):
+        assert add_generation_prompt and messages[-1]["role"] == "user"
+        return {"input_ids": self.encode("(" + messages[-1]["content"] + ")\n")}
+
+
+@pytest.mark.parametrize("chat_template,expected", [(True, "(abc)\n"), (False, "abc")])
+def test_str_prompts_use_the_chat_template_unless_switched_off(model, chat_template, expected):
+    eng = Engine(model, TemplatedTokenizer(), num_pages=64, page_size=4, chat_template=chat_template)
+    (root,) = eng.prefill(["abc"])
+    assert CharTokenizer().decode(eng.tokens(root).tolist()) == expected
+    (ids,) = eng.prefill([CharTokenizer().encode("abc")])  # token ids are taken as they are
+    assert CharTokenizer().decode(eng.tokens(ids).tolist()) == "abc"

@@ -151,3 +151,16 @@ def test_a_failing_constraint_fails_its_problem_only(model, answer, match):
     assert "constraint failed for problem 2" in results[2].error and match in results[2].error
     for r in results[:2]:
         assert set("".join(r.nodes["text"][1:])) <= set("0123456789\n")
+
+
+def test_fail_fast_leaves_no_sequence_behind(model):
+    eng = engine(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        ponder.search(PROMPTS, eng, algorithm="mcts", budget=Budget(max_expansions=3), num_children=2, stop=STOP,
+                      verifier=failing_on(1), on_error="raise", progress=False)
+    # only the prompts (and the children of rounds that completed) remain: the failed round's
+    # children were freed; nothing is left once the roots go too
+    live = eng.handles()
+    assert len(live) == 3  # the verifier fails in the first round: only the three prompts remain
+    eng.free(live)
+    assert eng.page_table.stats()["used"] == 0

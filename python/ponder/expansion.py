@@ -128,3 +128,4 @@ class Branch:
     length: int = 0  # tokens in the sequence before the branch's next input token
     finish: Optional[str] = None  # set once the last token is known; the branch still feeds it
     hidden_ref: Optional[Tuple[torch.Tensor, int]] = None
+    trie_state: int = -1  # node of the step trie its tokens reached (-1: unconstrained)

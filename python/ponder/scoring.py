@@ -77,7 +77,7 @@ class ValueHead:
             if expansion.values is not None:
                 return None
             raise ValueError("ValueHead scorer needs a policy model with a value head (model.value_head is None)")
-        return Readout(expansion.hidden, head.norm_weight, head.eps, head.weight, float(head.bias))
+        return Readout(expansion.hidden, head.norm_weight, head.eps, head.weight, float(head.bias.detach()))
 
     def score(self, policy, expansion) -> np.ndarray:
         r = self.readout(policy, expansion)

@@ -16,6 +16,7 @@ from typing import List, Optional, Tuple
 
 import numpy as np
 
+from ponder.decoding import StepConstraint
 from ponder.expansion import Expansion
 from ponder.scoring import constant_scores, fused_scores
 from ponder.search.state import Children, ProblemFailure, Selection, TreeState
@@ -72,6 +73,8 @@ class Callbacks:
         logprob = np.array([float(np.sum(lp, dtype=np.float64)) for lp in exp.logprobs], dtype=np.float64)
         kids = Children(np.zeros(c, np.int32), parents, trees, scores, terminal, verified, logprob, agg)
         if failed:
+            if self.on_error == "raise":  # before anything is freed: the caller frees the whole round
+                raise next(iter(failed.values())).cause
             keep = np.array([id(t) not in failed for t in trees], dtype=bool)
             self.discard(exp.children[~keep])
             exp = exp.subset(keep)
@@ -150,10 +153,39 @@ class Callbacks:
             if hasattr(self.scorer, "free"):
                 self.scorer.free(handles)
 
-    def constraint_fn(self, sel: Selection):
-        """The engine-level form of ``self.constraint``: (parent handle, step tokens) -> ids."""
+    def constraint_args(self, sel: Selection) -> dict:
+        """``Engine.expand`` keywords for ``self.constraint``: ``allowed_steps`` (one list of
+        step token sequences, or None, per selected node) for a :class:`StepConstraint`,
+        ``allowed_tokens`` (a per-token callback) for a plain callable, nothing without one."""
         if self.constraint is None:
-            return None
+            return {}
+        if isinstance(self.constraint, StepConstraint):
+            return {"allowed_steps": self._allowed_steps(sel)}
+        return {"allowed_tokens": self._allowed_tokens(sel)}
+
+    def _allowed_steps(self, sel: Selection) -> list:
+        tok = self.policy.tokenizer
+        out = []
+        for node, tree in zip(sel.nodes, sel.trees):
+            try:
+                steps = self.constraint.steps(tree.index, self.text(node))
+                out.append(None if steps is None else [self._encode_step(tok, s) for s in steps])
+            except Exception as err:  # noqa: BLE001  (user code: its failure fails its problem)
+                raise ProblemFailure(tree, "constraint", err) from err
+        return out
+
+    def _encode_step(self, tok, step: str) -> list:
+        ids = self.step_token_cache.get(step)
+        if ids is None:
+            try:  # a step is a continuation: no BOS or other special tokens around it
+                ids = tok.encode(step, add_special_tokens=False)
+            except TypeError:
+                ids = tok.encode(step)
+            ids = self.step_token_cache[step] = [int(t) for t in ids]
+        return ids
+
+    def _allowed_tokens(self, sel: Selection):
+        """The engine-level form of a per-token constraint: (parent handle, step tokens) -> ids."""
         tok = self.policy.tokenizer
         if tok is None:
             raise ValueError("constraint needs a policy engine with a tokenizer (it is called with text)")

@@ -24,6 +24,7 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ponder.decoding import StepConstraint
 from ponder.expansion import Expansion, SamplingParams, StepStop
 from ponder.forest import Forest
 from ponder.scoring import Aggregation, Verifier
@@ -51,9 +52,9 @@ class Session(Callbacks):
             raise TypeError(f"verifier must be a ponder.Verifier, got {type(verifier).__name__}")
         if not isinstance(aggregation, Aggregation):
             raise TypeError(f"aggregation must be a ponder.Aggregation, got {type(aggregation).__name__}")
-        if constraint is not None and not callable(constraint):
-            raise TypeError(f"constraint must be callable (problem index, path text) -> token ids or None, "
-                            f"got {type(constraint).__name__}")
+        if constraint is not None and not (callable(constraint) or isinstance(constraint, StepConstraint)):
+            raise TypeError(f"constraint must be a ponder.StepConstraint or callable (problem index, path text) -> "
+                            f"token ids or None, got {type(constraint).__name__}")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
@@ -64,6 +65,7 @@ class Session(Callbacks):
         self.constraint = constraint
         self.distinct = bool(distinct)
         self.on_error = on_error
+        self.step_token_cache: dict = {}  # step text -> token ids (a StepConstraint's steps, encoded once)
         self.forest = Forest()
         self.node_data = NodeData()
         self.trees: List[TreeState] = []
@@ -109,8 +111,8 @@ class Session(Callbacks):
             try:
                 exp = self.policy.expand(
                     self.handles(sel.nodes), sel.counts, stop=self.stop, sampling=self.sampling, seed=self.seed,
-                    rng_ids=self.node_data.local_id[sel.nodes], allowed_tokens=self.constraint_fn(sel),
-                    distinct=self.distinct, evict=self.evict_order)
+                    rng_ids=self.node_data.local_id[sel.nodes], distinct=self.distinct, evict=self.evict_order,
+                    **self.constraint_args(sel))
             except ProblemFailure as failure:  # a constraint failed: that problem goes, the rest retry
                 self.forest.cancel(sel.nodes)
                 self.fail(failure)
@@ -118,7 +120,12 @@ class Session(Callbacks):
             except BaseException:
                 self.forest.cancel(sel.nodes)  # selected leaves stop being pending
                 raise
-            exp, kids = self.score(sel, exp)
+            try:
+                exp, kids = self.score(sel, exp)
+            except BaseException:  # fail fast: the new children never join the forest, nothing leaks
+                self.forest.cancel(sel.nodes)
+                self.discard(exp.children)
+                raise
             self.add_children(sel, exp, kids)
         self.update(sel, kids)
 
@@ -258,7 +265,7 @@ class Session(Callbacks):
         finally:
             bar.close()
 
-    def stop(self, tree: TreeState, reason: str = "cancelled") -> None:
+    def cancel(self, tree: TreeState, reason: str = "cancelled") -> None:
         """End ``tree`` now (``reason`` one of STOP_REASONS) and free its tree and KV."""
         if reason not in STOP_REASONS:
             raise ValueError(f"reason must be one of {STOP_REASONS}, got {reason!r}")
