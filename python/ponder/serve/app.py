@@ -19,7 +19,12 @@ import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator, Dict
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException
 
 from ponder.serve import answers
 from ponder.serve.backend import Backend
@@ -34,12 +39,6 @@ DISCONNECT_POLL_S = 0.25  # how often a non-streamed request checks that its cli
 
 def create_app(backend: Backend):
     """The FastAPI app serving ``backend``; its scheduler thread runs while the app is up."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse, StreamingResponse
-    from starlette.exceptions import HTTPException
-
     scheduler = Scheduler(backend)
     d = backend.defaults
 

@@ -124,7 +124,10 @@ class Scheduler:
                 if msg[0] == "stop":
                     self._stop_all()
                     return
-                self._handle(msg)
+                try:
+                    self._handle(msg)
+                except Exception:  # keep serving the others; the job's client gets no answer from here
+                    logger.exception("scheduler command %s failed", msg[0])
                 try:
                     msg = self._inbox.get_nowait()
                 except queue.Empty:
@@ -177,11 +180,11 @@ class Scheduler:
                 return
             self._pending.popleft()
             group = next((g for g in self._groups if g.spec == job.req.spec and g.trees_added < RETIRE_AFTER), None)
-            if group is None:
-                problems: Dict[int, Any] = {}
-                group = Group(job.req.spec, self.backend.new_session(job.req.spec, problems), problems)
-                self._groups.append(group)
             try:
+                if group is None:
+                    problems: Dict[int, Any] = {}
+                    group = Group(job.req.spec, self.backend.new_session(job.req.spec, problems), problems)
+                    self._groups.append(group)
                 trees = group.session.add(job.token_lists, job.req.budget)
             except KVCacheFull:
                 if alone:
@@ -192,7 +195,15 @@ class Scheduler:
                 return
             except (TypeError, ValueError) as err:
                 self._fail(job, APIError(str(err), param="prompt" if job.req.kind == "completion" else "messages"))
-                self._forget_if_empty(group)
+                if group is not None:
+                    self._forget_if_empty(group)
+                continue
+            except Exception:
+                logger.exception("admitting a request failed")
+                self._fail(job, APIError("internal error while admitting the request; see the server log",
+                                         status=500, type="server_error", code="internal_error"))
+                if group is not None:
+                    self._forget_if_empty(group)
                 continue
             for t, problem in zip(trees, job.problems):
                 group.problems[t.index] = problem
@@ -204,8 +215,8 @@ class Scheduler:
     def _step(self, g: Group) -> None:
         try:
             g.session.step()
-        except KVCacheFull:
-            self._shed(g)
+        except (KVCacheFull, ValueError) as err:  # the pool cannot hold this round (or one tree's ask)
+            self._shed(g, err)
             return
         except Exception:
             logger.exception("search round failed")
@@ -222,12 +233,18 @@ class Scheduler:
             if all(t.stop_reason is not None for t in job.trees):
                 self._finish(job)
 
-    def _shed(self, g: Group) -> None:
+    def _shed(self, g: Group, err: Exception) -> None:
+        """The newest job of ``g`` gives its pages back and waits for the others to finish; a job
+        that fails alone gets the error (503 for a full pool, 400 for an ask the engine refuses)."""
         victim = g.jobs[-1]
         others = sum(len(x.jobs) for x in self._groups) > 1
         self._drop(victim)
         if not others or victim.restarts >= MAX_RESTARTS:
-            self._fail(victim, _kv_full())
+            if isinstance(err, KVCacheFull):
+                self._fail(victim, _kv_full())
+            else:
+                self._fail(victim, APIError(f"ponder.options: the engine refused this search: {err}",
+                                            param="ponder.options", code="request_too_large"))
             return
         victim.restarts += 1
         victim.trees, victim.group, victim.last_sent = [], None, {}
@@ -263,6 +280,13 @@ class Scheduler:
     def _finish(self, job: Job) -> None:
         s = job.group.session
         results = [s.result(t) for t in job.trees]
+        failed = next((r for r in results if r.stop_reason == "error"), None)
+        if failed is not None:  # a verifier, scorer or constraint raised for this request's prompt
+            self._drop(job)
+            self.jobs_done += 1
+            self._fail(job, APIError(f"the search failed: {getattr(failed, 'error', None)}", status=500,
+                                     type="server_error", code="search_failed"))
+            return
         now = time.perf_counter()
         extra = {"wall_time_s": round(now - job.created, 6), "queue_time_s": round(job.admitted - job.created, 6),
                  "peak_kv_bytes": job.kv_pages_peak * self.engine.kv_bytes_per_page, "restarts": job.restarts}
@@ -278,8 +302,8 @@ class Scheduler:
         if g is None:
             return
         for t in job.trees:
-            if t.stop_reason is None:
-                g.session.stop(t, "cancelled")
+            if t.stop_reason is None:  # what Session.stop does; ``session.stop`` is its StepStop
+                t.stop_reason = "cancelled"
             g.session.release(t)
             g.problems.pop(t.index, None)
         if job in g.jobs:
