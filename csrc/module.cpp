@@ -8,10 +8,11 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "ponder native core: search forest, KV page table, CUDA launchers";
+  m.doc() = "ponder native core: search forest, KV page table, host sampling, CUDA launchers";
   py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
   ponder::bind_cuda(m);
   ponder::bind_forest(m);
   ponder::bind_page_table(m);
   ponder::bind_attention_plan(m);
+  ponder::bind_sample(m);
 }

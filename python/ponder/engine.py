@@ -93,6 +93,12 @@ class Engine(KVStore):
                              f"got {num_children!r}") from None
         if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
             raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
+        total = int(counts.sum(dtype=np.int64))
+        if total > self.num_pages:
+            # every child writes at least one token into a page of its own (a fresh page or a
+            # copy-on-write copy of its parent's partial last one)
+            raise ValueError(f"num_children asks for {total} children in one call; the KV pool has "
+                             f"{self.num_pages} pages and every child needs at least one")
         for r in recs:
             if r.length >= self.max_context:
                 raise ValueError(f"sequence {r.handle} fills the model's context ({self.max_context} tokens)")
@@ -186,10 +192,6 @@ class Engine(KVStore):
                              hidden=torch.empty(0, C, device=self.device), values=None, finish_reasons=[],
                              terminal=np.zeros(0, bool), priors=np.zeros(0, np.float32), discarded_tokens=discarded)
         hidden = torch.stack([h[r] for h, r in (b.hidden_ref for b in branches)])  # [C_kids, C]
-        values = None
-        if getattr(self.model, "value_head", None) is not None:
-            with torch.inference_mode():
-                values = self.model.value(hidden).float()
         parents = np.array([b.parent for b in branches], dtype=np.int64)
         children = []
         for i, b in enumerate(branches):
@@ -200,7 +202,7 @@ class Engine(KVStore):
             parents=parents, children=np.asarray(children, dtype=np.int64),
             parent_index=np.array([b.source for b in branches], dtype=np.int64),
             tokens=[np.asarray(b.tokens, dtype=np.int32) for b in branches],
-            logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden, values=values,
+            logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden, values=None,
             finish_reasons=[b.finish for b in branches],
             terminal=np.array([b.finish in ("eos", "context") for b in branches], dtype=bool),
             priors=sibling_priors(parents, np.array([sum(b.logprobs) for b in branches], dtype=np.float64)),

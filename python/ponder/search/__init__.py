@@ -45,7 +45,7 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
            seed: int = 0, *, verifier: Optional[Verifier] = None, aggregation: Union[str, Aggregation] = "last",
            token_cost: float = 0.0, stop: Optional[StepStop] = None, sampling: Optional[SamplingParams] = None,
            progress: bool = True, constraint: Optional[Callable[[int, str], Optional[Iterable[int]]]] = None,
-           distinct: bool = False, config=None, **options) -> List[SearchResult]:
+           distinct: bool = False, on_error: str = "isolate", config=None, **options) -> List[SearchResult]:
     """Search every prompt with ``algorithm`` and return one :class:`SearchResult` each.
 
     Args:
@@ -71,6 +71,10 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
         distinct: the children of one node are distinct steps: a sampled step equal to a sibling
             is dropped (its tokens still count as generated), so a node may get fewer children
             than asked; with best-of-N, repeated first steps leave fewer than n chains.
+        on_error: ``"isolate"`` (default): a verifier, scorer or constraint that raises or returns
+            garbage for one problem fails that problem only (its result has ``stop_reason ==
+            "error"`` and the exception in ``error``; its KV is freed) and the others go on;
+            ``"raise"``: the first such failure propagates.
         config / options: the algorithm's config object, or its fields as keywords.
     """
     if algorithm not in ALGORITHMS:
@@ -89,7 +93,7 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
     session = session_cls(policy, resolve_scorer(scorer), cfg, verifier=verifier, aggregation=aggregation,
                           stop=stop if stop is not None else StepStop(),
                           sampling=sampling if sampling is not None else SamplingParams(), seed=seed,
-                          progress=progress, constraint=constraint, distinct=distinct)
+                          progress=progress, constraint=constraint, distinct=distinct, on_error=on_error)
     session.start(prompts, budget)
     session.run()
     return session.results()
