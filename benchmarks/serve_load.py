@@ -14,7 +14,6 @@ prints requests/s, p50 / p95 latency and the speedup of serving them together.
 from __future__ import annotations
 
 import argparse
-import os
 import socket
 import subprocess
 import sys
@@ -32,11 +31,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(threads: int, max_kv_bytes: str):
+def start_server(threads: int, max_kv_bytes: str, *extra: str):
+    """``ponder serve`` on 127.0.0.1 at a free port; returns (process, base URL)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen([sys.executable, "-m", "ponder", "serve", "--port", str(port), "--threads", str(threads),
-                             "--max-kv-bytes", max_kv_bytes, "--log-level", "warning"],
+                             "--max-kv-bytes", max_kv_bytes, "--log-level", "warning", *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:

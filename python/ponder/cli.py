@@ -151,7 +151,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     with _user_input("--model / --prm"):
         backend = build_backend(model=args.model, prm=args.prm, max_kv_bytes=args.max_kv_bytes,
                                 model_id=args.model_name, prm_good=args.prm_good, prm_bad=args.prm_bad,
-                                prm_step_tag=args.prm_step_tag)
+                                prm_step_tag=args.prm_step_tag, algorithm=args.algorithm,
+                                drop_unknown_chars=args.drop_unknown_chars, truncate_prompts=args.truncate_prompts)
     run(backend, host=args.host, port=args.port, log_level=args.log_level)
     return 0
 
@@ -217,6 +218,14 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--prm-good", default="+", help="PRM token that means a good step (default '+')")
     p_serve.add_argument("--prm-bad", default="-", help="PRM token that means a bad step (default '-')")
     p_serve.add_argument("--prm-step-tag", default=None, help="text appended after each step before the PRM reads it")
+    p_serve.add_argument("--algorithm", choices=("mcts", "beam_search", "best_of_n", "sample"), default=None,
+                         help="search of a request that names none in its ponder field (default mcts; 'sample': "
+                              "an ordinary endpoint)")
+    p_serve.add_argument("--drop-unknown-chars", action="store_true",
+                         help="character-level models: lower-case prompts and drop characters outside the "
+                              "vocabulary instead of answering 400")
+    p_serve.add_argument("--truncate-prompts", action="store_true",
+                         help="keep the last 3/4 of the context of a longer prompt instead of answering 400")
     p_serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p_serve.add_argument("--port", type=_Int(1, 65535), default=8000, help="port (default 8000)")
     p_serve.add_argument("--max-kv-bytes", type=_kv_bytes, default=256 << 20,

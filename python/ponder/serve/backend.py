@@ -9,6 +9,7 @@ checker is the verifier and decoding keeps to legal steps, with the defaults of 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any, Dict, List, Optional, Tuple
 import ponder
 from ponder.search import ALGORITHMS
 from ponder.serve.errors import APIError, invalid
-from ponder.serve.protocol import AlgorithmDefaults, ParsedRequest, SearchSpec, ServerDefaults
+from ponder.serve.protocol import SERVE_ALGORITHMS, AlgorithmDefaults, ParsedRequest, SearchSpec, ServerDefaults
 
 
 def _is_countdown_dir(path: Path) -> bool:
@@ -79,6 +80,11 @@ class Backend:
     engine: Any
     defaults: ServerDefaults
     prm: Any = None  # a TokenPairPRM on its own engine, or None
+    # character-level models: lower-case free text and drop the characters the vocabulary lacks
+    # (instead of a 400), for clients such as LLM-as-judge proxies that send English prompts
+    drop_unknown_chars: bool = False
+    # keep only the last 3/4 of the context of a longer prompt instead of answering 400
+    truncate_prompts: bool = False
 
     @property
     def tokenizer(self):
@@ -95,21 +101,24 @@ class Backend:
         for i, text in enumerate(texts):
             where = param if req.kind == "chat" or len(texts) == 1 else f"prompt[{i}]"
             problem = None
-            if d.task == "countdown" and (spec.verifier or spec.constraint):
+            if d.task == "countdown":  # a problem is fed in the model's own prompt format
                 from ponder.tasks.countdown import Problem
 
                 try:
                     problem = Problem.from_prompt(text.strip() + "\n")
+                    text = problem.prompt()
                 except (TypeError, ValueError) as err:
-                    raise invalid(where, f"is not a Countdown problem ({err}); write e.g. '3 7 25 50 -> 175 any', "
-                                         "or set ponder.verifier and ponder.constraint to false") from None
-                text = problem.prompt()
+                    if spec.verifier or spec.constraint:
+                        raise invalid(where, f"is not a Countdown problem ({err}); write e.g. '3 7 25 50 -> 175 "
+                                             "any', or set ponder.verifier and ponder.constraint to false") from None
             try:
                 ids = self._tokens(text, templated=req.kind == "chat" and self._has_template())
             except (TypeError, ValueError) as err:
                 raise invalid(where, f"cannot be tokenized: {err}") from None
             if not ids:
                 raise invalid(where, "is empty after tokenization")
+            if self.truncate_prompts and len(ids) > d.max_context * 3 // 4:
+                ids = ids[-(d.max_context * 3 // 4):]  # the end of a conversation matters most
             room = d.max_context - len(ids)
             if room < 1:
                 raise APIError(f"{where}: the prompt has {len(ids)} tokens; this model's context is {d.max_context} "
@@ -128,6 +137,9 @@ class Backend:
         return "\n".join(c for _, c in req.messages)  # no template: the contents, one per line
 
     def _tokens(self, text: str, templated: bool) -> List[int]:
+        chars = getattr(self.tokenizer, "chars", None)
+        if self.drop_unknown_chars and chars is not None:  # a character-level model
+            text = "".join(c for c in text.lower() if c in chars)
         if templated:  # the template already wrote the special tokens
             return list(self.tokenizer.encode(text, add_special_tokens=False))
         return list(self.tokenizer.encode(text))
@@ -153,7 +165,8 @@ class Backend:
 
 def build_backend(model: Optional[str] = None, prm: Optional[str] = None, max_kv_bytes: int = 256 << 20,
                   model_id: Optional[str] = None, prm_good: str = "+", prm_bad: str = "-",
-                  prm_step_tag: Optional[str] = None) -> Backend:
+                  prm_step_tag: Optional[str] = None, algorithm: Optional[str] = None,
+                  drop_unknown_chars: bool = False, truncate_prompts: bool = False) -> Backend:
     """Load the model (and PRM) and build the engine(s); ValueError / FileNotFoundError name the
     argument at fault."""
     policy, tok, task = load_model(model)
@@ -176,4 +189,9 @@ def build_backend(model: Optional[str] = None, prm: Optional[str] = None, max_kv
     name = model_id or ("countdown" if model is None else Path(model).name or str(model))
     ctx = engine.max_context
     make = countdown_defaults if task == "countdown" else generic_defaults
-    return Backend(engine, make(name, ctx, tuple(scorers)), scorer)
+    defaults = make(name, ctx, tuple(scorers))
+    if algorithm is not None:
+        if algorithm not in SERVE_ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(SERVE_ALGORITHMS)}, got {algorithm!r}")
+        defaults = dataclasses.replace(defaults, algorithm=algorithm)
+    return Backend(engine, defaults, scorer, drop_unknown_chars=drop_unknown_chars, truncate_prompts=truncate_prompts)
