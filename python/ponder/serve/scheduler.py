@@ -302,9 +302,7 @@ class Scheduler:
         if g is None:
             return
         for t in job.trees:
-            if t.stop_reason is None:  # what Session.stop does; ``session.stop`` is its StepStop
-                t.stop_reason = "cancelled"
-            g.session.release(t)
+            g.session.cancel(t)  # a finished tree keeps its stop reason; an active one is cancelled
             g.problems.pop(t.index, None)
         if job in g.jobs:
             g.jobs.remove(job)
