@@ -128,6 +128,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ponder.distributed.command import execute, prepare
+
+    with _user_input():
+        plan = prepare(args)
+    return execute(plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ponder",
@@ -177,6 +185,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--quick", action="store_true", help="a toy model in seconds (for tests)")
     p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
+
+    from ponder.distributed.command import RUN_HELP, add_arguments
+
+    p_run = sub.add_parser("run", help=RUN_HELP)
+    add_arguments(p_run, _Int)
+    p_run.set_defaults(func=_cmd_run)
     return parser
 
 
