@@ -157,6 +157,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ponder.distributed.command import execute, prepare
+
+    with _user_input():
+        plan = prepare(args)
+    return execute(plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ponder",
@@ -235,6 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_serve.add_argument("--threads", type=_Int(1), default=None, help="torch CPU threads (default: torch's choice)")
     p_serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
     p_serve.set_defaults(func=_cmd_serve)
+
+    from ponder.distributed.command import RUN_HELP, add_arguments
+
+    p_run = sub.add_parser("run", help=RUN_HELP)
+    add_arguments(p_run, _Int)
+    p_run.set_defaults(func=_cmd_run)
     return parser
 
 
