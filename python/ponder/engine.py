@@ -99,7 +99,7 @@ class Engine(KVStore):
                              f"got {num_children!r}") from None
         if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
             raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
-        total = int(counts.sum(dtype=np.int64))
+        total = sum(counts.tolist())  # Python ints: a uint64 count such as 2**63 must not wrap negative
         if total > self.num_pages:
             # every child writes at least one token into a page of its own (a fresh page or a
             # copy-on-write copy of its parent's partial last one)
