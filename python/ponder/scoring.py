@@ -206,6 +206,8 @@ class Aggregation:
     def __post_init__(self):
         if self.mode not in AGGREGATIONS:
             raise ValueError(f"aggregation mode must be one of {AGGREGATIONS}, got {self.mode!r}")
+        if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float, np.integer, np.floating)):
+            raise TypeError(f"token_cost must be a real number, got {type(self.token_cost).__name__} {self.token_cost!r}")
         if not math.isfinite(self.token_cost) or self.token_cost < 0:
             raise ValueError(f"token_cost must be finite and >= 0, got {self.token_cost!r}")
 
