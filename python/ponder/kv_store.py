@@ -232,7 +232,11 @@ class KVStore:
         for source, fn in (("evict", evict), ("Engine(evict=...)", self.evict_fn)):
             if fn is None:
                 continue
-            for h in fn(self, self._pages_short()):
+            answer = fn(self, self._pages_short())
+            if isinstance(answer, (str, bytes)) or not hasattr(answer, "__iter__"):
+                raise TypeError(f"{source} must return sequence handles (an iterable of ints), "
+                                f"got {type(answer).__name__}")
+            for h in answer:
                 rec = self.seqs.get(h, f"the handles returned by {source}")
                 if rec.handle in self.protected or rec.pages == NO_PAGES:
                     continue
