@@ -189,7 +189,11 @@ class Verifier:
         out = self.fn(problem_index, text)
         if out is None:
             return None
-        value = float(out)
+        try:
+            value = float(out)
+        except (TypeError, ValueError):
+            raise ValueError(f"verifier returned {out!r} for problem {problem_index}; expected None, a bool or "
+                             f"[0, 1]") from None
         if not (0.0 <= value <= 1.0):
             raise ValueError(f"verifier returned {out!r} for problem {problem_index}; expected None, a bool or [0, 1]")
         return value
