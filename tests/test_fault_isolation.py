@@ -158,9 +158,7 @@ def test_fail_fast_leaves_no_sequence_behind(model):
     with pytest.raises(RuntimeError, match="boom"):
         ponder.search(PROMPTS, eng, algorithm="mcts", budget=Budget(max_expansions=3), num_children=2, stop=STOP,
                       verifier=failing_on(1), on_error="raise", progress=False)
-    # only the prompts (and the children of rounds that completed) remain: the failed round's
-    # children were freed; nothing is left once the roots go too
-    live = eng.handles()
-    assert len(live) == 3  # the verifier fails in the first round: only the three prompts remain
-    eng.free(live)
+    # the failed round's children and every tree (the prompts included) were freed: the caller
+    # got no result through which it could release them
+    assert len(eng.handles()) == 0
     assert eng.page_table.stats()["used"] == 0

@@ -43,7 +43,15 @@ def constrain_logits(rows: Sequence[Branch], logits: torch.Tensor,
         allowed = allowed_tokens(b.parent, list(b.tokens))
         if allowed is None:
             continue
-        ids = np.fromiter((int(t) for t in allowed), dtype=np.int64)
+        if isinstance(allowed, (str, bytes)) or not hasattr(allowed, "__iter__"):
+            raise TypeError(f"allowed_tokens returned a {type(allowed).__name__} for a child of node {b.parent}; "
+                            f"expected token ids (ints) or None")
+        arr = np.asarray(allowed if isinstance(allowed, np.ndarray) else list(allowed))
+        # int() would truncate 1.7 to token 1 and take True as token 1
+        if arr.size and (arr.ndim != 1 or arr.dtype == np.bool_ or not np.issubdtype(arr.dtype, np.integer)):
+            raise TypeError(f"allowed_tokens returned {arr.dtype} values of shape {arr.shape} for a child of node "
+                            f"{b.parent}; expected a 1-D list of token ids (ints)")
+        ids = arr.astype(np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError(f"allowed_tokens returned no token for a child of node {b.parent} after step "
                              f"tokens {b.tokens}: at least one token must stay allowed")

@@ -28,7 +28,7 @@ import torch
 from ponder import _core, ops
 from ponder.decoding import constrain_logits, finish_reason, mask_with_trie, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop, Branch
-from ponder.kv_store import EvictFn, KVStore, int_list
+from ponder.kv_store import EvictFn, KVStore, check_evict, int_list
 from ponder.sequences import NO_PAGES, SeqRecord
 
 __all__ = ["AllowedTokensFn", "Engine", "Expansion", "FINISH_REASONS", "SamplingParams", "StepStop"]
@@ -86,6 +86,7 @@ class Engine(KVStore):
         if allowed_tokens is not None and not callable(allowed_tokens):
             raise TypeError(f"allowed_tokens must be callable (parent handle, step tokens) -> token ids or None, "
                             f"got {type(allowed_tokens).__name__}")
+        check_evict(evict)
         handles = int_list("seqs", seqs)
         if handles.size == 0:
             raise ValueError("seqs is empty: give at least one sequence to expand")
@@ -99,7 +100,7 @@ class Engine(KVStore):
                              f"got {num_children!r}") from None
         if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
             raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
-        total = int(counts.sum(dtype=np.int64))
+        total = sum(counts.tolist())  # Python ints: a uint64 count such as 2**63 must not wrap negative
         if total > self.num_pages:
             # every child writes at least one token into a page of its own (a fresh page or a
             # copy-on-write copy of its parent's partial last one)
@@ -112,8 +113,10 @@ class Engine(KVStore):
             raise ValueError("give allowed_tokens or allowed_steps, not both")
         trie, roots = (None, None) if allowed_steps is None else self._step_trie(allowed_steps, len(recs))
         rng = handles if rng_ids is None else np.asarray(rng_ids)
-        if rng.shape != handles.shape or not np.issubdtype(rng.dtype, np.integer) or (rng < 0).any():
-            raise ValueError(f"rng_ids must be {handles.size} non-negative ints (one per sequence), got {rng_ids!r}")
+        # rng ids go into int64 sampling keys: 2**63 would overflow them mid-call
+        if rng.shape != handles.shape or not np.issubdtype(rng.dtype, np.integer) or (rng < 0).any() \
+                or (rng.size and int(rng.max()) >= 2**63):
+            raise ValueError(f"rng_ids must be {handles.size} ints in [0, 2**63) (one per sequence), got {rng_ids!r}")
 
         branches: List[Branch] = []
         try:
@@ -256,6 +259,7 @@ class Engine(KVStore):
     def _teacher_force(self, seqs, token_lists, evict: Optional[EvictFn]):
         """Feed given tokens on forks of ``seqs`` in one ragged forward. Returns (records, forked
         page sequences, lists, hidden at each list's last token [M, C]); the caller owns the pages."""
+        check_evict(evict)
         recs = self.seqs.lookup(int_list("seqs", seqs))
         if isinstance(token_lists, (str, bytes)) or len(token_lists) != len(recs):
             raise ValueError(f"token_lists must hold one token list per sequence ({len(recs)})")
@@ -288,7 +292,7 @@ class Engine(KVStore):
                             evict: Optional[EvictFn] = None) -> torch.Tensor:
         """Hidden states ``[M, C]`` after feeding ``token_lists[i]`` on top of ``seqs[i]``,
         without keeping them (e.g. a PRM step tag read on throwaway forks of the KV)."""
-        if len(seqs) == 0:
+        if int_list("seqs", seqs).size == 0:
             return torch.empty(0, self.model.config.hidden_size, device=self.device)
         _, forked, _, hidden = self._teacher_force(seqs, token_lists, evict)
         for p in forked:
@@ -299,7 +303,7 @@ class Engine(KVStore):
                evict: Optional[EvictFn] = None) -> np.ndarray:
         """New child sequences, ``seqs[i]`` plus ``token_lists[i]`` (teacher forcing, no sampling);
         returns their handles (int64 [M]), each keeping its KV and its last hidden state."""
-        if len(seqs) == 0:
+        if int_list("seqs", seqs).size == 0:
             return np.zeros(0, dtype=np.int64)
         recs, forked, lists, hidden = self._teacher_force(seqs, token_lists, evict)
         out = []

@@ -29,13 +29,25 @@ class StepStop:
     stop_on_eos: bool = True
 
     def __post_init__(self):
+        for name in ("strings", "token_ids"):
+            v = getattr(self, name)
+            # a plain string would silently become one stop string per character
+            if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+                raise TypeError(f"StepStop.{name} must be a tuple or list, got {type(v).__name__} {v!r}")
         object.__setattr__(self, "strings", tuple(self.strings))
-        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        object.__setattr__(self, "token_ids", tuple(self.token_ids))
         for s in self.strings:
             if not isinstance(s, str) or not s:
-                raise ValueError(f"stop strings must be non-empty str, got {s!r}")
-        if not isinstance(self.max_step_tokens, int) or self.max_step_tokens < 1:
-            raise ValueError(f"max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
+                raise ValueError(f"StepStop.strings must hold non-empty str, got {s!r}")
+        for t in self.token_ids:
+            if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, np.integer)) or t < 0:
+                raise ValueError(f"StepStop.token_ids must hold token ids (ints >= 0), got {t!r}")
+        object.__setattr__(self, "token_ids", tuple(int(t) for t in self.token_ids))
+        if isinstance(self.max_step_tokens, bool) or not isinstance(self.max_step_tokens, int) \
+                or self.max_step_tokens < 1:
+            raise ValueError(f"StepStop.max_step_tokens must be an int >= 1, got {self.max_step_tokens!r}")
+        if not isinstance(self.stop_on_eos, (bool, np.bool_)):
+            raise TypeError(f"StepStop.stop_on_eos must be a bool, got {self.stop_on_eos!r}")
 
 
 @dataclass(frozen=True)
@@ -47,9 +59,13 @@ class SamplingParams:
     top_p: float = 1.0
 
     def __post_init__(self):
+        for name in ("temperature", "top_p"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+                raise TypeError(f"SamplingParams.{name} must be a real number, got {type(v).__name__} {v!r}")
         if not np.isfinite(self.temperature) or self.temperature < 0:
             raise ValueError(f"temperature must be finite and >= 0, got {self.temperature!r}")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if isinstance(self.top_k, (bool, np.bool_)) or not isinstance(self.top_k, (int, np.integer)) or self.top_k < 0:
             raise ValueError(f"top_k must be an int >= 0 (0 = off), got {self.top_k!r}")
         if not (0.0 < self.top_p <= 1.0):
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")

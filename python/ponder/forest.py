@@ -110,6 +110,24 @@ def _int_scalar(name: str, x) -> int:
     return int(x)
 
 
+def _node_scalar(name: str, x) -> int:
+    """A node id: beyond int32 it cannot exist, so IndexError like any other unknown id (instead
+    of pybind11's 'incompatible function arguments')."""
+    v = _int_scalar(name, x)
+    if not _I32.min <= v <= _I32.max:
+        raise IndexError(f"{name}={v} is out of range: node ids are int32")
+    return v
+
+
+def _count_scalar(name: str, x) -> int:
+    v = _int_scalar(name, x)
+    if v < 1:
+        raise ValueError(f"{name}={v} must be >= 1")
+    if v > _I32.max:
+        raise ValueError(f"{name}={v} must be at most {_I32.max}")
+    return v
+
+
 def _real_scalar(name: str, x) -> float:
     if isinstance(x, bool) or not isinstance(x, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(x).__name__}")
@@ -173,11 +191,11 @@ class Forest:
         return self._core.num_tokens
 
     def is_alive(self, node: int) -> bool:
-        return self._core.is_alive(_int_scalar("node", node))
+        return self._core.is_alive(_node_scalar("node", node))
 
     def children(self, node: int) -> np.ndarray:
         """int32[num_children]: the node's live children in sibling (insertion) order."""
-        return self._core.children(_int_scalar("node", node))
+        return self._core.children(_node_scalar("node", node))
 
     # --- structure -----------------------------------------------------------------------------
     def add_roots(self, tokens: ArrayLike, tokens_indptr: ArrayLike) -> np.ndarray:
@@ -240,7 +258,7 @@ class Forest:
         surviving ancestors; visits and value sums of the ancestors are kept. Releasing a root
         releases its whole tree.
         """
-        return self._core.release(_int_scalar("node", node))
+        return self._core.release(_node_scalar("node", node))
 
     # --- search --------------------------------------------------------------------------------
     def select(self, roots: ArrayLike, leaves_per_tree: int, c_puct: float, virtual_loss: float, fpu: float,
@@ -263,9 +281,7 @@ class Forest:
         c_puct >= 0, virtual_loss >= 0, pw_k >= 0, pw_alpha in [0, 1].
         """
         r = _int32("roots", roots, ids=True)
-        k = _int_scalar("leaves_per_tree", leaves_per_tree)
-        if k < 1:
-            raise ValueError(f"leaves_per_tree={k} must be >= 1")
+        k = _count_scalar("leaves_per_tree", leaves_per_tree)
         c = _real_scalar("c_puct", c_puct)
         vl = _real_scalar("virtual_loss", virtual_loss)
         pk = _real_scalar("pw_k", pw_k)
@@ -306,6 +322,7 @@ class Forest:
         kk = _int_scalar("k", k)
         if kk < 1:
             raise ValueError(f"k={kk} must be >= 1")
+        kk = min(kk, _I32.max)  # "up to k": no frontier holds more nodes than int32 ids
         return self._core.top_k(_int32("frontier", frontier, ids=True), kk, key, bool(by_tree))
 
     def best_path(self, root: int, by: str = "visits") -> np.ndarray:
@@ -319,7 +336,7 @@ class Forest:
         """
         if by not in BEST_PATH_BY:
             raise ValueError(f"by={by!r} is not one of {BEST_PATH_BY}")
-        return self._core.best_path(_int_scalar("root", root), by)
+        return self._core.best_path(_node_scalar("root", root), by)
 
     def frontier(self, roots: ArrayLike) -> np.ndarray:
         """int32[...]: the live, non-terminal leaves of each root's tree, tree by tree, each in
@@ -328,11 +345,11 @@ class Forest:
 
     def path_tokens(self, node: int) -> np.ndarray:
         """int32[...]: the tokens of root..node concatenated (the prompt and every step)."""
-        return self._core.path_tokens(_int_scalar("node", node))
+        return self._core.path_tokens(_node_scalar("node", node))
 
     def node_tokens(self, node: int) -> np.ndarray:
         """int32[token_len[node]]: the node's own tokens (a copy)."""
-        return self._core.node_tokens(_int_scalar("node", node))
+        return self._core.node_tokens(_node_scalar("node", node))
 
     # --- setters -------------------------------------------------------------------------------
     def set_path_scores(self, nodes: ArrayLike, values: ArrayLike) -> None:

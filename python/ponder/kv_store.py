@@ -36,6 +36,20 @@ EvictFn = Callable[["KVStore", int], Iterable[int]]
 DECODE_ATTENTION = ("shared_prefix", "paged")
 
 
+MAX_PAGES = 2**31 - 1  # PageTable page ids are int32
+
+
+def _not_int(x) -> bool:
+    return isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer))
+
+
+def check_evict(evict, name: str = "evict") -> None:
+    """TypeError unless ``evict`` is None or callable: it is only called under memory pressure,
+    so a wrong value would otherwise surface much later, mid-call."""
+    if evict is not None and not callable(evict):
+        raise TypeError(f"{name} must be callable (engine, pages needed) -> handles, got {type(evict).__name__}")
+
+
 def int_list(name: str, values) -> np.ndarray:
     arr = np.asarray(values)
     if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
@@ -73,19 +87,26 @@ class KVStore:
                  eos_token_ids: Optional[Sequence[int]] = None, max_batch_tokens: int = 4096,
                  evict: Optional[EvictFn] = None, backend: str = "auto", decode_attention: str = "shared_prefix",
                  chat_template: bool = True):
-        if not isinstance(page_size, int) or page_size < 1:
+        for name in ("kv_bytes_per_token", "config", "allocate_kv_cache"):
+            if not hasattr(model, name):
+                raise TypeError(f"model must be a ponder.models.DecoderLM (or have its interface), "
+                                f"got {type(model).__name__} without {name!r}")
+        if _not_int(page_size) or page_size < 1:
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
         bytes_per_page = model.kv_bytes_per_token * page_size
         if num_pages is None:
             if max_kv_bytes is None:
                 raise ValueError("give num_pages or max_kv_bytes to size the KV cache")
+            if _not_int(max_kv_bytes) or max_kv_bytes < 1:
+                raise ValueError(f"max_kv_bytes must be an int >= 1 (bytes), got {max_kv_bytes!r}")
             num_pages = int(max_kv_bytes) // bytes_per_page
-        if not isinstance(num_pages, (int, np.integer)) or num_pages < 1:
-            raise ValueError(f"num_pages must be >= 1 (max_kv_bytes too small?), got {num_pages!r}")
-        if not isinstance(max_batch_tokens, int) or max_batch_tokens < 1:
+        # checked before the KV tensor is allocated; the page table holds int32 page ids
+        if _not_int(num_pages) or not 1 <= num_pages <= MAX_PAGES:
+            raise ValueError(f"num_pages must be an int in [1, {MAX_PAGES}] (max_kv_bytes too small or too "
+                             f"large?), got {num_pages!r}")
+        if _not_int(max_batch_tokens) or max_batch_tokens < 1:
             raise ValueError(f"max_batch_tokens must be an int >= 1, got {max_batch_tokens!r}")
-        if evict is not None and not callable(evict):
-            raise TypeError(f"evict must be callable (engine, pages needed) -> handles, got {type(evict).__name__}")
+        check_evict(evict, "evict")
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         ops.resolve_backend(backend)  # validates the name now rather than mid-search
@@ -100,6 +121,11 @@ class KVStore:
         if eos_token_ids is None:
             eos = getattr(cfg, "eos_token_id", None)
             eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+        elif isinstance(eos_token_ids, (str, bytes)) or not hasattr(eos_token_ids, "__iter__"):
+            raise TypeError(f"eos_token_ids must be a list of token ids or None, got {type(eos_token_ids).__name__}")
+        for t in eos_token_ids:
+            if _not_int(t) or not 0 <= t < self.vocab_size:
+                raise ValueError(f"eos_token_ids must hold token ids in [0, {self.vocab_size}), got {t!r}")
         self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
         self.kv_cache = model.allocate_kv_cache(self.num_pages, page_size)
         self.device = self.kv_cache.device
@@ -206,7 +232,11 @@ class KVStore:
         for source, fn in (("evict", evict), ("Engine(evict=...)", self.evict_fn)):
             if fn is None:
                 continue
-            for h in fn(self, self._pages_short()):
+            answer = fn(self, self._pages_short())
+            if isinstance(answer, (str, bytes)) or not hasattr(answer, "__iter__"):
+                raise TypeError(f"{source} must return sequence handles (an iterable of ints), "
+                                f"got {type(answer).__name__}")
+            for h in answer:
                 rec = self.seqs.get(h, f"the handles returned by {source}")
                 if rec.handle in self.protected or rec.pages == NO_PAGES:
                     continue
@@ -329,6 +359,7 @@ class KVStore:
             raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
         if len(prompts) == 0:
             raise ValueError("prompts is empty: give at least one prompt")
+        check_evict(evict)
         token_lists = []
         for i, p in enumerate(prompts):
             if isinstance(p, str):
@@ -368,6 +399,7 @@ class KVStore:
     def decode(self, seqs: Sequence[int], tokens: Sequence[int], evict: Optional[EvictFn] = None) -> torch.Tensor:
         """Append ``tokens[i]`` to sequence ``seqs[i]`` (distinct handles) in one forward; returns
         the new hidden states ``[M, hidden_size]`` (also kept as each sequence's last hidden)."""
+        check_evict(evict)
         recs = self.seqs.lookup(int_list("seqs", seqs))
         toks = int_list("tokens", tokens)
         if toks.size != len(recs):

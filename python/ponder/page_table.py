@@ -96,6 +96,8 @@ class PageTable:
         num_pages = _int("num_pages", num_pages, lo=1)
         page_size = _int("page_size", page_size, lo=1)
         hash_bits = _int("hash_bits", hash_bits, lo=0, hi=64)
+        if not isinstance(prefix_cache, (bool, np.bool_)):  # "no" would switch the cache on
+            raise TypeError(f"prefix_cache must be a bool, got {type(prefix_cache).__name__} {prefix_cache!r}")
         self._t = _core.PageTable(num_pages, page_size, bool(prefix_cache), hash_bits)
 
     @property

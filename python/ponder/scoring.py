@@ -189,7 +189,11 @@ class Verifier:
         out = self.fn(problem_index, text)
         if out is None:
             return None
-        value = float(out)
+        try:
+            value = float(out)
+        except (TypeError, ValueError):
+            raise ValueError(f"verifier returned {out!r} for problem {problem_index}; expected None, a bool or "
+                             f"[0, 1]") from None
         if not (0.0 <= value <= 1.0):
             raise ValueError(f"verifier returned {out!r} for problem {problem_index}; expected None, a bool or [0, 1]")
         return value
@@ -206,6 +210,8 @@ class Aggregation:
     def __post_init__(self):
         if self.mode not in AGGREGATIONS:
             raise ValueError(f"aggregation mode must be one of {AGGREGATIONS}, got {self.mode!r}")
+        if isinstance(self.token_cost, bool) or not isinstance(self.token_cost, (int, float, np.integer, np.floating)):
+            raise TypeError(f"token_cost must be a real number, got {type(self.token_cost).__name__} {self.token_cost!r}")
         if not math.isfinite(self.token_cost) or self.token_cost < 0:
             raise ValueError(f"token_cost must be finite and >= 0, got {self.token_cost!r}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 logger = logging.getLogger(__name__)
@@ -70,10 +71,10 @@ class ModelConfig:
             )
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        if not self.rms_norm_eps > 0:
-            raise ValueError(f"rms_norm_eps must be > 0, got {self.rms_norm_eps!r}")
-        if not self.rope_theta > 0:
-            raise ValueError(f"rope_theta must be > 0, got {self.rope_theta!r}")
+        if not 0 < self.rms_norm_eps < math.inf:
+            raise ValueError(f"rms_norm_eps must be > 0 and finite, got {self.rms_norm_eps!r}")
+        if not 0 < self.rope_theta < math.inf:
+            raise ValueError(f"rope_theta must be > 0 and finite, got {self.rope_theta!r}")
         if self.hidden_act != "silu":
             raise ValueError(f"hidden_act must be 'silu' (SwiGLU MLP), got {self.hidden_act!r}")
         if self.model_type not in SUPPORTED_MODEL_TYPES:

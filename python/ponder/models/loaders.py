@@ -214,6 +214,8 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 def load(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
          device: torch.device | str | None = None) -> DecoderLM:
     """Load a checkpoint directory (:func:`load_hf`) or a ``.gguf`` file (:func:`load_gguf`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__} {path!r}")
     path = os.fspath(path)
     if os.path.isdir(path):
         return load_hf(path, dtype=dtype, device=device)

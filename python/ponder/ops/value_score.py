@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
@@ -35,6 +36,8 @@ def _check_value_score(hidden, rows, norm_weight, eps, direction, bias, parent_s
             raise TypeError(f"{name} must be a float, got {type(value).__name__} {value!r}")
     if not eps >= 0:
         raise ValueError(f"eps must be a non-negative float, got {eps!r}")
+    if not math.isfinite(bias):  # a NaN bias turns every score into NaN
+        raise ValueError(f"bias must be a finite float, got {bias!r}")
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     if not _checks.value_checks(check, hidden.device) or M == 0:

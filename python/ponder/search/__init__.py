@@ -98,7 +98,13 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
                           sampling=sampling if sampling is not None else SamplingParams(), seed=seed,
                           progress=progress, constraint=constraint, distinct=distinct, on_error=on_error)
     session.start(prompts, budget)
-    session.run()
+    try:
+        session.run()
+    except BaseException:
+        # the caller never sees these trees: free their KV rather than leak it in the engine
+        for tree in session.trees:
+            session.release(tree)
+        raise
     return session.results()
 
 

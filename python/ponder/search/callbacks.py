@@ -34,6 +34,16 @@ def _token_ids(out) -> np.ndarray:
     return arr.astype(np.int64)
 
 
+def _in_vocab(ids: np.ndarray, vocab) -> np.ndarray:
+    """``ids`` unless empty or outside [0, vocab): checked here so that the failure stays with
+    the constraint's problem instead of escaping from the engine for the whole batch."""
+    if ids.size == 0:
+        raise ValueError("constraint returned no token id; at least one token must stay allowed (None: any)")
+    if ids.min() < 0 or (vocab is not None and ids.max() >= vocab):
+        raise ValueError(f"constraint returned token ids outside [0, {vocab}): {sorted(set(ids.tolist()))[:8]}")
+    return ids
+
+
 class Callbacks:
     """Mixed into :class:`~ponder.search.session.Session` (which provides ``policy``, ``scorer``,
     ``verifier``, ``constraint``, ``on_error``, ``forest``, ``text``, ``handles`` and ``evict``)."""
@@ -198,7 +208,7 @@ class Callbacks:
                 prefix[parent] = self.text(node)
             try:
                 out = self.constraint(tree.index, prefix[parent] + tok.decode(step_tokens))
-                return None if out is None else _token_ids(out)
+                return None if out is None else _in_vocab(_token_ids(out), getattr(self.policy, "vocab_size", None))
             except Exception as err:  # noqa: BLE001  (user code: its failure fails its problem)
                 raise ProblemFailure(tree, "constraint", err) from err
 
