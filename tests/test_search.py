@@ -166,7 +166,7 @@ def test_json_round_trip_dot_and_training_examples():
         (dict(seed=-3), ValueError, "seed must be"),
         (dict(refill=1), ValueError, "refill must be a bool"),
         (dict(refill_coverage=0.0), ValueError, "refill_coverage must lie in"),
-        (dict(constraint="digits"), TypeError, "constraint must be callable"),
+        (dict(constraint="digits"), TypeError, "constraint must be a ponder.StepConstraint or callable"),
     ],
 )
 def test_bad_input(kwargs, exc, match):
