@@ -29,6 +29,9 @@ def even_split(share):
     return sum(r.verified for r in results), sum(r.stats["tokens_generated"] for r in results)
 
 
+# focus=1 (the default): every open problem gets each round. The fake value prefers the wrong
+# digit on purpose, so it cannot rank the problems; the gain measured here is the even split's
+# unspent shares moving to the open problems.
 def shared(total, **kw) -> AdaptiveRun:
     return adaptive_search(PROMPTS, FakePolicy(), "value", "mcts", SharedBudget(max_tokens=total, **kw),
                            verifier=verifier(), **OPTIONS)

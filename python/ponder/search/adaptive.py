@@ -10,15 +10,19 @@ runs rounds until it is spent:
 * a problem whose root value has converged (moved by at most ``converge_tol`` over
   ``converge_patience`` rounds, after ``min_expansions``) is *parked*: it gets no rounds while
   any unparked problem is open, and it is picked up again only when none is;
-* the other problems each get one round per scheduling round, so the order of events never
-  depends on the budget: a run with a smaller budget is a prefix of a run with a larger one
-  (only its last round, which takes the most promising problems that its remainder pays for, may
-  differ). ``AdaptiveRun.trajectory`` records the whole anytime curve.
+* of the others, every problem with fewer than ``min_expansions`` gets a round, and of the rest
+  the ``focus`` share with the highest root value (the value model's estimate that the problem
+  will still be solved): easy problems are finished first, doubtful ones wait until the
+  promising ones are done. The order of events never depends on the budget: a run with a smaller
+  budget is a prefix of a run with a larger one (only its last round, which takes the most
+  promising problems that its remainder pays for, may differ). ``AdaptiveRun.trajectory``
+  records the whole anytime curve.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from typing import List, Optional, Sequence
 
@@ -32,7 +36,8 @@ class SharedBudget:
     """One budget for a whole batch: ``max_tokens`` generated tokens and / or ``max_expansions``
     expanded nodes in total (at least one). ``per_problem``: a hard cap each problem also obeys
     (default: none beyond the shared one). ``converge_tol`` / ``converge_patience`` /
-    ``min_expansions``: when a problem's value has converged and it is parked."""
+    ``min_expansions``: when a problem's value has converged and it is parked. ``focus`` in
+    (0, 1]: the share of the open, explored problems that get each round (1: all of them)."""
 
     max_tokens: Optional[int] = None
     max_expansions: Optional[int] = None
@@ -40,6 +45,7 @@ class SharedBudget:
     converge_tol: float = 0.02
     converge_patience: int = 3
     min_expansions: int = 4
+    focus: float = 1.0
 
     def __post_init__(self):
         for name in ("max_tokens", "max_expansions"):
@@ -54,6 +60,8 @@ class SharedBudget:
         if isinstance(self.converge_tol, bool) or not isinstance(self.converge_tol, (int, float)) \
                 or not self.converge_tol >= 0:
             raise ValueError(f"SharedBudget.converge_tol must be a number >= 0, got {self.converge_tol!r}")
+        if isinstance(self.focus, bool) or not isinstance(self.focus, (int, float)) or not 0 < self.focus <= 1:
+            raise ValueError(f"SharedBudget.focus must lie in (0, 1], got {self.focus!r}")
         for name in ("converge_patience", "min_expansions"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -142,7 +150,7 @@ def _run(session, budget: SharedBudget, progress: bool) -> AdaptiveRun:
                 for t in open_:
                     t.stop_reason = over
                 break
-            active = [t for t in open_ if not parked(t)] or open_
+            active = _focus([t for t in open_ if not parked(t)] or open_, budget, session)
             active = _fit(active, cost, budget, tokens, expansions, session)
             session.round(active)
             now = time.perf_counter()
@@ -167,6 +175,23 @@ def _run(session, budget: SharedBudget, progress: bool) -> AdaptiveRun:
     return AdaptiveRun(session.results(), trajectory, tokens, expansions)
 
 
+def _promise(session):
+    def key(t):
+        v = session.root_value(t)
+        return (-(v if v is not None else 1.0), t.usage.expansions, t.index)
+
+    return key
+
+
+def _focus(trees, budget: SharedBudget, session):
+    """The problems still being explored plus the ``budget.focus`` share of the others with the
+    highest root value (at least one)."""
+    young = [t for t in trees if t.usage.expansions < budget.min_expansions]
+    rest = sorted((t for t in trees if t.usage.expansions >= budget.min_expansions), key=_promise(session))
+    keep = rest[:max(1 if not young else 0, math.ceil(budget.focus * len(rest)))]
+    return sorted(young + keep, key=lambda t: t.index)
+
+
 def _fit(active, cost, budget: SharedBudget, tokens: int, expansions: int, session):
     """The trees of the next round: all of ``active`` when the remaining budget pays for their
     expected cost, else the most promising ones (highest root value, then fewest expansions) that
@@ -178,12 +203,8 @@ def _fit(active, cost, budget: SharedBudget, tokens: int, expansions: int, sessi
     if need_tok <= left_tok and need_exp <= left_exp:
         return active
 
-    def promise(t):
-        v = session.root_value(t)
-        return (-(v if v is not None else 1.0), t.usage.expansions, t.index)
-
     chosen = []
-    for t in sorted(active, key=promise):
+    for t in sorted(active, key=_promise(session)):
         c_tok, c_exp = cost(t)
         if chosen and (c_tok > left_tok or c_exp > left_exp):
             continue
