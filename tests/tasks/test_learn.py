@@ -143,3 +143,14 @@ def test_learn_rejects_an_object_that_is_not_a_task(tmp_path):
     with pytest.raises(TypeError, match="task must implement"):
         learn(object(), tmp_path, tmp_path / "out", TOY, log=None)
     assert not os.path.exists(tmp_path / "out" / "round-000")
+
+
+def test_cli_learn_reports_an_unwritable_out_directory_in_one_line(tmp_path, capsys):
+    from ponder.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as err:
+        main(["learn", "countdown", "--out", str(blocker), "--rounds", "1", "--no-progress"])
+    assert err.value.code == 2
+    assert "--out must be a directory" in capsys.readouterr().err
