@@ -72,7 +72,15 @@ def test_verified_problems_stop_and_leave_their_budget_to_the_open_ones():
     assert min(hopeless_tokens) > max(easy_tokens)  # the rest of the budget went to the open problems
 
 
+def test_focus_gives_each_round_to_fewer_problems():
+    full, half = shared(120, min_expansions=2), shared(120, min_expansions=2, focus=0.5)
+    # the same total spread over more scheduling rounds, each with fewer problems in it
+    assert len(half.trajectory) > len(full.trajectory)
+    assert half.tokens <= 120 + 2 * len(SECRETS)
+
+
 @pytest.mark.parametrize("kwargs, match", [
+    (dict(max_tokens=10, focus=0.0), "focus"),
     (dict(), "max_tokens or max_expansions"),
     (dict(max_tokens=0), "max_tokens"),
     (dict(max_tokens=10, converge_patience=0), "converge_patience"),
