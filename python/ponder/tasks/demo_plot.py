@@ -59,7 +59,7 @@ def _learning_panel(ax, learning: Dict, locator) -> None:
     ax.plot(xs, [100 * r["greedy_solved"] for r in rounds], marker="o", label="greedy")
     best = learning.get("best_round")
     if best is not None:
-        ax.axvline(best, color="grey", linestyle=":", label=f"shipped (round {best})")
+        ax.axvline(best, color="grey", linestyle=":", label=f"kept (round {best})")
     ax.xaxis.set_major_locator(locator(integer=True))
     ax.set_xlabel("learning round (0: before learning)")
     ax.set_ylabel("validation problems solved (%)")
