@@ -245,9 +245,6 @@ def _learn(task, model, tokenizer, base, out_dir, cfg, seed, progress, log) -> D
                 stored = json.load(f)
             buffers.append({k: [learn_data.example_from_json(d) for d in v] for k, v in stored.items()})
         log and log(f"resuming at round {start} from {out_dir}")
-    anchor = None
-    if cfg.anchor_fraction > 0 and hasattr(task, "anchor_sampler"):
-        anchor = task.anchor_sampler(tokenizer, seed * 1000 + start, model.config.max_position_embeddings)
     log and log(_header())
     for row in rows:
         log and log(_line(row))
@@ -256,7 +253,7 @@ def _learn(task, model, tokenizer, base, out_dir, cfg, seed, progress, log) -> D
     bar = tqdm(total=cfg.rounds + 1, initial=start, desc=f"learn {task.name}", unit="round", disable=not progress)
     try:
         for r in range(start, cfg.rounds + 1):
-            row = _run_round(task, model, tokenizer, cfg, seed, r, buffers, anchor, bar)
+            row = _run_round(task, model, tokenizer, cfg, seed, r, buffers, bar)
             rows.append(row)
             best = max(rows, key=_rank)
             record = {"task": task.name, "seed": seed, "config": dataclasses.asdict(cfg), "rounds": rows,
@@ -284,7 +281,7 @@ def _learn(task, model, tokenizer, base, out_dir, cfg, seed, progress, log) -> D
         return json.load(f)
 
 
-def _run_round(task, model, tokenizer, cfg, seed, r, buffers, anchor, bar) -> Dict[str, Any]:
+def _run_round(task, model, tokenizer, cfg, seed, r, buffers, bar) -> Dict[str, Any]:
     row: Dict[str, Any] = {"round": r}
     tic = time.perf_counter()
     if r:
@@ -305,6 +302,9 @@ def _run_round(task, model, tokenizer, cfg, seed, r, buffers, anchor, bar) -> Di
         del buffers[:-cfg.replay_rounds]
         merged = {k: [e for b in buffers for e in b[k]] for k in ("policy", "value")}
         tic = time.perf_counter()
+        anchor = None  # a fresh stream per round, so that a resumed run draws what a straight one does
+        if cfg.anchor_fraction > 0 and hasattr(task, "anchor_sampler"):
+            anchor = task.anchor_sampler(tokenizer, seed * 1000 + r, model.config.max_position_embeddings)
         if merged["policy"] or merged["value"]:
             row.update(train_round(model, merged, anchor, cfg, seed * 1000 + r, bar))
         row["train_s"] = time.perf_counter() - tic
