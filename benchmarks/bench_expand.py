@@ -8,7 +8,13 @@ of both must agree token for token.
 
 Peak KV bytes: ponder's measured page peak; transformers' cache holds N·(prompt + new) tokens.
 
-    python benchmarks/bench_expand.py [--quick]
+``--sweep`` runs long prompts instead (``--prompts`` tokens x ``--branches`` continuations of
+``--new-tokens``; defaults 200 / 1,024 / 2,048 x 16 / 32 / 64, 32 new tokens) and reports end to
+end and decode-only figures: decode = total - prefill, where ponder's prefill is timed on its own
+and transformers' is one ``generate`` of a single token for the same N. Wall and CPU seconds.
+
+    python benchmarks/bench_expand.py [--quick] [--threads T]
+    python benchmarks/bench_expand.py --sweep [--prompts 1024 --branches 32] [--threads T]
 """
 
 from __future__ import annotations
@@ -54,16 +60,62 @@ def check_greedy(model, hf, tok, ids, new_tokens=12):
     assert exp.tokens[0].tolist() == ref, "ponder and transformers disagree on greedy decoding"
 
 
+def timed(fn):
+    """(result, wall s, process CPU s) of fn()."""
+    w, c = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w, time.process_time() - c
+
+
+def prompt_of_length(tok, length):
+    ids = chat_ids(tok, " ".join([LONG_PROMPT] * (length // 150 + 2)))
+    return ids[:length]
+
+
+def sweep(model, hf, tok, args):
+    new = args.new_tokens
+    print(f"{new} new tokens per branch, EOS off, {args.threads} threads; times are wall (CPU) seconds")
+    print(f"{'prompt':>6} {'N':>3} | {'ponder total':>16} {'prefill':>7} {'decode':>16} | {'hf total':>16} "
+          f"{'prefill':>7} {'decode':>16} | {'e2e x':>6} {'decode x':>8} {'step ms':>8}")
+    stop = StepStop(strings=(), max_step_tokens=new, stop_on_eos=False)
+    for length in args.prompts:
+        ids = prompt_of_length(tok, length)
+        for n in args.branches:
+            eng = Engine(model, tok, num_pages=(length + n * (new + 16)) // 16 + 64, page_size=16, prefix_cache=False)
+            roots, p_wall, p_cpu = timed(lambda: eng.prefill([ids]))
+            exp, d_wall, d_cpu = timed(lambda: eng.expand(roots, n, stop=stop, sampling=SamplingParams(1.0), seed=0))
+            assert all(len(t) == new for t in exp.tokens)
+            if args.no_hf:
+                h = [float("nan")] * 4
+            else:
+                _, hp_wall, hp_cpu = timed(lambda: hf_generate(hf, ids, n, 1))
+                _, ht_wall, ht_cpu = timed(lambda: hf_generate(hf, ids, n, new))
+                h = [ht_wall, ht_cpu, hp_wall, hp_cpu]
+            tw, tc = p_wall + d_wall, p_cpu + d_cpu
+            hd_wall, hd_cpu = h[0] - h[2], h[1] - h[3]
+            print(f"{length:>6} {n:>3} | {tw:>7.2f} ({tc:>6.2f}) {p_wall:>7.2f} {d_wall:>7.2f} ({d_cpu:>6.2f}) | "
+                  f"{h[0]:>7.2f} ({h[1]:>6.2f}) {h[2]:>7.2f} {hd_wall:>7.2f} ({hd_cpu:>6.2f}) | "
+                  f"{h[0] / tw:>5.2f}x {hd_wall / d_wall:>7.2f}x {1000 * d_wall / new:>8.1f}", flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="N=4 and 16 new tokens only")
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--sweep", action="store_true", help="long prompts: end-to-end and decode-only figures")
+    ap.add_argument("--prompts", type=int, nargs="+", default=[200, 1024, 2048], help="--sweep prompt lengths")
+    ap.add_argument("--branches", type=int, nargs="+", default=[16, 32, 64], help="--sweep values of N")
+    ap.add_argument("--no-hf", action="store_true", help="--sweep: ponder only (decode-step scaling)")
+    ap.add_argument("--new-tokens", type=int, default=None, help="tokens per branch (default 64, --sweep 32)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model, hf, tok = load_pair()
     ids = chat_ids(tok, LONG_PROMPT)
     check_greedy(model, hf, tok, ids)
+    if args.sweep:
+        args.new_tokens = args.new_tokens or 32
+        return sweep(model, hf, tok, args)
+    args.new_tokens = args.new_tokens or 64
     new = 16 if args.quick else args.new_tokens
     beta = model.kv_bytes_per_token
     print(f"prompt {len(ids)} tokens, {new} new tokens per branch, {args.threads} threads, KV {beta} B/token")

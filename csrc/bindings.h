@@ -8,4 +8,6 @@ void bind_cuda(pybind11::module_& m);
 void bind_forest(pybind11::module_& m);
 void bind_page_table(pybind11::module_& m);
 void bind_attention_plan(pybind11::module_& m);
+void bind_sample(pybind11::module_& m);
+void bind_token_trie(pybind11::module_& m);
 }  // namespace ponder

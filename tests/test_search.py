@@ -156,7 +156,7 @@ def test_json_round_trip_dot_and_training_examples():
     [
         (dict(prompts=[]), ValueError, "prompts is empty"),
         (dict(algorithm="beam_search", width=0), ValueError, "width must be an int >= 1"),
-        (dict(num_children=0), ValueError, "num_children must be an int >= 1"),
+        (dict(num_children=0), ValueError, r"num_children must be an int in \[1, 65536\]"),
         (dict(algorithm="bfs"), ValueError, "unknown algorithm"),
         (dict(config=ponder.MCTSConfig(), num_children=2), ValueError, "conflicting options"),
         (dict(width=2), TypeError, "unknown option"),

@@ -159,3 +159,32 @@ def test_mcts_refill_widens_where_the_search_is_stuck(model):
                                refill_coverage=1e-9, **kw)
     assert covered.stop_reason == "exhausted"
     assert covered.stats["expansions"] == plain.stats["expansions"]
+
+
+def test_problems_join_a_live_session_and_can_be_cancelled(model):
+    """Session.add mid-search: the newcomer joins the next batched round and is searched exactly
+    as it would be alone; Session.cancel ends one problem and frees its KV."""
+    from ponder.search.mcts import MCTS, MCTSConfig
+    from ponder.scoring import ValueHead
+
+    eng = engine(model)
+    session = MCTS(eng, ValueHead(), MCTSConfig(num_children=2), stop=STOP, seed=3, progress=False)
+    budget = Budget(max_expansions=4)
+    session.start(PROMPTS[:1], budget)
+    session.step()
+    (late,) = session.add(PROMPTS[1:2], budget)
+    (gone,) = session.add(PROMPTS[2:3], budget)
+    assert late.index == 1 and gone.index == 2
+    calls = eng.stats.model_calls
+    session.step()
+    # one batched expansion covered all three trees: at most one forward per step token
+    assert eng.stats.model_calls - calls <= STOP.max_step_tokens + 1
+    session.cancel(gone)
+    assert gone.stop_reason == "cancelled" and not session.forest.is_alive(gone.root)
+    session.run()
+    [alone] = ponder.mcts(PROMPTS[1:2], engine(model), budget=budget, num_children=2, stop=STOP, seed=3,
+                          progress=False)
+    assert session.result(late).nodes["tokens"] == alone.nodes["tokens"]
+    for t in session.trees[:2]:
+        session.release(t)
+    assert eng.num_sequences == 0 and eng.page_table.stats()["used"] == 0

@@ -27,6 +27,7 @@ _EXPORTS = {
     "PageTable": "ponder.page_table",
     "SamplingParams": "ponder.expansion",
     "SearchResult": "ponder.search",
+    "StepConstraint": "ponder.decoding",
     "StepStop": "ponder.expansion",
     "TokenBeamConfig": "ponder.search",
     "TokenBeamOutput": "ponder.search",

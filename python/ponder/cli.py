@@ -148,6 +148,43 @@ def _cmd_learn(args: argparse.Namespace) -> int:
     return 0
 
 
+def _kv_bytes(text: str) -> int:
+    """argparse type: bytes as an int with an optional K / M / G suffix (powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, flags=re.IGNORECASE)
+    if m is None or int(m.group(1)) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of bytes such as 268435456 or 256M, got {text!r}")
+    return int(m.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[m.group(2).upper()]
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as err:
+        raise UsageError(f"serve needs FastAPI and uvicorn ({err}); install them with pip install 'ponder[serve]'")
+    from ponder.serve import build_backend, run
+
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    with _user_input("--model / --prm"):
+        backend = build_backend(model=args.model, prm=args.prm, max_kv_bytes=args.max_kv_bytes,
+                                model_id=args.model_name, prm_good=args.prm_good, prm_bad=args.prm_bad,
+                                prm_step_tag=args.prm_step_tag, algorithm=args.algorithm,
+                                drop_unknown_chars=args.drop_unknown_chars, truncate_prompts=args.truncate_prompts)
+    run(backend, host=args.host, port=args.port, log_level=args.log_level)
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from ponder.distributed.command import execute, prepare
+
+    with _user_input():
+        plan = prepare(args)
+    return execute(plan)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="ponder",
@@ -211,6 +248,41 @@ def build_parser() -> argparse.ArgumentParser:
     p_learn.add_argument("--seed", type=_Int(0), default=0)
     p_learn.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_learn.set_defaults(func=_cmd_learn)
+
+    p_serve = sub.add_parser("serve", help="OpenAI-compatible server that answers by searching (needs ponder[serve])",
+                             description="Serve /v1/chat/completions, /v1/completions, /v1/models and /health; "
+                                         "the request's `ponder` field picks the search algorithm and budget.")
+    p_serve.add_argument("--model", default=None,
+                         help="HF checkpoint directory, .gguf file or Countdown model directory "
+                              "(default: the bundled Countdown model)")
+    p_serve.add_argument("--prm", default=None, help="process reward model (checkpoint directory or .gguf) for "
+                                                     "the 'prm' scorer, on its own KV cache")
+    p_serve.add_argument("--prm-good", default="+", help="PRM token that means a good step (default '+')")
+    p_serve.add_argument("--prm-bad", default="-", help="PRM token that means a bad step (default '-')")
+    p_serve.add_argument("--prm-step-tag", default=None, help="text appended after each step before the PRM reads it")
+    p_serve.add_argument("--algorithm", choices=("mcts", "beam_search", "best_of_n", "sample"), default=None,
+                         help="search of a request that names none in its ponder field (default mcts; 'sample': "
+                              "an ordinary endpoint)")
+    p_serve.add_argument("--drop-unknown-chars", action="store_true",
+                         help="character-level models: lower-case prompts and drop characters outside the "
+                              "vocabulary instead of answering 400")
+    p_serve.add_argument("--truncate-prompts", action="store_true",
+                         help="keep the last 3/4 of the context of a longer prompt instead of answering 400")
+    p_serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p_serve.add_argument("--port", type=_Int(1, 65535), default=8000, help="port (default 8000)")
+    p_serve.add_argument("--max-kv-bytes", type=_kv_bytes, default=256 << 20,
+                         help="KV cache size per model, e.g. 256M or 2G (default 256M)")
+    p_serve.add_argument("--model-name", default=None, help="model id clients send (default: the model's "
+                                                            "directory or file name; 'countdown' for the bundled one)")
+    p_serve.add_argument("--threads", type=_Int(1), default=None, help="torch CPU threads (default: torch's choice)")
+    p_serve.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info")
+    p_serve.set_defaults(func=_cmd_serve)
+
+    from ponder.distributed.command import RUN_HELP, add_arguments
+
+    p_run = sub.add_parser("run", help=RUN_HELP)
+    add_arguments(p_run, _Int)
+    p_run.set_defaults(func=_cmd_run)
     return parser
 
 

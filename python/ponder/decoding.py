@@ -1,7 +1,8 @@
 """Per-token decisions of step decoding, free of engine state: when a branch's step ends,
 which tokens a constraint leaves, which sampled steps repeat a sibling, and the children's
-priors. :class:`ponder.Engine` drives them; they are plain functions so they read (and test)
-on their own."""
+priors; and :class:`StepConstraint`, a constraint given as the allowed steps of each node.
+:class:`ponder.Engine` drives them; they are plain functions so they read (and test) on their
+own."""
 
 from __future__ import annotations
 
@@ -56,6 +57,21 @@ def constrain_logits(rows: Sequence[Branch], logits: torch.Tensor,
     return logits.masked_fill(mask.to(logits.device), float("-inf"))
 
 
+def mask_with_trie(trie, states: np.ndarray, logits: torch.Tensor) -> torch.Tensor:
+    """``logits`` ([B, V] fp32) with every token that does not continue row b's allowed steps
+    (its ``TokenTrie`` node ``states[b]``; -1 = unconstrained) set to -inf. On the CPU the
+    native trie masks the rows in place; elsewhere a mask is built from the nodes' children."""
+    if logits.device.type == "cpu" and logits.dtype == torch.float32 and logits.stride(1) == 1:
+        trie.mask(states, logits.data_ptr(), logits.shape[1], logits.stride(0))
+        return logits
+    keep = torch.ones(logits.shape, dtype=torch.bool)
+    for b, s in enumerate(states.tolist()):
+        if s >= 0:
+            keep[b] = False
+            keep[b, torch.as_tensor(trie.child_tokens(s), dtype=torch.long)] = True
+    return logits.masked_fill(~keep.to(logits.device), float("-inf"))
+
+
 def split_repeats(branches: Sequence[Branch], existing: Callable[[int], Set[tuple]]
                   ) -> Tuple[List[Branch], List[Branch]]:
     """(kept, repeats): a branch is a repeat when its step tokens equal those of an existing
@@ -83,3 +99,38 @@ def sibling_priors(parents: np.ndarray, seq_logprobs: np.ndarray) -> np.ndarray:
         w = np.exp(seq_logprobs[idx] - seq_logprobs[idx].max())
         priors[idx] = w / w.sum()
     return priors
+
+
+class StepConstraint:
+    """Constrained decoding given per node as the set of allowed next steps (the fast path).
+
+    ``fn(problem_index, path_text) -> list of str | None`` is called once per expanded node with
+    the text generated so far on its path and returns every step the node may take next (each
+    the whole text of a step, its delimiter included, e.g. ``"7 + 3 = 10\\n"``), or None for no
+    restriction. The search encodes the steps once, the engine compiles them into a native
+    token trie (``ponder._core.TokenTrie``) and masks the logits at every token without calling
+    Python; a branch that has written a whole allowed step stops. The probabilities of the
+    children are those of the model restricted to the allowed tokens, exactly as with the
+    per-token callback form of ``search(constraint=...)``, which stays as the general (slow)
+    fallback for constraints that cannot list their steps.
+    """
+
+    def __init__(self, fn: Callable[[int, str], Optional[Sequence[str]]]):
+        if not callable(fn):
+            raise TypeError(f"StepConstraint needs a callable fn(problem_index, path_text), got {type(fn).__name__}")
+        self.fn = fn
+
+    def steps(self, problem_index: int, text: str) -> Optional[List[str]]:
+        out = self.fn(problem_index, text)
+        if out is None:
+            return None
+        if isinstance(out, (str, bytes)) or not hasattr(out, "__iter__"):
+            raise TypeError(f"StepConstraint fn returned {type(out).__name__}; expected a list of step strings or None")
+        steps = list(out)
+        bad = [s for s in steps if not isinstance(s, str) or not s]
+        if bad:
+            raise TypeError(f"StepConstraint fn returned {bad[0]!r} among its steps; every step must be a non-empty str")
+        if not steps:
+            raise ValueError(f"StepConstraint fn returned no step for problem {problem_index}; return None for no "
+                             f"restriction")
+        return steps

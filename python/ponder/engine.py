@@ -25,8 +25,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence
 import numpy as np
 import torch
 
-from ponder import ops
-from ponder.decoding import constrain_logits, finish_reason, sibling_priors, split_repeats
+from ponder import _core, ops
+from ponder.decoding import constrain_logits, finish_reason, mask_with_trie, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop, Branch
 from ponder.kv_store import EvictFn, KVStore, int_list
 from ponder.sequences import NO_PAGES, SeqRecord
@@ -47,7 +47,8 @@ class Engine(KVStore):
     def expand(self, seqs: Sequence[int], num_children=1, stop: StepStop = StepStop(),
                sampling: SamplingParams = SamplingParams(), seed: int = 0,
                rng_ids: Optional[Sequence[int]] = None, allowed_tokens: Optional[AllowedTokensFn] = None,
-               distinct: bool = False, evict: Optional[EvictFn] = None) -> Expansion:
+               distinct: bool = False, evict: Optional[EvictFn] = None,
+               allowed_steps: Optional[Sequence[Optional[Sequence[Sequence[int]]]]] = None) -> Expansion:
         """Grow ``num_children`` (an int, or one per parent) child sequences under each of ``seqs``.
 
         Each child is a new handle holding its parent's tokens plus one sampled step. Sampling
@@ -63,6 +64,11 @@ class Engine(KVStore):
         returns the token ids that may come next, or None for no restriction. The others get
         probability 0, and the children's log-probabilities (and priors) are those of the
         constrained distribution. This is a Python call per branch per token: the slow path.
+
+        ``allowed_steps`` is the fast form of a constraint: per parent, None or the token
+        sequences of every step it may take (each ending with its delimiter). They are compiled
+        into one native token trie; logits are masked and branches advanced in C++ at every
+        token, and a branch that has written a whole allowed step stops (finish ``"stop"``).
 
         ``distinct``: a child whose step equals that of a live child of the same parent, or of
         an earlier child of this call, is dropped (its KV freed, its tokens counted in
@@ -93,9 +99,18 @@ class Engine(KVStore):
                              f"got {num_children!r}") from None
         if not np.issubdtype(counts.dtype, np.integer) or (counts < 1).any():
             raise ValueError(f"num_children must be integers >= 1, got {num_children!r}")
+        total = int(counts.sum(dtype=np.int64))
+        if total > self.num_pages:
+            # every child writes at least one token into a page of its own (a fresh page or a
+            # copy-on-write copy of its parent's partial last one)
+            raise ValueError(f"num_children asks for {total} children in one call; the KV pool has "
+                             f"{self.num_pages} pages and every child needs at least one")
         for r in recs:
             if r.length >= self.max_context:
                 raise ValueError(f"sequence {r.handle} fills the model's context ({self.max_context} tokens)")
+        if allowed_steps is not None and allowed_tokens is not None:
+            raise ValueError("give allowed_tokens or allowed_steps, not both")
+        trie, roots = (None, None) if allowed_steps is None else self._step_trie(allowed_steps, len(recs))
         rng = handles if rng_ids is None else np.asarray(rng_ids)
         if rng.shape != handles.shape or not np.issubdtype(rng.dtype, np.integer) or (rng < 0).any():
             raise ValueError(f"rng_ids must be {handles.size} non-negative ints (one per sequence), got {rng_ids!r}")
@@ -107,13 +122,13 @@ class Engine(KVStore):
                 base = r.draws
                 for j in range(k):
                     branches.append(Branch(parent=r.handle, rng_id=int(rid), child_index=base + j, source=i,
-                                            seq=self.page_table.fork(r.pages), tokens=[], logprobs=[],
-                                            length=r.length))
-            self._sample_into(branches, self.hidden(handles[[b.source for b in branches]]), stop, sampling, seed,
-                              allowed_tokens)
+                                           seq=self.page_table.fork(r.pages), tokens=[], logprobs=[],
+                                           length=r.length, trie_state=-1 if roots is None else int(roots[i])))
+            mask = (allowed_tokens, trie)
+            self._sample_into(branches, self.hidden(handles[[b.source for b in branches]]), stop, sampling, seed, mask)
             active = branches
             while active:
-                active = self._decode_step(active, stop, sampling, seed, allowed_tokens, evict)
+                active = self._decode_step(active, stop, sampling, seed, mask, evict)
             exp = self._commit(recs, branches, bool(distinct))
         except BaseException:
             for b in branches:
@@ -127,13 +142,41 @@ class Engine(KVStore):
         self.seqs.touch(recs)
         return exp
 
+    def _step_trie(self, allowed_steps, num_parents: int):
+        """(TokenTrie, int32 root per parent, -1 for an unconstrained one) of ``allowed_steps``."""
+        if isinstance(allowed_steps, (str, bytes)) or len(allowed_steps) != num_parents:
+            raise ValueError(f"allowed_steps must hold one entry (None or a list of token sequences) per sequence "
+                             f"({num_parents})")
+        trie = _core.TokenTrie()
+        roots = np.full(num_parents, -1, dtype=np.int32)
+        owner, steps = [], []
+        for i, entry in enumerate(allowed_steps):
+            if entry is None:
+                continue
+            roots[i] = trie.add_root()
+            for j, step in enumerate(entry):
+                steps.append(int_list(f"allowed_steps[{i}][{j}]", step).astype(np.int32))
+                owner.append(roots[i])
+            if not len(entry):
+                raise ValueError(f"allowed_steps[{i}] is empty: give None for no restriction")
+        indptr = np.zeros(len(steps) + 1, dtype=np.int64)
+        np.cumsum([s.size for s in steps], out=indptr[1:])
+        flat = np.concatenate(steps) if steps else np.zeros(0, np.int32)
+        trie.insert(np.asarray(owner, dtype=np.int32), indptr, flat, self.vocab_size)
+        return trie, roots
+
     def _sample_into(self, rows: List[Branch], hidden: torch.Tensor, stop: StepStop, sampling: SamplingParams,
-                     seed: int, allowed_tokens: Optional[AllowedTokensFn]) -> None:
-        """Sample each row's next token from ``hidden`` and decide whether it ends the step."""
+                     seed: int, mask) -> None:
+        """Sample each row's next token from ``hidden`` and decide whether it ends the step.
+        ``mask`` is (allowed_tokens callback or None, step TokenTrie or None)."""
+        allowed_tokens, trie = mask
+        states = None if trie is None else np.array([b.trie_state for b in rows], dtype=np.int32)
         with torch.inference_mode():
             logits = self.model.logits(hidden)
             if allowed_tokens is not None:
                 logits = constrain_logits(rows, logits, allowed_tokens)
+            if states is not None and (states >= 0).any():
+                logits = mask_with_trie(trie, states, logits)
         n = len(rows)
         dev = logits.device
         keys = torch.tensor([[seed, b.rng_id, b.child_index, b.length] for b in rows], dtype=torch.int64, device=dev)
@@ -144,13 +187,20 @@ class Engine(KVStore):
             torch.full((n,), float(sampling.top_p), dtype=torch.float32, device=dev),
             backend=self.backend,
         )
-        for b, t, lp in zip(rows, tokens.tolist(), logprobs.tolist()):
+        at_leaf = np.zeros(n, dtype=bool)
+        if states is not None:
+            nxt, at_leaf = trie.advance(states, tokens.cpu().numpy().astype(np.int64))
+            for b, s in zip(rows, nxt.tolist()):
+                b.trie_state = s
+        for b, t, lp, leaf in zip(rows, tokens.tolist(), logprobs.tolist(), at_leaf.tolist()):
             b.tokens.append(int(t))
             b.logprobs.append(float(lp))
             b.finish = finish_reason(b, stop, self.eos_token_ids, self.tokenizer, self.max_context)
+            if leaf and b.finish is None:  # a whole allowed step is written
+                b.finish = "stop"
 
     def _decode_step(self, active: List[Branch], stop: StepStop, sampling: SamplingParams, seed: int,
-                     allowed_tokens: Optional[AllowedTokensFn], evict: Optional[EvictFn]) -> List[Branch]:
+                     mask, evict: Optional[EvictFn]) -> List[Branch]:
         pages = np.array([b.seq for b in active], dtype=np.int32)
         hidden = self.append_forward(pages, [np.array(b.tokens[-1:], dtype=np.int32) for b in active],
                                       [b.length for b in active], "decoding", evict)
@@ -164,7 +214,7 @@ class Engine(KVStore):
                 cont_rows.append(i)
                 cont.append(b)
         if cont:
-            self._sample_into(cont, hidden[cont_rows], stop, sampling, seed, allowed_tokens)
+            self._sample_into(cont, hidden[cont_rows], stop, sampling, seed, mask)
         return cont
 
     def _commit(self, recs: List[SeqRecord], branches: List[Branch], distinct: bool) -> Expansion:
@@ -186,10 +236,6 @@ class Engine(KVStore):
                              hidden=torch.empty(0, C, device=self.device), values=None, finish_reasons=[],
                              terminal=np.zeros(0, bool), priors=np.zeros(0, np.float32), discarded_tokens=discarded)
         hidden = torch.stack([h[r] for h, r in (b.hidden_ref for b in branches)])  # [C_kids, C]
-        values = None
-        if getattr(self.model, "value_head", None) is not None:
-            with torch.inference_mode():
-                values = self.model.value(hidden).float()
         parents = np.array([b.parent for b in branches], dtype=np.int64)
         children = []
         for i, b in enumerate(branches):
@@ -200,7 +246,7 @@ class Engine(KVStore):
             parents=parents, children=np.asarray(children, dtype=np.int64),
             parent_index=np.array([b.source for b in branches], dtype=np.int64),
             tokens=[np.asarray(b.tokens, dtype=np.int32) for b in branches],
-            logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden, values=values,
+            logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden, values=None,
             finish_reasons=[b.finish for b in branches],
             terminal=np.array([b.finish in ("eos", "context") for b in branches], dtype=bool),
             priors=sibling_priors(parents, np.array([sum(b.logprobs) for b in branches], dtype=np.float64)),

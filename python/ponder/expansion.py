@@ -64,8 +64,9 @@ class Expansion:
     parent_index: int64 [C], the position of each child's parent in the ``seqs`` argument.
     tokens / logprobs: per child an int32 / float32 array of the step's tokens and their
     log-probabilities under the (constrained) sampling distribution. hidden: [C, hidden_size]
-    final hidden state at each step's last token. values: [C] float32 from the model's value
-    head, or None. finish_reasons: one of ``FINISH_REASONS`` per child. terminal: bool [C] (EOS
+    final hidden state at each step's last token. values: [C] float32 step values supplied by
+    an engine that scores by itself (e.g. one without hidden states), else None: the native
+    engine leaves scoring to the scorer. finish_reasons: one of ``FINISH_REASONS`` per child. terminal: bool [C] (EOS
     or context exhausted). priors: float32 [C], each child's step probability normalised over
     the siblings made in the same call.
     """
@@ -86,6 +87,22 @@ class Expansion:
     @property
     def num_tokens(self) -> int:
         return int(sum(len(t) for t in self.tokens))
+
+    def subset(self, keep: np.ndarray) -> "Expansion":
+        """The children where ``keep`` (bool [C]) is True; whole sibling groups must be kept or
+        dropped together (priors are normalised over siblings). ``discarded_tokens`` keeps the
+        entries of the parents that remain."""
+        idx = np.nonzero(np.asarray(keep, dtype=bool))[0]
+        parents = self.parents[idx]
+        kept = set(parents.tolist())
+        return Expansion(parents=parents, children=self.children[idx], parent_index=self.parent_index[idx],
+                         tokens=[self.tokens[i] for i in idx], logprobs=[self.logprobs[i] for i in idx],
+                         hidden=self.hidden[torch.as_tensor(idx, dtype=torch.long, device=self.hidden.device)],
+                         values=None if self.values is None else self.values[
+                             torch.as_tensor(idx, dtype=torch.long, device=self.values.device)],
+                         finish_reasons=[self.finish_reasons[i] for i in idx], terminal=self.terminal[idx],
+                         priors=self.priors[idx],
+                         discarded_tokens={p: k for p, k in self.discarded_tokens.items() if p in kept})
 
 
 @dataclass
@@ -111,3 +128,4 @@ class Branch:
     length: int = 0  # tokens in the sequence before the branch's next input token
     finish: Optional[str] = None  # set once the last token is known; the branch still feeds it
     hidden_ref: Optional[Tuple[torch.Tensor, int]] = None
+    trie_state: int = -1  # node of the step trie its tokens reached (-1: unconstrained)

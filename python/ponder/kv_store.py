@@ -60,6 +60,8 @@ class KVStore:
             memory pressure, most expendable first; a call's own ``evict=`` is asked first, this
             second, then least recently used sequences go.
         backend: op backend for the engine's ops (``"auto"`` | ``"torch"`` | ...).
+        chat_template: str prompts go through the tokenizer's chat template (one user message,
+            generation prompt added) when it has one; False encodes them as plain text.
         decode_attention: ``"shared_prefix"`` (default): a decode step builds one attention plan
             for the batch and every layer reads each KV segment shared by several sequences once
             (``ops.shared_prefix_attention``); ``"paged"``: every sequence reads its whole KV
@@ -69,7 +71,8 @@ class KVStore:
     def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
                  max_kv_bytes: Optional[int] = None, prefix_cache: bool = True,
                  eos_token_ids: Optional[Sequence[int]] = None, max_batch_tokens: int = 4096,
-                 evict: Optional[EvictFn] = None, backend: str = "auto", decode_attention: str = "shared_prefix"):
+                 evict: Optional[EvictFn] = None, backend: str = "auto", decode_attention: str = "shared_prefix",
+                 chat_template: bool = True):
         if not isinstance(page_size, int) or page_size < 1:
             raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
         bytes_per_page = model.kv_bytes_per_token * page_size
@@ -87,6 +90,7 @@ class KVStore:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         ops.resolve_backend(backend)  # validates the name now rather than mid-search
         self.decode_attention = decode_attention
+        self.chat_template = bool(chat_template)
         self.model, self.tokenizer, self.page_size = model, tokenizer, page_size
         self.num_pages, self.backend, self.max_batch_tokens = int(num_pages), backend, max_batch_tokens
         self.evict_fn = evict
@@ -330,7 +334,7 @@ class KVStore:
             if isinstance(p, str):
                 if self.tokenizer is None or not hasattr(self.tokenizer, "encode"):
                     raise TypeError(f"prompts[{i}] is a str but the engine has no tokenizer with encode()")
-                p = self.tokenizer.encode(p)
+                p = self.encode_prompt(p)
             arr = np.asarray(p)
             if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
                 raise TypeError(f"prompts[{i}] must be a 1-D sequence of token ids, got {arr.dtype} {arr.shape}")
@@ -349,6 +353,17 @@ class KVStore:
             rec.hidden = ref
             handles.append(rec.handle)
         return np.asarray(handles, dtype=np.int64)
+
+    def encode_prompt(self, text: str) -> List[int]:
+        """Token ids of a text prompt: the tokenizer's chat template around one user message
+        when it has one and ``chat_template`` is on (an instruct model expects it), else the
+        plain encoding."""
+        tok = self.tokenizer
+        if self.chat_template and getattr(tok, "chat_template", None) and hasattr(tok, "apply_chat_template"):
+            out = tok.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True)
+            ids = out["input_ids"] if hasattr(out, "keys") else out
+            return [int(t) for t in ids]
+        return list(tok.encode(text))
 
     def decode(self, seqs: Sequence[int], tokens: Sequence[int], evict: Optional[EvictFn] = None) -> torch.Tensor:
         """Append ``tokens[i]`` to sequence ``seqs[i]`` (distinct handles) in one forward; returns

@@ -1,7 +1,9 @@
 """Step scorers and path aggregation.
 
 A scorer turns the new steps of one ``Engine.expand`` call into step scores in [0, 1], all in
-one batched call:
+one batched call. The built-in ones (value head, token-pair PRM) describe a :class:`Readout`
+instead; the search then scores a round's steps and aggregates their path scores in one fused
+``ops.value_score`` call. Any object with ``score(policy, expansion) -> float [C]`` works too.
 
 - :class:`ValueHead` reads the policy's own value head on each step's last hidden state (already
   computed by the expansion: no second forward).
@@ -22,22 +24,66 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
+from ponder import ops
 from ponder.ops.value_score import MODES as AGGREGATIONS  # one list for the op and the API
 
 
+@dataclass
+class Readout:
+    """What a built-in scorer reads its step scores from: ``sigmoid(direction · norm(h) + bias)``
+    of each row of ``hidden`` ``[C_kids, C]`` (norm: RMSNorm with ``norm_weight`` / ``eps``, or
+    none). The session hands it to one fused ``ops.value_score`` call that also aggregates the
+    path scores."""
+
+    hidden: torch.Tensor
+    norm_weight: Optional[torch.Tensor]
+    eps: float
+    direction: torch.Tensor
+    bias: float
+
+
+def fused_scores(readout: Readout, parent_agg: np.ndarray, depth: np.ndarray, mode: str) -> Tuple[np.ndarray, np.ndarray]:
+    """One ``ops.value_score`` call: (step scores float32 [M], aggregated path scores float64 [M])."""
+    h = readout.hidden.detach()
+    dev = h.device
+    scores, agg = ops.value_score(
+        h, torch.arange(h.shape[0], dtype=torch.int64, device=dev),
+        None if readout.norm_weight is None else readout.norm_weight.detach().to(h.dtype), float(readout.eps),
+        readout.direction.detach().to(dev), float(readout.bias),
+        torch.as_tensor(np.asarray(parent_agg, dtype=np.float32), device=dev),
+        torch.as_tensor(np.asarray(depth, dtype=np.int32), device=dev), mode)
+    return scores.cpu().numpy().astype(np.float32), agg.cpu().numpy().astype(np.float64)
+
+
+def _step_only(readout: Readout) -> np.ndarray:
+    m = readout.hidden.shape[0]
+    return fused_scores(readout, np.zeros(m), np.ones(m), "last")[0]
+
+
 class ValueHead:
-    """Step score = the policy model's value head, ``sigmoid(w · rmsnorm(h) + b)``."""
+    """Step score = the policy model's value head, ``sigmoid(w · rmsnorm(h) + b)`` on each
+    step's last hidden state (already computed by the expansion: no second forward)."""
+
+    def readout(self, policy, expansion) -> Optional[Readout]:
+        """The value head's readout, or None when the engine supplied ``expansion.values``
+        itself (an engine without hidden states, e.g. a remote one)."""
+        head = getattr(getattr(policy, "model", None), "value_head", None)
+        if head is None:
+            if expansion.values is not None:
+                return None
+            raise ValueError("ValueHead scorer needs a policy model with a value head (model.value_head is None)")
+        return Readout(expansion.hidden, head.norm_weight, head.eps, head.weight, float(head.bias.detach()))
 
     def score(self, policy, expansion) -> np.ndarray:
-        if expansion.values is None:
-            raise ValueError("ValueHead scorer needs a policy model with a value head (model.value_head is None)")
-        return expansion.values.detach().float().cpu().numpy().astype(np.float32)
-
+        r = self.readout(policy, expansion)
+        if r is None:
+            return np.asarray(expansion.values.detach().float().cpu(), dtype=np.float32)
+        return _step_only(r)
 
 
 class TokenPairPRM:
@@ -72,11 +118,11 @@ class TokenPairPRM:
                 raise ValueError(f"{name}={t} is outside the scorer vocabulary [0, {vocab})")
         return (w[self.good_token].float() - w[self.bad_token].float()).detach()  # [C]
 
-    def _readout(self, model, hidden: torch.Tensor) -> np.ndarray:
-        d = self._direction(model).to(hidden.device)
-        return torch.sigmoid(hidden.detach().float() @ d).cpu().numpy().astype(np.float32)
+    def _readout(self, model, hidden: torch.Tensor) -> Readout:
+        return Readout(hidden, None, 0.0, self._direction(model), 0.0)
 
-    def score(self, policy, expansion) -> np.ndarray:
+    def readout(self, policy, expansion) -> Readout:
+        """Hidden states at each step's end (or at its step tag) and ``W[good] - W[bad]``."""
         if self.engine is None and self.step_tag is None:
             return self._readout(policy.model, expansion.hidden)
         scorer = self.engine if self.engine is not None else policy
@@ -87,9 +133,12 @@ class TokenPairPRM:
             # Read at the tag on throwaway forks of the children's own KV.
             hidden = policy.score_continuations(expansion.children, [tag] * len(expansion.children))
             return self._readout(policy.model, hidden)
-        return self._score_mirrored(policy, expansion, tag)
+        return self._readout(self.engine.model, self._mirrored_hidden(policy, expansion, tag))
 
-    def _score_mirrored(self, policy, expansion, tag) -> np.ndarray:
+    def score(self, policy, expansion) -> np.ndarray:
+        return _step_only(self.readout(policy, expansion))
+
+    def _mirrored_hidden(self, policy, expansion, tag) -> torch.Tensor:
         eng = self.engine
         parents = expansion.parents.tolist()
         # a parent seen for the first time (a prompt) is prefilled from its whole text
@@ -104,7 +153,7 @@ class TokenPairPRM:
         children = eng.extend([self.mirror[p] for p in parents], steps)
         for child, h in zip(expansion.children.tolist(), children.tolist()):
             self.mirror[child] = h
-        return self._readout(eng.model, eng.hidden(children))
+        return eng.hidden(children)
 
     def _mirrored(self, handles) -> list:
         return [self.mirror[int(h)] for h in handles if int(h) in self.mirror]

@@ -9,6 +9,7 @@ import torch
 from gguf_reference import transformers_model
 from paged_batch import PagedSequences
 from ponder.models import find_smollm2_gguf, load_gguf, load_tokenizer
+from ponder.models.weights import ponder_to_hf
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("gguf")
@@ -33,6 +34,16 @@ def test_tokenizer_round_trips_a_chat_prompt(smollm):
     assert tok.decode(ids) == text
     assert tok(tok.decode(ids), add_special_tokens=False)["input_ids"] == ids
     assert tok.convert_tokens_to_ids("<|im_end|>") in ids
+
+
+def test_weights_are_transformers_weights_exactly(smollm):
+    """ponder's GGUF reader and transformers' (through gguf) de-quantize to the same floats."""
+    model, hf, _ = smollm
+    ours = ponder_to_hf(model.config, model.state_dict())
+    theirs = hf.state_dict()
+    assert ours.keys() <= theirs.keys() and set(theirs) - set(ours) <= {"lm_head.weight"}
+    for k, v in ours.items():
+        assert torch.equal(v, theirs[k]), k
 
 
 def test_config_of_the_gguf(smollm):

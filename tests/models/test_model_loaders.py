@@ -134,3 +134,31 @@ def test_load_rejects_other_paths(tmp_path):
         load(tmp_path / "model.bin")
     with pytest.raises(FileNotFoundError, match="no GGUF file at"):
         load_gguf(tmp_path / "absent.gguf")
+
+
+def test_corrupt_files_name_the_file(checkpoint):
+    config = checkpoint / "config.json"
+    good = config.read_text()
+    config.write_text(good[: len(good) // 2])
+    with pytest.raises(ValueError, match=rf"{config}: corrupt or truncated JSON"):
+        load_hf(checkpoint)
+    config.write_text("[1, 2]")
+    with pytest.raises(ValueError, match=rf"{config}: expected a JSON object, got list"):
+        load_hf(checkpoint)
+    config.write_text(good)
+    weights = checkpoint / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) - 64])
+    with pytest.raises(ValueError, match=rf"{weights}: corrupt or truncated safetensors file"):
+        load_hf(checkpoint)
+    weights.write_bytes(data[:8] + b"{not json" + data[17:])
+    with pytest.raises(ValueError, match=rf"{weights}: corrupt or truncated safetensors file"):
+        load_hf(checkpoint)
+
+
+def test_corrupt_shard_index_names_the_file(tmp_path):
+    save_tiny("qwen2_bias_mqa", tmp_path)
+    index = tmp_path / "model.safetensors.index.json"
+    index.write_text(index.read_text()[:-20])
+    with pytest.raises(ValueError, match=rf"{index}: corrupt or truncated JSON"):
+        load_hf(tmp_path)

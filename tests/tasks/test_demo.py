@@ -9,8 +9,8 @@ import pytest
 from ponder import cli
 from ponder.tasks import countdown
 import ponder
-from ponder.tasks.demo import (STEP_STOP, format_solution, held_out_problems, legal_step_constraint, load_model, run_demo, solve,
-                               strategies, verifier)
+from ponder.tasks.demo import (STEP_STOP, format_solution, held_out_problems, legal_step_constraint,
+                               legal_token_constraint, load_model, run_demo, solve, strategies, verifier)
 from ponder.tasks.train import train_countdown
 
 
@@ -31,9 +31,34 @@ def test_verifier_judges_only_finished_paths():
     assert judge(0, "25 * 7 = 1") == 0.0  # a step cut off without its newline is judged as it is
 
 
-def test_legal_step_constraint_allows_exactly_the_legal_continuations(toy_dir):
+def test_legal_step_constraint_lists_the_legal_continuations():
+    steps = legal_step_constraint([countdown.Problem((2, 3, 6), 12)]).steps
+    assert sorted(steps(0, "")) == ["3 * 2 = 6\n", "3 + 2 = 5\n", "3 - 2 = 1\n", "6 * 2 = 12\n", "6 * 3 = 18\n",
+                                    "6 + 2 = 8\n", "6 + 3 = 9\n", "6 - 2 = 4\n", "6 - 3 = 3\n", "6 / 2 = 3\n",
+                                    "6 / 3 = 2\n"]
+    assert steps(0, "6 / 3 = ") == ["2\n"]  # a partial line: only its legal endings
+    assert steps(0, "6 * 2 = 12\n") is None  # solved: the verifier ends the path
+    assert steps(0, "6 * 2 = 13\n") is None  # an illegal line earlier on the path
+    assert steps(0, "6 x") is None  # off the grammar: no restriction, the checker rejects the line
+
+
+def test_native_and_per_token_constraints_search_the_same_trees(toy_dir):
+    model, tok = load_model(toy_dir)
+    problems = held_out_problems(4, 4, False, toy_dir)
+    trees = []
+    for constraint in (legal_step_constraint(problems), legal_token_constraint(problems, tok)):
+        eng = ponder.Engine(model, tok, num_pages=1024, page_size=16)
+        results = ponder.search([p.prompt() for p in problems], eng, algorithm="mcts", num_children=4,
+                                budget=ponder.Budget(max_expansions=6), sampling=ponder.SamplingParams(temperature=2.0),
+                                progress=False, stop=STEP_STOP, verifier=verifier(problems), constraint=constraint)
+        trees.append([(r.nodes["tokens"], r.nodes["prior"], r.answer) for r in results])
+    assert trees[0] == trees[1]
+    assert sum(len(t[0]) for t in trees[0]) > 4 * 6  # the searches did grow trees
+
+
+def test_legal_token_constraint_allows_exactly_the_legal_continuations(toy_dir):
     _, tok = load_model(toy_dir)
-    allowed = legal_step_constraint([countdown.Problem((2, 3, 6), 12)], tok)
+    allowed = legal_token_constraint([countdown.Problem((2, 3, 6), 12)], tok)
 
     def chars(text):
         ids = allowed(0, text)

@@ -77,7 +77,7 @@ class DecoderLM(nn.Module):
         if value_head:
             self.attach_value_head()
         self.register_buffer("cos_sin", torch.empty(0), persistent=False)
-        self._refresh_rope()
+        self.refresh_rope()
         if self.embed.device.type != "meta":
             self.init_weights(init_std)
 
@@ -99,7 +99,7 @@ class DecoderLM(nn.Module):
                                     dtype=self.embed.dtype, device=self.embed.device)
         return self.value_head
 
-    def _refresh_rope(self) -> None:
+    def refresh_rope(self) -> None:
         # The table is derived data: it is rebuilt in fp32 on the weights' device whenever the
         # module moves, so a bf16 cast of the model never rounds the angles.
         cfg = self.config
@@ -112,7 +112,7 @@ class DecoderLM(nn.Module):
 
     def _apply(self, fn, recurse=True):
         out = super()._apply(fn, recurse)
-        self._refresh_rope()
+        self.refresh_rope()
         return out
 
     @property

@@ -4,8 +4,10 @@
   ``model.safetensors.index.json``), read tensor by tensor with ``safetensors``; no
   ``transformers`` model is built. ``value_head.*`` tensors, in the weight files or in a
   ``value_head.safetensors`` next to them, attach a value head.
-* ``load_gguf(file)``: ``transformers``' GGUF utilities parse the metadata and dequantize
-  (through ``gguf``); the tensors then go through the same name mapping.
+* ``load_gguf(file)``: ponder's own GGUF reader (``gguf_file``) maps the file, reads the
+  metadata keys ``transformers`` reads and de-quantizes with numpy, bit-identically to
+  ``gguf``; the tensors then go through the same name mapping. Neither ``transformers`` nor
+  ``gguf`` is needed for the built-in quantization types.
 * ``load(path)`` picks one of the two; ``load_tokenizer(path)`` returns the matching
   ``transformers`` tokenizer; ``save_hf`` / ``save_value_head`` write the formats back.
 """
@@ -16,13 +18,15 @@ import contextlib
 import json
 import logging
 import os
-from typing import Dict, Iterator, Optional
+from typing import Callable, Dict, Iterator, Optional
 
+import numpy as np
 import torch
 
 from ponder.models.config import ModelConfig
+from ponder.models.gguf_file import GGUFFile, SkippedStrings
 from ponder.models.llama import DecoderLM, check_dtype
-from ponder.models.weights import VALUE_HEAD_KEYS, hf_to_ponder, ponder_to_hf
+from ponder.models.weights import VALUE_HEAD_KEYS, gguf_to_hf_name, hf_to_ponder, ponder_to_hf, unpermute_rope_rows
 
 logger = logging.getLogger(__name__)
 
@@ -44,16 +48,26 @@ def _build(cfg: ModelConfig, state: Dict[str, torch.Tensor], dtype: torch.dtype)
     has_value_head = VALUE_HEAD_KEYS[0] in state
     model = DecoderLM(cfg, dtype=dtype, device="meta", value_head=has_value_head)
     model.load_state_dict(state, strict=True, assign=True)
-    model._refresh_rope()
+    model.refresh_rope()
     return model.eval()
+
+
+def _read_json(file: str) -> dict:
+    try:
+        with open(file, encoding="utf-8") as f:
+            value = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{file}: corrupt or truncated JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{file}: expected a JSON object, got {type(value).__name__}")
+    return value
 
 
 def _checkpoint_files(path: str) -> list:
     index = os.path.join(path, INDEX_FILE)
     single = os.path.join(path, WEIGHTS_FILE)
     if os.path.isfile(index):
-        with open(index) as f:
-            weight_map = json.load(f).get("weight_map")
+        weight_map = _read_json(index).get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index} has no 'weight_map' entries")
         files = sorted(set(weight_map.values()))
@@ -77,7 +91,11 @@ def _open_shards(path: str, files: list) -> Iterator[Dict[str, object]]:
     with contextlib.ExitStack() as stack:
         where: Dict[str, object] = {}
         for name in files:
-            handle = stack.enter_context(safetensors.safe_open(os.path.join(path, name), framework="pt"))
+            file = os.path.join(path, name)
+            try:
+                handle = stack.enter_context(safetensors.safe_open(file, framework="pt"))
+            except Exception as exc:  # SafetensorError is not importable by name in every release
+                raise ValueError(f"{file}: corrupt or truncated safetensors file ({exc})") from None
             for key in handle.keys():
                 if key in where:
                     raise ValueError(f"tensor {key!r} appears in more than one file of {path!r}")
@@ -98,52 +116,98 @@ def load_hf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
     config_path = os.path.join(path, CONFIG_FILE)
     if not os.path.isfile(config_path):
         raise FileNotFoundError(f"no {CONFIG_FILE} in {path!r}")
-    with open(config_path) as f:
-        cfg = ModelConfig.from_hf(json.load(f))
+    cfg = ModelConfig.from_hf(_read_json(config_path))
     with _open_shards(path, _checkpoint_files(path)) as where:
         state = hf_to_ponder(cfg, where.keys(), lambda k: where[k].get_tensor(k), dtype, device)
     return _build(cfg, state, dtype)
 
 
-def _gguf_parts(path: str):
-    """(transformers config, tensors with Hugging Face names) of a GGUF file, dequantized."""
-    transformers = _require_import("transformers", "loading a GGUF file")
-    _require_import("gguf", "loading a GGUF file")
-    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
-    from transformers.utils import logging as hf_logging
+# GGUF metadata key (after "<architecture>.") -> Hugging Face config key, as transformers maps them.
+_GGUF_CONFIG_KEYS = {
+    "context_length": "max_position_embeddings",
+    "block_count": "num_hidden_layers",
+    "feed_forward_length": "intermediate_size",
+    "embedding_length": "hidden_size",
+    "rope.dimension_count": "head_dim",
+    "rope.freq_base": "rope_theta",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.layer_norm_rms_epsilon": "rms_norm_eps",
+    "vocab_size": "vocab_size",
+}
+_GGUF_TOKEN_KEYS = {"bos_token_id": "bos_token_id", "eos_token_id": "eos_token_id",
+                    "padding_token_id": "pad_token_id"}
+# Present in Llama 3 files; transformers (the reference) ignores it too.
+_GGUF_IGNORED_TENSORS = ("rope_freqs.weight",)
 
-    meta = load_gguf_checkpoint(path, return_tensors=False)["config"]
-    model_type = meta.pop("model_type", None)
-    if model_type not in ("llama", "qwen2", "mistral"):
-        raise ValueError(f"unsupported GGUF architecture {model_type!r} in {path!r}; "
-                         "supported are llama, qwen2, mistral")
-    hf_config = transformers.AutoConfig.for_model(model_type, **meta)
-    # The meta-device model only provides parameter names for the GGUF -> HF name map.
-    with torch.device("meta"):
-        skeleton = transformers.AutoModelForCausalLM.from_config(hf_config)
-    bars_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        tensors = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
-    finally:
-        if bars_on:
-            hf_logging.enable_progress_bar()
-    return hf_config, tensors
+
+def _gguf_config(gf: GGUFFile) -> dict:
+    """Hugging Face config dict of a GGUF file's metadata (the keys transformers reads)."""
+    arch = gf.field("general.architecture")
+    if arch not in ("llama", "qwen2"):
+        raise ValueError(f"unsupported GGUF architecture {arch!r} in {gf.path!r}; supported are llama, qwen2, mistral")
+    name = gf.field("general.name", "")
+    model_type = "mistral" if arch == "llama" and "mistral" in str(name).lower() else arch
+    cfg = {"model_type": model_type, "tie_word_embeddings": "output.weight" not in gf.tensors}
+    for key, hf_key in _GGUF_CONFIG_KEYS.items():
+        if key == "rope.dimension_count" and arch == "qwen2":
+            continue  # qwen2's head_dim is hidden_size / heads; transformers drops this key
+        value = gf.field(f"{arch}.{key}")
+        if value is not None:
+            cfg[hf_key] = value.item() if isinstance(value, np.generic) else value
+    for key, hf_key in _GGUF_TOKEN_KEYS.items():
+        value = gf.field(f"tokenizer.ggml.{key}")
+        if value is not None:
+            cfg[hf_key] = int(value)
+    if "vocab_size" not in cfg:
+        tokens = gf.field("tokenizer.ggml.tokens")
+        if tokens is None:
+            raise ValueError(f"{gf.path}: GGUF metadata has neither {arch}.vocab_size nor tokenizer.ggml.tokens")
+        cfg["vocab_size"] = tokens.count if isinstance(tokens, SkippedStrings) else len(tokens)
+    if "rms_norm_eps" in cfg:
+        cfg["rms_norm_eps"] = float(np.float32(cfg["rms_norm_eps"]))  # stored as float32
+    return cfg
+
+
+def _gguf_tensors(gf: GGUFFile, cfg: ModelConfig) -> Dict[str, Callable[[], torch.Tensor]]:
+    """Hugging Face name -> loader of that tensor (float32, Hugging Face layout)."""
+    out: Dict[str, Callable[[], torch.Tensor]] = {}
+    for name in gf.tensors:
+        if name in _GGUF_IGNORED_TENSORS:
+            logger.warning("%s: ignoring tensor %r (as transformers does)", gf.path, name)
+            continue
+        hf_name = gguf_to_hf_name(name)
+        if hf_name is None:
+            raise ValueError(f"{gf.path}: GGUF tensor {name!r} has no meaning for a Llama-family model")
+        heads = None
+        if cfg.model_type in ("llama", "mistral"):
+            heads = {"self_attn.q_proj": cfg.num_heads, "self_attn.k_proj": cfg.num_kv_heads}.get(
+                hf_name.split(".", 3)[-1].rsplit(".", 1)[0])
+
+        def read(name=name, heads=heads) -> torch.Tensor:
+            t = torch.from_numpy(gf.dequantize(name))
+            return unpermute_rope_rows(t, heads) if heads else t
+
+        out[hf_name] = read
+    return out
 
 
 def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
               device: torch.device | str | None = None) -> DecoderLM:
-    """Load a GGUF file (any quantization ``gguf`` can dequantize) into a :class:`DecoderLM`.
+    """Load a GGUF file into a :class:`DecoderLM` (architectures llama, mistral, qwen2).
 
-    Weights are dequantized to fp32 by ``gguf`` and then cast to ``dtype``.
+    Weights are de-quantized to fp32 (``gguf_file.NATIVE_TYPES`` built in, any other type
+    ``gguf`` can de-quantize when it is installed) and then cast to ``dtype``. The result is
+    identical to what ``transformers``' GGUF loading produces for the same file.
     """
     check_dtype("dtype", dtype)
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"no GGUF file at {path!r}")
-    hf_config, tensors = _gguf_parts(path)
-    cfg = ModelConfig.from_hf(hf_config)
-    state = hf_to_ponder(cfg, tensors.keys(), tensors.__getitem__, dtype, device)
+    gf = GGUFFile(path)
+    cfg = ModelConfig.from_hf(_gguf_config(gf))
+    tensors = _gguf_tensors(gf, cfg)
+    state = hf_to_ponder(cfg, tensors.keys(), lambda k: tensors[k](), dtype, device)
     return _build(cfg, state, dtype)
 
 

@@ -132,3 +132,44 @@ def ponder_to_hf(cfg: ModelConfig, state: Mapping[str, torch.Tensor]) -> Dict[st
         if k in state:
             out[k] = state[k]
     return {k: v.detach().contiguous().clone() for k, v in out.items()}
+
+
+# GGUF (llama.cpp) tensor names -> Hugging Face names, per layer and global.
+_GGUF_GLOBAL = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
+_GGUF_LAYER = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj",
+    "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
+}
+
+
+def gguf_to_hf_name(name: str) -> str | None:
+    """Hugging Face name of GGUF tensor ``name`` (``blk.3.attn_q.weight`` ->
+    ``model.layers.3.self_attn.q_proj.weight``), or ``None`` when it has no Llama-family meaning."""
+    stem, dot, suffix = name.rpartition(".")
+    if not dot or suffix not in ("weight", "bias"):
+        return None
+    if stem in _GGUF_GLOBAL:
+        return f"{_GGUF_GLOBAL[stem]}.{suffix}"
+    parts = stem.split(".")
+    if len(parts) == 3 and parts[0] == "blk" and parts[1].isdigit() and parts[2] in _GGUF_LAYER:
+        return f"model.layers.{int(parts[1])}.{_GGUF_LAYER[parts[2]]}.{suffix}"
+    return None
+
+
+def unpermute_rope_rows(weight: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """Undo llama.cpp's rotary row order of a Llama q or k projection (weight ``[num_heads * D]``
+    or ``[num_heads * D, C]``).
+
+    llama.cpp stores each head's rows as interleaved (even, odd) pairs for its GPT-J style
+    rotation; Hugging Face Llama rotates the two halves of the head. Row ``2 * i + j`` of a head
+    in the GGUF is row ``j * D / 2 + i`` in Hugging Face order.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * num_heads):
+        raise ValueError(f"cannot un-permute {rows} rotary rows over {num_heads} heads: "
+                         "rows must be a multiple of 2 * heads")
+    half = rows // num_heads // 2
+    # [heads, D/2, 2, ...] -> [heads, 2, D/2, ...]
+    return weight.reshape(num_heads, half, 2, *weight.shape[1:]).transpose(1, 2).reshape(weight.shape)

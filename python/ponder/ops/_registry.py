@@ -2,6 +2,16 @@
 
 Implementations register per (op, backend). Nothing here raises at import time when a GPU,
 Triton or the CUDA build is missing: availability is checked when an op is resolved.
+
+Host implementations. Some ops also have a native CPU implementation in ``ponder._core``
+(``register_host``). It is not a backend: the device backends "cuda" / "triton" name kernels
+for accelerators, and "torch" names the pure-PyTorch reference, which stays the test oracle
+and the benchmark baseline whatever is installed. The host implementation instead refines
+the "torch" choice: it runs exactly when the request is ``"auto"`` (after ``PONDER_BACKEND``),
+the tensors are on the CPU, and the op registered one (which its module does only when
+``ponder._core`` provides the function). ``backend="torch"`` or ``PONDER_BACKEND=torch``
+therefore always selects the reference. A host implementation must return what the reference
+returns (each op's docstring states any tolerance).
 """
 
 from __future__ import annotations
@@ -15,6 +25,7 @@ import torch
 BACKENDS = ("torch", "triton", "cuda")
 _CHOICES = ("auto",) + BACKENDS
 _IMPLS: Dict[str, Dict[str, Callable]] = {}
+_HOST_IMPLS: Dict[str, Callable] = {}
 
 
 def register(op: str, backend: str) -> Callable[[Callable], Callable]:
@@ -27,6 +38,22 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
         return fn
 
     return deco
+
+
+def register_host(op: str) -> Callable[[Callable], Callable]:
+    """Decorator: register ``fn`` as the native CPU implementation of ``op`` (see the module
+    docstring for when it runs instead of the "torch" reference)."""
+
+    def deco(fn: Callable) -> Callable:
+        _HOST_IMPLS[op] = fn
+        return fn
+
+    return deco
+
+
+def host_implementation(op: str) -> Callable | None:
+    """The native CPU implementation registered for ``op``, or ``None``."""
+    return _HOST_IMPLS.get(op)
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,12 +94,8 @@ def available_backends(device: torch.device | str = "cpu") -> tuple:
     return tuple(out)
 
 
-def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", op: str | None = None) -> str:
-    """The backend that will run ``op`` on ``device`` for the requested ``backend``.
-
-    ``"auto"`` reads ``PONDER_BACKEND`` first (itself ``auto`` by default). An explicit backend
-    that cannot run raises ``ValueError`` naming the reason instead of silently falling back.
-    """
+def _requested(backend: str) -> str:
+    """``backend`` with ``"auto"`` replaced by ``PONDER_BACKEND`` (itself ``auto`` by default)."""
     if backend not in _CHOICES:
         raise ValueError(f"backend must be one of {_CHOICES}, got {backend!r}")
     if backend == "auto":
@@ -80,6 +103,16 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", o
         if env not in _CHOICES:
             raise ValueError(f"PONDER_BACKEND must be one of {_CHOICES}, got {env!r}")
         backend = env
+    return backend
+
+
+def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", op: str | None = None) -> str:
+    """The backend that will run ``op`` on ``device`` for the requested ``backend``.
+
+    ``"auto"`` reads ``PONDER_BACKEND`` first (itself ``auto`` by default). An explicit backend
+    that cannot run raises ``ValueError`` naming the reason instead of silently falling back.
+    """
+    backend = _requested(backend)
     avail = available_backends(device)
     registered = _IMPLS.get(op, {}) if op is not None else None
     if backend == "auto":
@@ -98,8 +131,13 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", o
 
 
 def implementation(op: str, backend: str, device: torch.device | str) -> Callable:
-    """The registered function for ``op`` after resolving ``backend`` on ``device``."""
-    return _IMPLS[op][resolve_backend(backend, device, op)]
+    """The registered function for ``op`` after resolving ``backend`` on ``device``: the host
+    implementation for ``"auto"`` on the CPU when ``op`` has one, else the backend's."""
+    resolved = resolve_backend(backend, device, op)
+    host = _HOST_IMPLS.get(op)
+    if host is not None and resolved == "torch" and _requested(backend) == "auto" and torch.device(device).type == "cpu":
+        return host
+    return _IMPLS[op][resolved]
 
 
 # Parameters are plain tensors in eager mode (model weights reach rms_norm as Parameters);

@@ -201,7 +201,7 @@ def _nucleus_threshold(probs: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor
     return thresh
 
 
-def _allowed_mask(logits: torch.Tensor, scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+def allowed_mask(logits: torch.Tensor, scaled: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
     """``[B, V]`` bool, True = token may be drawn (top-k set, then nucleus within it)."""
     B, V = logits.shape
     allowed = torch.ones(B, V, dtype=torch.bool, device=logits.device)
@@ -250,7 +250,7 @@ def sample(
     else:
         t = torch.where(greedy, torch.ones_like(temperature), temperature)
         scaled = lf / t[:, None]
-        allowed = _allowed_mask(lf, scaled, top_k, top_p)
+        allowed = allowed_mask(lf, scaled, top_k, top_p)
         best = scaled.masked_fill(~allowed, float("-inf")).amax(dim=-1, keepdim=True)
         candidate = allowed & (scaled >= best - _GUMBEL_SPREAD) & ~greedy[:, None]
         tokens = torch.where(greedy, greedy_tok, _gumbel_argmax(scaled, candidate, keys))

@@ -8,7 +8,12 @@ import numpy as np
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import direct_call, implementation, register
+from ponder.ops._registry import direct_call, implementation, register, register_host
+
+try:
+    from ponder import _core
+except ImportError:  # a source checkout without the extension: the reference serves the CPU
+    _core = None
 
 
 def _check_sample(logits, keys, temperature, top_k, top_p, check) -> None:
@@ -60,6 +65,47 @@ def _(logits, keys, temperature, top_k, top_p, backend):
 register("sample", "torch")(reference.sample)
 
 
+def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``ponder._core.sample_cpu`` on CPU tensors, returning exactly what ``reference.sample`` does.
+
+    Nucleus sets hinge on the reference's float32 softmax sums (rounded as PyTorch's SIMD lanes
+    add), so rows with top_p < 1 get their allowed mask from the reference's own code and the
+    native draw only hashes and compares. Rows the native code defers (a Gumbel winner within
+    rounding of the runner-up; NaN / inf rows) are drawn by the reference on just those rows,
+    exact because each row's draw is independent of the others. Log-probabilities are the
+    reference's ``log_softmax`` gathered at the tokens.
+    """
+    lf = logits.float().contiguous()  # the reference samples logits.float() too
+    keys, temperature, top_k, top_p = (t.contiguous() for t in (keys, temperature, top_k, top_p))
+    B, V = lf.shape
+    greedy = (temperature <= 0) | (top_k == 1)
+    nucleus = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
+    allowed_row = torch.full((B,), -1, dtype=torch.int64)
+    allowed = None
+    if nucleus.numel():
+        sub = lf.index_select(0, nucleus)
+        scaled = sub / temperature.index_select(0, nucleus)[:, None]
+        # bool is stored as one byte holding 0 or 1: the uint8 mask the native code reads
+        allowed = reference.allowed_mask(sub, scaled, top_k.index_select(0, nucleus),
+                                          top_p.index_select(0, nucleus)).contiguous()
+        allowed_row[nucleus] = torch.arange(nucleus.numel())
+    tokens = torch.empty(B, dtype=torch.int64)
+    deferred = torch.empty(B, dtype=torch.uint8)
+    _core.sample_cpu(lf.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
+                     top_p.data_ptr(), 0 if allowed is None else allowed.data_ptr(), allowed_row.data_ptr(),
+                     tokens.data_ptr(), deferred.data_ptr())
+    rows = deferred.nonzero().squeeze(1)
+    if rows.numel():
+        args = (t.index_select(0, rows) for t in (lf, keys, temperature, top_k, top_p))
+        tokens[rows] = reference.sample(*args)[0]
+    logprobs = torch.log_softmax(lf, dim=-1).gather(1, tokens[:, None]).squeeze(1)
+    return tokens, logprobs
+
+
+if _core is not None and hasattr(_core, "sample_cpu"):
+    register_host("sample")(_sample_host)
+
+
 def sample(
     logits: torch.Tensor,
     keys: torch.Tensor,
@@ -94,6 +140,12 @@ def sample(
       an exact draw from the renormalised softmax), with ``u`` from
       ``reference.sampling_uniforms(keys, V)``: a counter-based 32-bit integer hash of
       ``(seed, node_id, child_index, position, v)`` mapped exactly to an odd multiple of 2**-24.
+
+    Implementations: ``backend="torch"`` is ``reference.sample``. ``"auto"`` on CPU tensors runs
+    ``ponder._core.sample_cpu`` when the extension has it (see ``_registry``), with identical
+    results: the same tokens bit for bit (a row whose Gumbel winner is within rounding distance
+    of the runner-up is handed to the reference) and the same log-probabilities (the
+    reference's ``log_softmax``, gathered).
     """
     _check_sample(logits, keys, temperature, top_k, top_p, check)
     if logits.shape[0] == 0:

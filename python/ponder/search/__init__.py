@@ -9,7 +9,7 @@ trees. ``options`` are the fields of the algorithm's config dataclass (``MCTSCon
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, Iterable, List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Union
 
 from ponder.expansion import SamplingParams, StepStop
 from ponder.scoring import Aggregation, Verifier, resolve_scorer
@@ -44,8 +44,8 @@ def _config(algorithm: str, config, options: dict):
 def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", budget: Optional[Budget] = None,
            seed: int = 0, *, verifier: Optional[Verifier] = None, aggregation: Union[str, Aggregation] = "last",
            token_cost: float = 0.0, stop: Optional[StepStop] = None, sampling: Optional[SamplingParams] = None,
-           progress: bool = True, constraint: Optional[Callable[[int, str], Optional[Iterable[int]]]] = None,
-           distinct: bool = False, config=None, **options) -> List[SearchResult]:
+           progress: bool = True, constraint=None,
+           distinct: bool = False, on_error: str = "isolate", config=None, **options) -> List[SearchResult]:
     """Search every prompt with ``algorithm`` and return one :class:`SearchResult` each.
 
     Args:
@@ -64,13 +64,20 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
             per-token penalty, or an :class:`Aggregation`.
         stop, sampling: when a step ends (:class:`StepStop`) and how tokens are drawn.
         progress: show a tqdm bar over rounds.
-        constraint: constrained decoding, e.g. a task's legal moves: called before every sampled
-            token with the problem index and the path's generated text so far (the step's partial
-            text included), it returns the token ids allowed next or None for any token
-            (see ``Engine.expand(allowed_tokens=...)``).
+        constraint: constrained decoding, e.g. a task's legal moves. Fast path: a
+            :class:`ponder.StepConstraint` listing each node's allowed next steps (compiled into a
+            native token trie; no Python call per token). General fallback: a callable called
+            before every sampled token with the problem index and the path's generated text so far
+            (the step's partial text included), returning the token ids allowed next or None for
+            any token (see ``Engine.expand(allowed_tokens=...)``): a Python call per branch per
+            token, the slow path.
         distinct: the children of one node are distinct steps: a sampled step equal to a sibling
             is dropped (its tokens still count as generated), so a node may get fewer children
             than asked; with best-of-N, repeated first steps leave fewer than n chains.
+        on_error: ``"isolate"`` (default): a verifier, scorer or constraint that raises or returns
+            garbage for one problem fails that problem only (its result has ``stop_reason ==
+            "error"`` and the exception in ``error``; its KV is freed) and the others go on;
+            ``"raise"``: the first such failure propagates.
         config / options: the algorithm's config object, or its fields as keywords.
     """
     if algorithm not in ALGORITHMS:
@@ -89,7 +96,7 @@ def search(prompts: Sequence, policy, scorer="value", algorithm: str = "mcts", b
     session = session_cls(policy, resolve_scorer(scorer), cfg, verifier=verifier, aggregation=aggregation,
                           stop=stop if stop is not None else StepStop(),
                           sampling=sampling if sampling is not None else SamplingParams(), seed=seed,
-                          progress=progress, constraint=constraint, distinct=distinct)
+                          progress=progress, constraint=constraint, distinct=distinct, on_error=on_error)
     session.start(prompts, budget)
     session.run()
     return session.results()

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from ponder.search.session import Session
-from ponder.search.state import Children, Selection, TreeState
+from ponder.search.state import MAX_FANOUT, Children, Selection, TreeState
 
 @dataclass(frozen=True)
 class BeamConfig:
@@ -30,6 +30,9 @@ class BeamConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < lo:
                 raise ValueError(f"BeamConfig.{name} must be an int >= {lo}, got {v!r}")
+        for name in ("width", "expansion", "num_subtrees"):
+            if getattr(self, name) > MAX_FANOUT:
+                raise ValueError(f"BeamConfig.{name} must be at most {MAX_FANOUT}, got {getattr(self, name)!r}")
 
 @dataclass
 class BeamState:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
 from ponder.search.session import Session
-from ponder.search.state import Children, Selection, TreeState
+from ponder.search.state import MAX_FANOUT, Children, Selection, TreeState
 
 SELECTIONS = ("score", "vote", "weighted_vote")
 
@@ -36,6 +36,8 @@ class BestOfNConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise ValueError(f"BestOfNConfig.{name} must be an int >= 1, got {v!r}")
+        if self.n > MAX_FANOUT:
+            raise ValueError(f"BestOfNConfig.n must be at most {MAX_FANOUT}, got {self.n!r}")
         if self.selection not in SELECTIONS:
             raise ValueError(f"BestOfNConfig.selection must be one of {SELECTIONS}, got {self.selection!r}")
         if self.answer_fn is not None and not callable(self.answer_fn):

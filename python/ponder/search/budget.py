@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 STOP_REASONS = ("max_iterations", "max_expansions", "max_tokens", "max_seconds", "max_kv_bytes", "converged",
-                "verified", "exhausted")
+                "verified", "exhausted", "cancelled", "error")
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,10 @@ class Budget:
     stop_on_verified: stop a problem as soon as a verifier accepts one of its answers.
 
     At least one hard limit (iterations, expansions, tokens or seconds) is required, so that
-    every search ends; the other criteria can only end it earlier.
+    every search ends; the other criteria can only end it earlier. No round is free: a round
+    that expands nothing for a problem (MCTS selected only terminal leaves) is charged as one
+    expansion and one token against ``max_expansions`` / ``max_tokens`` (``Usage.empty_rounds``),
+    so every hard limit ends the search.
     """
 
     max_iterations: Optional[int] = None
@@ -66,6 +69,7 @@ class Usage:
     iterations: int = 0
     expansions: int = 0
     tokens: int = 0
+    empty_rounds: int = 0  # rounds that expanded nothing; charged against the hard limits
     started: float = 0.0
     stable_rounds: int = 0
     last_answer: Optional[int] = None
@@ -87,9 +91,9 @@ def check(budget: Budget, usage: Usage, now: float, kv_bytes: int, verified: boo
         return "verified"
     if budget.max_iterations is not None and usage.iterations >= budget.max_iterations:
         return "max_iterations"
-    if budget.max_expansions is not None and usage.expansions >= budget.max_expansions:
+    if budget.max_expansions is not None and usage.expansions + usage.empty_rounds >= budget.max_expansions:
         return "max_expansions"
-    if budget.max_tokens is not None and usage.tokens >= budget.max_tokens:
+    if budget.max_tokens is not None and usage.tokens + usage.empty_rounds >= budget.max_tokens:
         return "max_tokens"
     if budget.max_seconds is not None and now - usage.started >= budget.max_seconds:
         return "max_seconds"

@@ -19,7 +19,7 @@ import numpy as np
 
 from ponder.forest import BEST_PATH_BY
 from ponder.search.session import Session
-from ponder.search.state import Children, Selection, TreeState
+from ponder.search.state import MAX_FANOUT, Children, Selection, TreeState
 
 FINAL_BY = BEST_PATH_BY  # the answer is the end of Forest.best_path(by=final)
 
@@ -56,8 +56,8 @@ class MCTSConfig:
     def __post_init__(self):
         for name in ("num_children", "leaves_per_tree"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"MCTSConfig.{name} must be an int >= 1, got {v!r}")
+            if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= MAX_FANOUT:
+                raise ValueError(f"MCTSConfig.{name} must be an int in [1, {MAX_FANOUT}], got {v!r}")
         for name in ("c_puct", "virtual_loss", "fpu", "pw_k", "pw_alpha", "dirichlet_alpha", "dirichlet_eps",
                      "discount", "refill_coverage"):
             v = getattr(self, name)

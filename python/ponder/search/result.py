@@ -28,6 +28,8 @@ class SearchResult:
     stats: tokens_generated, tokens_prefilled, expansions, iterations, model_calls, wall_time,
         peak_kv_bytes, prefix_hit_rate, stop_reason (engine-wide figures are shared by all the
         problems searched in the same call).
+    error: why this problem's search failed (stop_reason ``"error"``: a verifier, scorer or
+        constraint raised or returned garbage for it), else None; the tree searched so far is kept.
     """
 
     algorithm: str
@@ -40,6 +42,7 @@ class SearchResult:
     path: List[int]
     nodes: Dict[str, list]
     stats: Dict[str, float]
+    error: Optional[str] = None
     _session: object = field(default=None, repr=False, compare=False)
     _tree: object = field(default=None, repr=False, compare=False)
 
@@ -184,4 +187,4 @@ def build_result(session, tree) -> SearchResult:
     return SearchResult(algorithm=session.algorithm, problem_index=tree.index, answer=text_of(answer_tokens),
                         answer_tokens=answer_tokens, verified=answer in set(tree.verified),
                         score=float(arrays["path_score"][answer]), stop_reason=str(tree.stop_reason), path=path,
-                        nodes=nodes, stats=stats, _session=session, _tree=tree)
+                        nodes=nodes, stats=stats, error=tree.error, _session=session, _tree=tree)

@@ -44,11 +44,12 @@ _KINDS: Dict[str, Tuple[Callable[[Any], bool], str]] = {
     "str": (lambda v: isinstance(v, str), "a string"),
     "int_list": (_is_int_list, "a list of ints"),
     "object": (lambda v: isinstance(v, dict), "an object"),
+    "optional_str": (lambda v: v is None or isinstance(v, str), "a string or null"),
 }
 
 FIELDS = {"algorithm": "str", "problem_index": "int", "answer": "str", "answer_tokens": "int_list",
           "verified": "bool", "score": "number", "stop_reason": "str", "path": "int_list", "nodes": "object",
-          "stats": "object"}
+          "stats": "object", "error": "optional_str"}
 NODE_ARRAYS = {"parent": "int", "tokens": "int_list", "text": "str", "visits": "int", "value": "number",
                "reward": "number", "path_score": "number", "terminal": "bool", "depth": "int", "prior": "number"}
 STATS_NUMBERS = ("tokens_generated", "tokens_prefilled", "expansions", "iterations", "model_calls", "wall_time",
@@ -87,6 +88,7 @@ def decode(text: Any) -> Dict[str, Any]:
         raise ValueError(f"SearchResult JSON must be an object, got {type(data).__name__} {_show(data)}")
     _check_version(data)
     fields = {k: v for k, v in data.items() if k != "format_version"}
+    fields.setdefault("error", None)  # only failed problems carry one
     missing = [k for k in FIELDS if k not in fields]
     if missing:
         raise ValueError(f"SearchResult JSON: missing field(s) {missing}")

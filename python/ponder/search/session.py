@@ -24,21 +24,26 @@ from typing import Callable, Iterable, List, Optional, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
+from ponder.decoding import StepConstraint
 from ponder.expansion import Expansion, SamplingParams, StepStop
 from ponder.forest import Forest
-from ponder.scoring import Aggregation, Verifier, constant_scores
-from ponder.search.budget import Budget, Usage, check
-from ponder.search.state import Children, NodeData, Selection, TreeState
+from ponder.scoring import Aggregation, Verifier
+from ponder.search.budget import STOP_REASONS, Budget, Usage, check
+from ponder.search.callbacks import Callbacks
+from ponder.search.state import Children, NodeData, ProblemFailure, Selection, TreeState
 
 ConstraintFn = Callable[[int, str], Optional[Iterable[int]]]
+# "isolate": a callback failing for one problem fails that problem only; "raise": fail fast
+ON_ERROR = ("isolate", "raise")
 
 
-class Session:
+class Session(Callbacks):
     algorithm = "search"
 
     def __init__(self, policy, scorer, *, verifier: Optional[Verifier] = None, aggregation: Aggregation = Aggregation(),
                  stop: StepStop = StepStop(), sampling: SamplingParams = SamplingParams(), seed: int = 0,
-                 progress: bool = True, constraint: Optional[ConstraintFn] = None, distinct: bool = False):
+                 progress: bool = True, constraint: Optional[ConstraintFn] = None, distinct: bool = False,
+                 on_error: str = "isolate"):
         if not isinstance(stop, StepStop):
             raise TypeError(f"stop must be a StepStop, got {type(stop).__name__}")
         if not isinstance(sampling, SamplingParams):
@@ -47,9 +52,11 @@ class Session:
             raise TypeError(f"verifier must be a ponder.Verifier, got {type(verifier).__name__}")
         if not isinstance(aggregation, Aggregation):
             raise TypeError(f"aggregation must be a ponder.Aggregation, got {type(aggregation).__name__}")
-        if constraint is not None and not callable(constraint):
-            raise TypeError(f"constraint must be callable (problem index, path text) -> token ids or None, "
-                            f"got {type(constraint).__name__}")
+        if constraint is not None and not (callable(constraint) or isinstance(constraint, StepConstraint)):
+            raise TypeError(f"constraint must be a ponder.StepConstraint or callable (problem index, path text) -> "
+                            f"token ids or None, got {type(constraint).__name__}")
+        if on_error not in ON_ERROR:
+            raise ValueError(f"on_error must be one of {ON_ERROR}, got {on_error!r}")
         if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
             raise ValueError(f"seed must be an int in [0, 2**63), got {seed!r}")
         self.policy, self.scorer, self.verifier = policy, scorer, verifier
@@ -57,6 +64,8 @@ class Session:
         self.progress = progress
         self.constraint = constraint
         self.distinct = bool(distinct)
+        self.on_error = on_error
+        self.step_token_cache: dict = {}  # step text -> token ids (a StepConstraint's steps, encoded once)
         self.forest = Forest()
         self.node_data = NodeData()
         self.trees: List[TreeState] = []
@@ -65,13 +74,18 @@ class Session:
 
     # ------------------------------------------------------------------ setup
     def start(self, prompts: Sequence, budget: Budget) -> None:
+        self.model_calls_at_start = self.policy.stats.model_calls
+        self.add(prompts, budget)
+
+    def add(self, prompts: Sequence, budget: Budget) -> List[TreeState]:
+        """Prefill ``prompts`` as new problems of this session (problem indices continue from the
+        last one); they join the next round. Returns their TreeStates."""
         if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__len__"):
             raise TypeError(f"prompts must be a list of prompts, got {type(prompts).__name__}")
         if len(prompts) == 0:
             raise ValueError("prompts is empty: give at least one problem")
         if not isinstance(budget, Budget):
             raise TypeError(f"budget must be a ponder.Budget, got {type(budget).__name__}")
-        self.model_calls_at_start = self.policy.stats.model_calls
         handles = np.asarray(self.policy.prefill(prompts, evict=self.evict_order))
         tokens = [np.asarray(self.policy.tokens(int(h)), dtype=np.int32) for h in handles]
         indptr = np.zeros(len(tokens) + 1, dtype=np.int64)
@@ -80,10 +94,13 @@ class Session:
         self.forest.set_page_seqs(roots, handles.astype(np.int32))
         self.node_data.reserve(self.forest.num_nodes)
         now = time.perf_counter()
-        for i, r in enumerate(roots.tolist()):
-            t = TreeState(index=i, root=int(r), budget=budget, usage=Usage(started=now))
+        added = []
+        for r in roots.tolist():
+            t = TreeState(index=len(self.trees), root=int(r), budget=budget, usage=Usage(started=now))
             t.algo = self.new_state(t)
             self.trees.append(t)
+            added.append(t)
+        return added
 
     # ------------------------------------------------------------------ the round
     def round(self, trees: List[TreeState]) -> None:
@@ -94,40 +111,23 @@ class Session:
             try:
                 exp = self.policy.expand(
                     self.handles(sel.nodes), sel.counts, stop=self.stop, sampling=self.sampling, seed=self.seed,
-                    rng_ids=self.node_data.local_id[sel.nodes], allowed_tokens=self._allowed_tokens(sel),
-                    distinct=self.distinct, evict=self.evict_order)
+                    rng_ids=self.node_data.local_id[sel.nodes], distinct=self.distinct, evict=self.evict_order,
+                    **self.constraint_args(sel))
+            except ProblemFailure as failure:  # a constraint failed: that problem goes, the rest retry
+                self.forest.cancel(sel.nodes)
+                self.fail(failure)
+                return
             except BaseException:
                 self.forest.cancel(sel.nodes)  # selected leaves stop being pending
                 raise
-            kids = self.score(sel, exp)
+            try:
+                exp, kids = self.score(sel, exp)
+            except BaseException:  # fail fast: the new children never join the forest, nothing leaks
+                self.forest.cancel(sel.nodes)
+                self.discard(exp.children)
+                raise
             self.add_children(sel, exp, kids)
         self.update(sel, kids)
-
-    def score(self, sel: Selection, exp: Expansion) -> Children:
-        """Step scores of the new children (scorer, then verifier verdicts), charged to each tree."""
-        for t in sel.trees:
-            t.usage.expansions += 1
-        if exp.discarded_tokens:  # duplicates dropped by distinct=True were generated too
-            tree_of = dict(zip(self.handles(sel.nodes).tolist(), sel.trees))
-            for h, k in exp.discarded_tokens.items():
-                tree_of[h].usage.tokens += k
-        trees = [sel.trees[i] for i in exp.parent_index.tolist()]
-        parents = np.asarray(sel.nodes, dtype=np.int32)[exp.parent_index]
-        c = len(exp.children)
-        for t, toks in zip(trees, exp.tokens):
-            t.usage.tokens += len(toks)
-        scores = self.scorer.score(self.policy, exp) if self.scorer is not None and c else constant_scores(c)
-        scores = np.array(scores, dtype=np.float32).reshape(-1)
-        if scores.shape != (c,) or not np.isfinite(scores).all():
-            raise ValueError(f"scorer returned {scores.shape} scores (finite expected) for {c} children")
-        terminal, verified = exp.terminal.copy(), np.zeros(c, dtype=bool)
-        if self.verifier is not None:
-            for i, (t, p, toks) in enumerate(zip(trees, parents.tolist(), exp.tokens)):
-                verdict = self.verifier.check(t.index, self.text(p, toks))
-                if verdict is not None:
-                    terminal[i], scores[i], verified[i] = True, verdict, verdict >= 1.0
-        logprob = np.array([float(np.sum(lp, dtype=np.float64)) for lp in exp.logprobs], dtype=np.float64)
-        return Children(np.zeros(c, np.int32), parents, trees, scores, terminal, verified, logprob)
 
     def add_children(self, sel: Selection, exp: Expansion, kids: Children) -> None:
         """Add the scored children with one ``Forest.add_children`` call (priors, rewards, path
@@ -137,7 +137,7 @@ class Session:
             return
         f, nd = self.forest, self.node_data
         depth = np.asarray(f.depth)[kids.parents] + 1
-        agg = self.aggregation.combine(nd.agg[kids.parents], kids.scores, depth)
+        agg = kids.agg if kids.agg is not None else self.aggregation.combine(nd.agg[kids.parents], kids.scores, depth)
         gen = nd.gen_tokens[kids.parents] + np.array([t.size for t in exp.tokens], dtype=np.int64)
         path = self.aggregation.path_score(agg, gen).astype(np.float32)
         first = np.r_[True, exp.parent_index[1:] != exp.parent_index[:-1]]
@@ -221,51 +221,64 @@ class Session:
         if hasattr(self.scorer, "free"):
             self.scorer.free(handles)
 
-    def _allowed_tokens(self, sel: Selection):
-        """The engine-level form of ``self.constraint``: (parent handle, step tokens) -> ids."""
-        if self.constraint is None:
-            return None
-        tok = self.policy.tokenizer
-        if tok is None:
-            raise ValueError("constraint needs a policy engine with a tokenizer (it is called with text)")
-        node_of = dict(zip(self.handles(sel.nodes).tolist(), zip(sel.nodes, sel.trees)))
-        prefix = {}
-
-        def allowed(parent: int, step_tokens: List[int]):
-            node, tree = node_of[parent]
-            if parent not in prefix:
-                prefix[parent] = self.text(node)
-            return self.constraint(tree.index, prefix[parent] + tok.decode(step_tokens))
-
-        return allowed
-
     # ------------------------------------------------------------------ run, results, resume
-    def run(self, trees: Optional[List[TreeState]] = None) -> None:
-        trees = self.trees if trees is None else trees
+    def step(self, trees: Optional[List[TreeState]] = None) -> List[TreeState]:
+        """One round over the active trees among ``trees`` (default: all), then their budgets;
+        returns the trees that stopped in it."""
+        active = [t for t in (self.trees if trees is None else trees) if t.stop_reason is None]
+        if not active:
+            return []
         t0 = time.perf_counter()
+        before = [(t.usage.expansions, t.usage.tokens) for t in active]
+        self.round(active)
+        now = time.perf_counter()
+        kv = int(self.policy.kv_stats()["kv_bytes_in_use"])
+        stopped = []
+        for t, spent in zip(active, before):
+            if t.stop_reason is not None:  # failed in this round
+                stopped.append(t)
+                continue
+            t.usage.iterations += 1
+            if (t.usage.expansions, t.usage.tokens) == spent:
+                t.usage.empty_rounds += 1
+            t.usage.observe(self.answer(t), self.root_value(t), t.budget.converge_tol)
+            reason = check(t.budget, t.usage, now, kv, bool(t.verified))
+            if reason is None and self.exhausted(t):
+                reason = "exhausted"
+            if reason is not None:
+                t.stop_reason = reason
+                stopped.append(t)
+        self.wall_time += now - t0
+        return stopped
+
+    def run(self, trees: Optional[List[TreeState]] = None) -> None:
+        """Rounds until every tree among ``trees`` (default: all) has a stop reason."""
+        trees = self.trees if trees is None else trees
         bar = tqdm(desc=self.algorithm, unit="round", disable=not self.progress, leave=False)
         try:
-            while True:
-                active = [t for t in trees if t.stop_reason is None]
-                if not active:
-                    break
-                self.round(active)
-                now = time.perf_counter()
-                kv = int(self.policy.kv_stats()["kv_bytes_in_use"])
-                for t in active:
-                    t.usage.iterations += 1
-                    t.usage.observe(self.answer(t), self.root_value(t), t.budget.converge_tol)
-                    reason = check(t.budget, t.usage, now, kv, bool(t.verified))
-                    if reason is None and self.exhausted(t):
-                        reason = "exhausted"
-                    t.stop_reason = reason
+            while any(t.stop_reason is None for t in trees):
+                self.step(trees)
                 bar.update(1)
                 bar.set_postfix(active=sum(t.stop_reason is None for t in trees),
                                 verified=sum(bool(t.verified) for t in trees),
-                                tokens=sum(t.usage.tokens for t in trees))
+                                tokens=sum(t.usage.tokens for t in trees), refresh=False)
         finally:
             bar.close()
-            self.wall_time += time.perf_counter() - t0
+
+    def cancel(self, tree: TreeState, reason: str = "cancelled") -> None:
+        """End ``tree`` now (``reason`` one of STOP_REASONS) and free its tree and KV."""
+        if reason not in STOP_REASONS:
+            raise ValueError(f"reason must be one of {STOP_REASONS}, got {reason!r}")
+        if tree.stop_reason is None:
+            tree.stop_reason = reason
+        self.release(tree)
+
+    def result(self, tree: TreeState):
+        """A :class:`~ponder.search.result.SearchResult` snapshot of ``tree`` (its best answer so
+        far while it is still being searched)."""
+        from ponder.search.result import build_result
+
+        return build_result(self, tree)
 
     def results(self) -> list:
         from ponder.search.result import build_result

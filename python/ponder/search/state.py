@@ -10,6 +10,10 @@ import numpy as np
 
 from ponder.search.budget import Budget, Usage
 
+# Children per expanded node, leaves per tree, beams, samples: far above any useful search, and
+# low enough that a typo (10**12) is refused before anything is allocated.
+MAX_FANOUT = 1 << 16
+
 
 @dataclass
 class TreeState:
@@ -24,6 +28,16 @@ class TreeState:
     verified: List[int] = field(default_factory=list)  # nodes a verifier accepted (score 1)
     previous_answer: Optional[int] = None  # answer before a resume
     algo: Any = None  # the algorithm's own typed per-tree state
+    error: Optional[str] = None  # why the problem failed (stop_reason "error")
+
+
+class ProblemFailure(Exception):
+    """A callback (verifier, scorer, constraint) failed for one problem: ``tree`` names it,
+    ``__cause__`` holds the original exception."""
+
+    def __init__(self, tree: TreeState, what: str, cause: BaseException):
+        super().__init__(f"{what} failed for problem {tree.index}: {type(cause).__name__}: {cause}")
+        self.tree, self.what, self.cause = tree, what, cause
 
 
 @dataclass
@@ -48,7 +62,8 @@ class Children:
     nodes / parents: int32 [C] forest ids; trees: the TreeState of each; scores: float32 [C]
     step scores (verifier verdicts included); terminal: bool [C]; verified: bool [C], a verifier
     accepted the child (score 1); logprob: float64 [C], the
-    step's log-probability under the sampling distribution.
+    step's log-probability under the sampling distribution; agg: the path aggregate of the step
+    scores (before the token cost) when the fused scorer computed it, else None.
     """
 
     nodes: np.ndarray
@@ -58,6 +73,8 @@ class Children:
     terminal: np.ndarray
     verified: np.ndarray
     logprob: np.ndarray
+    agg: Optional[np.ndarray] = None  # float64 [C] aggregated step scores when scored fused
+
 
     @classmethod
     def empty(cls) -> "Children":

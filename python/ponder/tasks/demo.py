@@ -108,26 +108,11 @@ def verifier(problems: Sequence[countdown.Problem]) -> ponder.Verifier:
     return ponder.Verifier(judge)
 
 
-def legal_step_constraint(problems: Sequence[countdown.Problem], tokenizer):
-    """Constrained decoding to Countdown's legal steps (``search(constraint=...)``).
+def _legal_lines(problems: Sequence[countdown.Problem]):
+    """(problem index, finished lines text) -> the legal next lines (cached: MCTS asks often)."""
+    legal: Dict[tuple, List[str]] = {}
 
-    Given a path's text, the allowed next characters are those that keep its last, partial
-    line a prefix of some :func:`~ponder.tasks.countdown.legal_steps` line (newline
-    included): available operands, larger-first, the right result. The policy still chooses
-    which step; it can no longer misspell one. Returns None (no restriction) for a path that
-    already holds an illegal line or has no legal step left; the verifier ends those.
-    """
-    ids = {}
-    for ch in "0123456789+-*/= \n":
-        enc = tokenizer.encode(ch)
-        if len(enc) != 1:
-            raise ValueError(f"legal_step_constraint needs one token per character; {ch!r} encodes to {enc}")
-        ids[ch] = enc[0]
-
-    legal: Dict[tuple, List[str]] = {}  # (problem, finished lines) -> legal next lines
-
-    def allowed(index: int, text: str):
-        head, _, partial = text.rpartition("\n")
+    def lines(index: int, head: str) -> List[str]:
         key = (index, head)
         if key not in legal:
             done = head.split("\n") if head else []
@@ -135,8 +120,48 @@ def legal_step_constraint(problems: Sequence[countdown.Problem], tokenizer):
                 legal[key] = countdown.legal_steps(problems[index], done)
             except ValueError:  # an illegal line earlier on the path
                 legal[key] = []
-        lines = legal[key]
-        nxt = {ln[len(partial)] if len(ln) > len(partial) else "\n" for ln in lines if ln.startswith(partial)}
+        return legal[key]
+
+    return lines
+
+
+def legal_step_constraint(problems: Sequence[countdown.Problem], tokenizer=None) -> ponder.StepConstraint:
+    """Constrained decoding to Countdown's legal steps (``search(constraint=...)``), native.
+
+    For a path's text, the allowed next steps are the :func:`~ponder.tasks.countdown.legal_steps`
+    lines (available operands, larger-first, the right result) that continue its last, partial
+    line, each with its newline; the engine masks every token to them in C++. The policy still
+    chooses which step; it can no longer misspell one. None (no restriction) for a path that
+    already holds an illegal line or has no legal step left; the verifier ends those.
+    ``tokenizer`` is accepted for symmetry with :func:`legal_token_constraint` and unused.
+    """
+    lines = _legal_lines(problems)
+
+    def steps(index: int, text: str):
+        head, _, partial = text.rpartition("\n")
+        nxt = [ln[len(partial):] + "\n" for ln in lines(index, head) if ln.startswith(partial)]
+        return nxt or None
+
+    return ponder.StepConstraint(steps)
+
+
+def legal_token_constraint(problems: Sequence[countdown.Problem], tokenizer):
+    """The same constraint as :func:`legal_step_constraint` in the general per-token form (a
+    Python call per branch per token: the slow path, kept as the reference it is tested
+    against): the allowed next characters keep the last, partial line a prefix of a legal line
+    (newline included)."""
+    ids = {}
+    for ch in "0123456789+-*/= \n":
+        enc = tokenizer.encode(ch)
+        if len(enc) != 1:
+            raise ValueError(f"legal_token_constraint needs one token per character; {ch!r} encodes to {enc}")
+        ids[ch] = enc[0]
+    lines = _legal_lines(problems)
+
+    def allowed(index: int, text: str):
+        head, _, partial = text.rpartition("\n")
+        nxt = {ln[len(partial)] if len(ln) > len(partial) else "\n" for ln in lines(index, head)
+               if ln.startswith(partial)}
         return [ids[c] for c in sorted(nxt)] or None
 
     return allowed

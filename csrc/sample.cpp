@@ -1,0 +1,238 @@
+// Host sampling; see sample.h for the contract and ponder.ops.sample for the definition.
+#include "sample.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <vector>
+
+#include "common.h"
+
+namespace ponder {
+
+namespace {
+
+constexpr uint32_t kRowInit = 0x9E3779B9u;
+constexpr uint32_t kVocabSalt = 0x632BE5ABu;
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kLn2 = 0.693147182f;
+
+// Gumbel noise -log(-log u) for u in [2**-24, 1 - 2**-24] lies in [-2.81, 16.64]: a token whose
+// scaled logit is more than 19.45 below the best allowed one never wins the draw (the extra
+// 1.0 is the reference's margin for float rounding).
+constexpr float kGumbelSpread = 19.45f + 1.0f;
+
+// Gumbel argmax margin. The reference computes each perturbed score s - log(-log u) with three
+// float32 roundings of values below |score| + 17 (PyTorch's vectorised log: <= 1 ulp each);
+// this code does the same with logf. Either side's error is < 1e-6 + 2 ulp(|score|), so a
+// winner ahead of the runner-up by more than 1e-5 (1 + |score|) (> 8x both errors) is the
+// reference's winner too; closer calls are deferred to the reference.
+constexpr float kGumbelTol = 1e-5f;
+
+// Covers float rounding of s + noise bound (|s| < 2**20 keeps it below 0.1).
+constexpr float kBoundSlack = 0.125f;
+
+// top-k thresholds up to this k come from a heap pass (V log k, ~1 compare per token), larger
+// ones from nth_element (linear but ~10x the constant).
+constexpr int32_t kHeapTopK = 1024;
+
+// Tokens per block of the Gumbel pass: its three scratch arrays (6 KiB) stay in L1.
+constexpr int64_t kBlock = 512;
+
+// The row loops below are written to vectorise (no branches, independent lanes); wheels are
+// built for baseline x86-64, so GCC also emits an AVX2 clone chosen at load time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__ELF__)
+#define PONDER_SIMD_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define PONDER_SIMD_CLONES
+#endif
+
+inline uint32_t mix32(uint32_t h) {
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  return h ^ (h >> 16);
+}
+
+inline uint32_t vocab_hash(int64_t v) { return mix32(static_cast<uint32_t>(v) + kVocabSalt); }
+
+// Largest logit of a row; `bad` is set when the row holds a NaN or +inf.
+PONDER_SIMD_CLONES
+float row_max(const float* z, int64_t V, bool& bad) {
+  float lane[8];
+  uint32_t flags = 0;
+  for (float& m : lane) m = -kInf;
+  int64_t v = 0;
+  for (; v + 8 <= V; v += 8) {
+    for (int j = 0; j < 8; ++j) {
+      const float x = z[v + j];
+      lane[j] = x > lane[j] ? x : lane[j];
+      flags |= static_cast<uint32_t>(x != x) | static_cast<uint32_t>(x == kInf);
+    }
+  }
+  for (; v < V; ++v) {
+    const float x = z[v];
+    lane[0] = x > lane[0] ? x : lane[0];
+    flags |= static_cast<uint32_t>(x != x) | static_cast<uint32_t>(x == kInf);
+  }
+  bad = flags != 0;
+  return *std::max_element(lane, lane + 8);
+}
+
+// For tokens [v0, v0 + n) of a row: scaled logit s, hash integer q (u = q 2**-24) and an upper
+// bound of the perturbed score (s + the largest noise q allows). Reach and the allowed set are
+// applied afterwards so that this loop has no branches and vectorises.
+PONDER_SIMD_CLONES
+void gumbel_bounds(const float* z, int64_t v0, int64_t n, float temp, uint32_t row_hash, float* s_out, uint32_t* q_out,
+                   float* upper) {
+  for (int64_t i = 0; i < n; ++i) {
+    const float s = z[v0 + i] / temp;
+    const uint32_t q = (mix32(row_hash ^ vocab_hash(v0 + i)) >> 8) | 1u;
+    // -log u >= 1 - u, so the noise -log(-log u) is <= -log(1 - u) = (24 - log2 r) ln 2 with
+    // r = 2**24 - q >= 1; floor(log2 r), read from r's float exponent, only loosens it.
+    const float r = static_cast<float>(static_cast<int32_t>((1u << 24) - q));
+    uint32_t r_bits;
+    std::memcpy(&r_bits, &r, sizeof r_bits);
+    const float bound = static_cast<float>(151 - static_cast<int32_t>(r_bits >> 23)) * kLn2;  // 24 - (e - 127)
+    s_out[i] = s;
+    q_out[i] = q;
+    upper[i] = s + bound;
+  }
+}
+
+struct Scratch {
+  std::vector<float> values;
+};
+
+// Gumbel draw of one non-greedy row over its allowed tokens: those with mask[v] != 0 when a
+// mask is given, else the top-k set (k in (0, V): raw logit >= the k-th largest, ties kept;
+// otherwise every token). Returns false when the row must be deferred.
+bool draw_row(const float* z, int64_t V, float temp, int32_t k, const uint8_t* mask, uint32_t row_hash, float z_max,
+              Scratch& scratch, int64_t& token) {
+  float z_floor = -kInf;
+  if (!mask && k > 0 && k < V) {
+    auto& vals = scratch.values;
+    if (k <= kHeapTopK) {
+      // min-heap of the k largest so far: most tokens fail one comparison with its top
+      vals.assign(z, z + k);
+      std::make_heap(vals.begin(), vals.end(), std::greater<float>());
+      for (int64_t v = k; v < V; ++v) {
+        if (z[v] > vals.front()) {
+          std::pop_heap(vals.begin(), vals.end(), std::greater<float>());
+          vals.back() = z[v];
+          std::push_heap(vals.begin(), vals.end(), std::greater<float>());
+        }
+      }
+      z_floor = vals.front();
+    } else {
+      vals.assign(z, z + V);
+      std::nth_element(vals.begin(), vals.begin() + (k - 1), vals.end(), std::greater<float>());
+      z_floor = vals[k - 1];
+    }
+  }
+  float s_max = -kInf;  // the best allowed scaled logit
+  if (mask) {
+    for (int64_t v = 0; v < V; ++v) {
+      if (mask[v]) s_max = std::max(s_max, z[v] / temp);
+    }
+    if (s_max == -kInf) return false;  // nothing finite allowed: the reference's conventions apply
+  } else {
+    s_max = z_max / temp;  // division is monotone and the argmax is always in the top-k set
+  }
+  // Gumbel-max over the allowed tokens; the two logarithms are taken only for tokens whose
+  // score bound reaches the current runner-up (a few per block on wide rows).
+  const float reach = s_max - kGumbelSpread;
+  float best = -kInf, second = -kInf;
+  int64_t best_v = -1;
+  float s_blk[kBlock], upper[kBlock];
+  uint32_t q_blk[kBlock];
+  for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
+    const int64_t n = std::min(kBlock, V - v0);
+    gumbel_bounds(z, v0, n, temp, row_hash, s_blk, q_blk, upper);
+    for (int64_t i = 0; i < n; ++i) {
+      if (upper[i] + kBoundSlack < second || s_blk[i] < reach) continue;
+      if (mask ? !mask[v0 + i] : !(z[v0 + i] >= z_floor)) continue;
+      const float u = static_cast<float>(q_blk[i]) * (1.0f / 16777216.0f);
+      const float score = s_blk[i] - std::log(-std::log(u));
+      if (score > best) {
+        second = best;
+        best = score;
+        best_v = v0 + i;
+      } else if (score > second) {
+        second = score;
+      }
+    }
+  }
+  if (best_v < 0) return false;
+  if (best - second <= kGumbelTol * (1.0f + std::fabs(best))) return false;
+  token = best_v;
+  return true;
+}
+
+}  // namespace
+
+uint32_t fmix32(uint32_t h) { return mix32(h); }
+
+uint32_t sampling_row_hash(const int64_t* key) {
+  uint32_t h = kRowInit;
+  for (int i = 0; i < 4; ++i) {
+    const uint64_t word = static_cast<uint64_t>(key[i]);  // two's complement of negative keys
+    h = mix32(h ^ static_cast<uint32_t>(word));
+    h = mix32(h ^ static_cast<uint32_t>(word >> 32));
+  }
+  return h;
+}
+
+float sampling_uniform(uint32_t row_hash, int64_t v) {
+  const uint32_t bits = mix32(row_hash ^ vocab_hash(v));
+  return static_cast<float>((bits >> 8) | 1u) * (1.0f / 16777216.0f);
+}
+
+void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_stride, const int64_t* keys,
+                const float* temperature, const int32_t* top_k, const float* top_p, const uint8_t* allowed,
+                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred) {
+  PONDER_CHECK_ARG(batch >= 0, "batch must be >= 0, got ", batch);
+  PONDER_CHECK_ARG(vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(), "vocab must lie in [1, 2**31 - 1], got ",
+                   vocab);
+  PONDER_CHECK_ARG(row_stride >= vocab, "row_stride (", row_stride, ") must be >= vocab (", vocab, ")");
+  if (batch == 0) return;
+  PONDER_CHECK_ARG(logits && keys && temperature && top_k && top_p && tokens && deferred,
+                   "sample_cpu got a null pointer");
+  int64_t num_masks = 0;
+  for (int64_t b = 0; b < batch; ++b) {
+    PONDER_CHECK_ARG(temperature[b] >= 0.0f && std::isfinite(temperature[b]), "temperature[", b, "] = ",
+                     temperature[b], " must be a finite value >= 0");
+    PONDER_CHECK_ARG(top_k[b] >= 0 && top_k[b] <= vocab, "top_k[", b, "] = ", top_k[b], " must lie in [0, ", vocab,
+                     "]");
+    PONDER_CHECK_ARG(top_p[b] > 0.0f && top_p[b] <= 1.0f, "top_p[", b, "] = ", top_p[b], " must lie in (0, 1]");
+    const int64_t row = allowed_row ? allowed_row[b] : -1;
+    PONDER_CHECK_ARG(row == -1 || (row == num_masks && allowed), "allowed_row[", b, "] = ", row,
+                     " must be -1 or the next mask row (", num_masks, ")");
+    num_masks += row >= 0;
+    const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
+    PONDER_CHECK_ARG(greedy || top_p[b] == 1.0f || row >= 0, "row ", b, " has top_p = ", top_p[b],
+                     " but no allowed mask: nucleus sets come from the caller");
+  }
+  Scratch scratch;
+  for (int64_t b = 0; b < batch; ++b) {
+    const float* z = logits + b * row_stride;
+    deferred[b] = 1;
+    bool bad = false;
+    const float z_max = row_max(z, vocab, bad);
+    if (bad || z_max == -kInf) continue;  // NaN / +inf / all -inf: the reference's conventions apply
+    int64_t token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
+    const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
+    const uint8_t* mask = allowed_row && allowed_row[b] >= 0 ? allowed + allowed_row[b] * vocab : nullptr;
+    if (!greedy &&
+        !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b), z_max, scratch, token)) {
+      continue;
+    }
+    tokens[b] = token;
+    deferred[b] = 0;
+  }
+}
+
+}  // namespace ponder

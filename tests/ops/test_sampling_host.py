@@ -1,0 +1,160 @@
+"""The native CPU implementation of ops.sample (ponder._core.sample_cpu) against the reference:
+identical tokens and log-probabilities for every parameter combination, and its selection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+import ponder.ops as ops
+from ponder.ops import _registry, reference, sampling
+
+_core = pytest.importorskip("ponder._core")
+pytestmark = pytest.mark.skipif(not hasattr(_core, "sample_cpu"), reason="extension built without sample_cpu")
+
+
+def _both(logits, keys, temperature, top_k, top_p):
+    native = ops.sample(logits, keys, temperature, top_k, top_p)
+    expected = ops.sample(logits, keys, temperature, top_k, top_p, backend="torch")
+    assert torch.equal(native[0], expected[0]), (native[0], expected[0])
+    # the same log_softmax gathered at the same tokens: bit-identical, no tolerance
+    torch.testing.assert_close(native[1], expected[1], atol=0, rtol=0, equal_nan=True)
+    return native
+
+
+def _params(B, temperature, top_k, top_p):
+    return (torch.full((B,), temperature, dtype=torch.float32), torch.full((B,), top_k, dtype=torch.int32),
+            torch.full((B,), top_p, dtype=torch.float32))
+
+
+def _keys(B, seed=3):
+    return torch.randint(-(2**62), 2**62, (B, 4), generator=torch.Generator().manual_seed(seed))
+
+
+SETTINGS = [(0.0, 0, 1.0), (1.0, 0, 1.0), (0.7, 0, 1.0), (2.5, 0, 1.0), (1.0, 1, 1.0), (0.8, 7, 1.0),
+            (1.0, 0, 0.9), (0.6, 0, 0.3), (1.2, 40, 0.8), (0.0, 5, 0.5)]
+
+
+@pytest.mark.parametrize("temperature,top_k,top_p", SETTINGS)
+@pytest.mark.parametrize("V", [1, 2, 37, 1000, 4099])
+def test_matches_reference(V, temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(V)
+    B = 48
+    logits = torch.randn(B, V, generator=g) * 3
+    logits[:, : min(V, 4)] += 4  # a few strong tokens, as language models have
+    _both(logits, _keys(B), *_params(B, temperature, min(top_k, V), top_p))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_logits_have_many_exact_ties(dtype):
+    g = torch.Generator().manual_seed(1)
+    logits = (torch.randn(64, 301, generator=g) * 2).round().to(dtype)  # ~10 distinct values per row
+    for setting in SETTINGS:
+        _both(logits, _keys(64), *_params(64, *setting))
+
+
+def test_constraint_masks_and_single_allowed_token():
+    g = torch.Generator().manual_seed(2)
+    B, V = 40, 513
+    logits = torch.randn(B, V, generator=g)
+    logits[:, 100:] = -math.inf  # a constraint mask allowing only the first 100 tokens
+    only = torch.arange(B) % V
+    logits[::2] = -math.inf
+    logits[::2, 0] = 0.0
+    logits[::2] = logits[::2].scatter(1, only[::2, None], 5.0)  # rows with one or two allowed tokens
+    for setting in SETTINGS:
+        tokens, _ = _both(logits, _keys(B), *_params(B, *setting))
+        assert torch.isfinite(logits.gather(1, tokens[:, None])).all()
+
+
+def test_degenerate_rows_are_left_to_the_reference():
+    """NaN, +inf and all -inf rows follow the reference's conventions (they are deferred)."""
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(4))
+    logits[0, 3] = math.nan
+    logits[1, 7] = math.inf
+    logits[2] = -math.inf
+    for setting in SETTINGS:
+        _both(logits, _keys(6), *_params(6, *setting))
+
+
+def test_near_ties_are_deferred():
+    """The native draw never guesses a winner within rounding of the runner-up: logits chosen
+    so that tokens 0 and 1 score the same up to float rounding are deferred (and the reference,
+    run on those rows, decides), while clear winners are not."""
+    B, V = 64, 3
+    keys, (t, k, p) = _keys(B), _params(B, 1.0, 0, 1.0)
+    noise = -reference.sampling_uniforms(keys, V).double().log().neg().log()  # [B, V] Gumbel noise
+    logits = torch.zeros(B, V)
+    logits[:, 2] = -30.0
+    logits[:, 1] = (noise[:, 0] - noise[:, 1]).float()  # score 1 == score 0 up to rounding
+    logits[B // 2:, 1] -= 0.5  # the second half has a clear winner: token 0
+    tokens = torch.empty(B, dtype=torch.int64)
+    deferred = torch.empty(B, dtype=torch.uint8)
+    _core.sample_cpu(logits.data_ptr(), B, V, V, keys.data_ptr(), t.data_ptr(), k.data_ptr(), p.data_ptr(), 0, 0,
+                     tokens.data_ptr(), deferred.data_ptr())
+    assert deferred[: B // 2].all() and not deferred[B // 2:].any()
+    assert (tokens[B // 2:] == 0).all()
+    _both(logits, keys, t, k, p)
+
+
+@settings(max_examples=60, deadline=None)
+@given(B=st.integers(1, 9), V=st.integers(1, 300), seed=st.integers(0, 2**31 - 1), scale=st.sampled_from([0.5, 3.0, 20.0]),
+       temperature=st.sampled_from([0.0, 0.3, 1.0, 1.7]), top_k=st.integers(0, 310),
+       top_p=st.sampled_from([1.0, 0.95, 0.5, 0.05]))
+def test_property_matches_reference(B, V, seed, scale, temperature, top_k, top_p):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(B, V, generator=g) * scale
+    logits[torch.rand(B, V, generator=g) < 0.2] = -math.inf
+    logits[:, 0] = logits[:, 0].clamp_min(0.0)  # at least one finite token per row
+    _both(logits, _keys(B, seed), *_params(B, temperature, min(top_k, V), top_p))
+
+
+def test_hash_matches_the_reference_definition():
+    keys = [(0, 0, 0, 0), (1, 2, 3, 4), (2**40 + 5, 123456789, 7, 2**33 + 1), (-1, -(2**63), 2**63 - 1, 0)]
+    ref_rows = reference.sampling_row_hash(torch.tensor(keys)).tolist()
+    assert [_core.sampling_row_hash(*k) for k in keys] == ref_rows
+    u = reference.sampling_uniforms(torch.tensor(keys), 70000)
+    for b, h in enumerate(ref_rows):
+        for v in (0, 1, 255, 65536, 69999):
+            assert _core.sampling_uniform(h, v) == float(u[b, v])
+
+
+def test_selection_auto_uses_host_torch_uses_reference(monkeypatch):
+    calls = []
+    monkeypatch.setitem(_registry._HOST_IMPLS, "sample", lambda *a: calls.append("host") or sampling._sample_host(*a))
+    args = (torch.randn(3, 20), _keys(3)) + _params(3, 1.0, 0, 1.0)
+    ops.sample(*args)
+    assert calls == ["host"]
+    ops.sample(*args, backend="torch")
+    assert calls == ["host"]
+    monkeypatch.setenv("PONDER_BACKEND", "torch")
+    ops.sample(*args)
+    assert calls == ["host"]
+    monkeypatch.setenv("PONDER_BACKEND", "auto")
+    torch.library.opcheck(torch.ops.ponder.sample.default, args + ("auto",))
+    assert _registry.implementation("sample", "auto", "cpu") is _registry._HOST_IMPLS["sample"]
+    assert _registry.implementation("sample", "torch", "cpu") is reference.sample
+
+
+def _raw_call(B=2, V=8, top_k=0, top_p=1.0, temperature=1.0, allowed_row=None):
+    logits, keys = torch.randn(B, V), _keys(B)
+    t, k, p = _params(B, temperature, top_k, top_p)
+    rows = torch.full((B,), -1, dtype=torch.int64) if allowed_row is None else allowed_row
+    out, deferred = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.uint8)
+    _core.sample_cpu(logits.data_ptr(), B, V, V, keys.data_ptr(), t.data_ptr(), k.data_ptr(), p.data_ptr(), 0,
+                     rows.data_ptr(), out.data_ptr(), deferred.data_ptr())
+
+
+@pytest.mark.parametrize("over,match", [
+    (dict(top_k=9), r"top_k\[0\] = 9 must lie in \[0, 8\]"),
+    (dict(top_p=0.0), r"top_p\[0\] = 0 must lie in \(0, 1\]"),
+    (dict(temperature=-1.0), r"temperature\[0\] = -1 must be a finite value >= 0"),
+    (dict(top_p=0.5), "has top_p = 0.5 but no allowed mask"),
+    (dict(allowed_row=torch.tensor([0, -1])), r"allowed_row\[0\] = 0 must be -1 or the next mask row"),
+])
+def test_native_entry_point_rejects_bad_arguments(over, match):
+    with pytest.raises(ValueError, match=match):
+        _raw_call(**over)
