@@ -23,12 +23,11 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from typing import List, Optional, Sequence
 
 from ponder.expansion import SamplingParams, StepStop
 from ponder.scoring import Aggregation, Verifier, resolve_scorer
-from ponder.search.budget import Budget, check
+from ponder.search.budget import Budget
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,7 +120,6 @@ def _run(session, budget: SharedBudget, progress: bool) -> AdaptiveRun:
     trees = session.trees
     history = {id(t): [] for t in trees}  # root value after each of the tree's rounds
     trajectory = []
-    t0 = time.perf_counter()
     bar = tqdm(desc=f"{session.algorithm} (shared budget)", unit="round", disable=not progress, leave=False)
 
     def spent():
@@ -152,25 +150,15 @@ def _run(session, budget: SharedBudget, progress: bool) -> AdaptiveRun:
                 break
             active = _focus([t for t in open_ if not parked(t)] or open_, budget, session)
             active = _fit(active, cost, budget, tokens, expansions, session)
-            session.round(active)
-            now = time.perf_counter()
-            kv = int(session.policy.kv_stats()["kv_bytes_in_use"])
+            session.step(active)  # one round, then each tree's own budget, verdict and exhaustion
             for t in active:
-                t.usage.iterations += 1
-                value = session.root_value(t)
-                history[id(t)].append(value)
-                t.usage.observe(session.answer(t), value, None)
-                reason = check(t.budget, t.usage, now, kv, bool(t.verified))
-                if reason is None and session.exhausted(t):
-                    reason = "exhausted"
-                t.stop_reason = reason
+                history[id(t)].append(session.root_value(t))
             tokens, expansions = spent()
             trajectory.append((tokens, expansions, sum(bool(t.verified) for t in trees)))
             bar.update(1)
             bar.set_postfix(open=len(open_), tokens=tokens, verified=trajectory[-1][2])
     finally:
         bar.close()
-        session.wall_time += time.perf_counter() - t0
     tokens, expansions = spent()
     return AdaptiveRun(session.results(), trajectory, tokens, expansions)
 
