@@ -91,6 +91,11 @@ def test_shared_budget_rejects_bad_settings(kwargs, match):
         SharedBudget(**kwargs)
 
 
+def test_adaptive_search_names_an_unknown_option():
+    with pytest.raises(TypeError, match="unknown option"):
+        adaptive_search(PROMPTS, FakePolicy(), budget=SharedBudget(max_tokens=10), width=2)
+
+
 def test_adaptive_search_names_a_wrong_budget():
     with pytest.raises(TypeError, match="budget must be a ponder.SharedBudget"):
         adaptive_search(PROMPTS, FakePolicy(), budget=Budget(max_tokens=10))

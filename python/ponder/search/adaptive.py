@@ -95,13 +95,17 @@ def adaptive_search(prompts: Sequence, policy, scorer="value", algorithm: str = 
                     distinct: bool = False, **options) -> AdaptiveRun:
     """Search every prompt under one :class:`SharedBudget` for the batch; arguments as for
     :func:`ponder.search` (``options``: the algorithm's config fields)."""
-    from ponder.search import ALGORITHMS, _config
+    from ponder.search import ALGORITHMS
 
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {sorted(ALGORITHMS)}")
     if not isinstance(budget, SharedBudget):
         raise TypeError(f"budget must be a ponder.SharedBudget, got {type(budget).__name__}")
-    cfg = _config(algorithm, None, options)
+    cfg_cls = ALGORITHMS[algorithm][1]
+    unknown = sorted(set(options) - {f.name for f in dataclasses.fields(cfg_cls)})
+    if unknown:
+        raise TypeError(f"unknown option(s) {unknown} for algorithm {algorithm!r}")
+    cfg = cfg_cls(**options)
     session = ALGORITHMS[algorithm][0](
         policy, resolve_scorer(scorer), cfg, verifier=verifier, aggregation=Aggregation(aggregation),
         stop=stop if stop is not None else StepStop(), sampling=sampling if sampling is not None else SamplingParams(),
