@@ -128,6 +128,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_learn(args: argparse.Namespace) -> int:
+    from ponder.tasks.paths import ensure_writable_dir
+
+    with _user_input():
+        ensure_writable_dir(args.out, "--out")
+    from ponder.learn import CountdownTask, LearnConfig, learn
+    from ponder.tasks.demo import ASSET_DIR, load_model
+
+    with _user_input("--model"):
+        _, tokenizer = load_model(args.model)
+    knobs = {k: v for k, v in (("rounds", args.rounds), ("problems_per_round", args.problems),
+                               ("search_expansions", args.expansions), ("steps_per_round", args.steps))
+             if v is not None}
+    model_dir = args.model if args.model is not None else ASSET_DIR
+    record = learn(CountdownTask.from_model_dir(model_dir, tokenizer), model_dir, args.out, LearnConfig(**knobs),
+                   seed=args.seed, progress=not args.no_progress)
+    print(f"best round {record['best_round']}: model in {args.out}/best")
+    return 0
+
+
 def _kv_bytes(text: str) -> int:
     """argparse type: bytes as an int with an optional K / M / G suffix (powers of 1024)."""
     m = re.fullmatch(r"\s*(\d+)\s*([KMG]?)i?B?\s*", text, flags=re.IGNORECASE)
@@ -214,6 +234,20 @@ def build_parser() -> argparse.ArgumentParser:
     p_train.add_argument("--quick", action="store_true", help="a toy model in seconds (for tests)")
     p_train.add_argument("--no-progress", action="store_true", help="no progress bar")
     p_train.set_defaults(func=_cmd_train)
+
+    p_learn = sub.add_parser("learn", help="improve a Countdown model from its own searches (search, train, evaluate)")
+    p_learn.add_argument("task", choices=("countdown",))
+    p_learn.add_argument("--out", required=True, help="run directory: round-RRR/ per round, best/, learning.json "
+                                                      "(an existing run resumes)")
+    p_learn.add_argument("--model", default=None, help="starting " + model_help)
+    p_learn.add_argument("--rounds", type=_Int(1), default=None, help="search-train rounds (default 6)")
+    p_learn.add_argument("--problems", type=_Int(1), default=None, help="training problems searched per round "
+                                                                          "(default 200)")
+    p_learn.add_argument("--expansions", type=_Int(1), default=None, help="MCTS expansions per problem (default 32)")
+    p_learn.add_argument("--steps", type=_Int(1), default=None, help="training steps per round (default 300)")
+    p_learn.add_argument("--seed", type=_Int(0), default=0)
+    p_learn.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p_learn.set_defaults(func=_cmd_learn)
 
     p_serve = sub.add_parser("serve", help="OpenAI-compatible server that answers by searching (needs ponder[serve])",
                              description="Serve /v1/chat/completions, /v1/completions, /v1/models and /health; "

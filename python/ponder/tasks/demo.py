@@ -24,6 +24,7 @@ import torch
 
 import ponder
 from ponder.tasks import countdown
+from ponder.tasks.demo_plot import plot
 
 ASSET_DIR = Path(__file__).resolve().parent.parent / "assets" / "countdown"
 STEP_STOP = ponder.StepStop(strings=("\n",), max_step_tokens=24)
@@ -246,33 +247,14 @@ def print_table(rows, file=None) -> None:
               f"{r['wall_s']:>7.2f}", file=file)
 
 
-def plot(rows, path: str) -> bool:
-    """Accuracy against tokens generated, one line per strategy; False without matplotlib."""
+def learning_record(model_dir=None) -> Optional[Dict]:
+    """The ``ponder learn`` record in the model directory's ``metrics.json``, or None."""
+    path = Path(model_dir) if model_dir is not None else ASSET_DIR
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return False
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for name in dict.fromkeys(r["strategy"] for r in rows):
-        pts = sorted((r["tokens_per_problem"], 100 * r["solved"]) for r in rows if r["strategy"] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
-
-    ax.xaxis.set_major_formatter(ScalarFormatter())  # 100, 1000 rather than 10^2, 10^3
-    ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
-    ax.set_xlabel("tokens generated per problem")
-    ax.set_ylabel("solved (%)")
-    ax.set_title("Countdown: thinking longer with a value model")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+        with open(path / "metrics.json") as f:
+            return json.load(f).get("learning")
+    except (OSError, ValueError):
+        return None
 
 
 def run_demo(num_problems: int = 40, num_numbers: int = 4, all_numbers: bool = False, seed: Optional[int] = None,
@@ -313,9 +295,18 @@ def _run_demo(model, tok, num_problems, num_numbers, all_numbers, seed, quick, o
             bar.set_postfix_str(f"{s.name} {s.label}")
         rows.append(run_strategy(model, tok, problems, s, constrained=constrained))
     print_table(rows)
+    shared = None
+    if not quick:
+        mcts_rows = [r for r in rows if r["strategy"] == "mcts"]
+        total = max(r["tokens_per_problem"] for r in mcts_rows) * len(problems)
+        from ponder.tasks.demo_shared import print_shared, run_shared_budget, shared_budget_rows
+
+        shared = run_shared_budget(model, tok, problems, int(total), constrained=constrained)
+        print_shared(shared_budget_rows(rows, shared))
+    learning = learning_record(model_dir)
     os.makedirs(out_dir, exist_ok=True)
     png = os.path.join(out_dir, "ponder-demo.png")
-    if plot(rows, png):
+    if plot(rows, png, shared, learning):
         print(f"wrote {png}")
     else:
         print("matplotlib is not installed (pip install 'ponder[plot]'): no plot written")
