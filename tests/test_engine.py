@@ -268,3 +268,27 @@ def test_str_prompts_use_the_chat_template_unless_switched_off(model, chat_templ
     assert CharTokenizer().decode(eng.tokens(root).tolist()) == expected
     (ids,) = eng.prefill([CharTokenizer().encode("abc")])  # token ids are taken as they are
     assert CharTokenizer().decode(eng.tokens(ids).tolist()) == "abc"
+
+
+def test_shared_prefix_decode_matches_per_branch_decode(model, monkeypatch):
+    """Decode through the attention plan (each shared segment read once) gives the per-branch
+    path's tokens; forced on here, since these short prompts save fewer reads than the engine's
+    threshold for using it."""
+    from ponder import kv_store, ops
+
+    monkeypatch.setattr(kv_store, "SHARED_PREFIX_MIN_SAVING", 0)
+    calls = []
+    real = ops.shared_prefix_attention
+    monkeypatch.setattr(ops, "shared_prefix_attention", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    out = {}
+    for mode in ("shared_prefix", "paged"):
+        eng = make_engine(model, decode_attention=mode)
+        roots = eng.prefill(PROMPTS)
+        first = eng.expand(roots, 3, stop=STOP, seed=4)
+        second = eng.expand(first.children[~first.terminal][:4], 2, stop=STOP, seed=4)
+        out[mode] = (first, second)
+    assert calls  # the shared path ran
+    for a, b in zip(out["shared_prefix"], out["paged"]):
+        assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
+        # fp32: the log-sum-exp merge of segments vs one softmax differ in summation order only
+        torch.testing.assert_close(a.hidden, b.hidden, rtol=1e-4, atol=1e-5)

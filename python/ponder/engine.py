@@ -28,7 +28,8 @@ import torch
 from ponder import _core, ops
 from ponder.decoding import constrain_logits, finish_reason, mask_with_trie, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop, Branch
-from ponder.kv_store import EvictFn, KVStore, check_evict, int_list
+from ponder.kv_args import EvictFn, check_evict, int_list
+from ponder.kv_store import KVStore
 from ponder.sequences import NO_PAGES, SeqRecord
 
 __all__ = ["AllowedTokensFn", "Engine", "Expansion", "FINISH_REASONS", "SamplingParams", "StepStop"]

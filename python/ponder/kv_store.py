@@ -15,47 +15,21 @@ when it is next extended, with the prefix cache picking up whatever pages surviv
 from __future__ import annotations
 
 import logging
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 
 from ponder import ops
 from ponder.expansion import EngineStats
+from ponder.kv_args import (DECODE_ATTENTION, SHARED_PREFIX_MIN_SAVING, EvictFn, check_evict, eos_ids, int_list,
+                            store_size)
 from ponder.page_table import KVCacheFull, PageTable
 from ponder.sequences import NO_PAGES, SeqRecord, SeqTable
 
-__all__ = ["EvictFn", "KVStore"]
+__all__ = ["EvictFn", "KVStore", "int_list"]
 
 logger = logging.getLogger(__name__)
-
-# (engine, pages needed) -> sequence handles whose KV may be dropped, most expendable first
-EvictFn = Callable[["KVStore", int], Iterable[int]]
-
-
-DECODE_ATTENTION = ("shared_prefix", "paged")
-
-
-MAX_PAGES = 2**31 - 1  # PageTable page ids are int32
-
-
-def _not_int(x) -> bool:
-    return isinstance(x, (bool, np.bool_)) or not isinstance(x, (int, np.integer))
-
-
-def check_evict(evict, name: str = "evict") -> None:
-    """TypeError unless ``evict`` is None or callable: it is only called under memory pressure,
-    so a wrong value would otherwise surface much later, mid-call."""
-    if evict is not None and not callable(evict):
-        raise TypeError(f"{name} must be callable (engine, pages needed) -> handles, got {type(evict).__name__}")
-
-
-def int_list(name: str, values) -> np.ndarray:
-    arr = np.asarray(values)
-    if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
-        raise TypeError(f"{name} must be a 1-D sequence of ints, got {arr.dtype} {arr.shape}")
-    return arr.astype(np.int64)
-
 
 class KVStore:
     """Owns one model's KV cache, its PageTable and the sequence records.
@@ -76,10 +50,10 @@ class KVStore:
         backend: op backend for the engine's ops (``"auto"`` | ``"torch"`` | ...).
         chat_template: str prompts go through the tokenizer's chat template (one user message,
             generation prompt added) when it has one; False encodes them as plain text.
-        decode_attention: ``"shared_prefix"`` (default): a decode step builds one attention plan
-            for the batch and every layer reads each KV segment shared by several sequences once
-            (``ops.shared_prefix_attention``); ``"paged"``: every sequence reads its whole KV
-            (``ops.paged_attention``), the baseline.
+        decode_attention: ``"shared_prefix"`` (default): a decode step whose sequences share
+            enough KV (``SHARED_PREFIX_MIN_SAVING`` token reads) builds one attention plan for the
+            batch and every layer reads each shared segment once (``ops.shared_prefix_attention``);
+            ``"paged"``: every sequence always reads its whole KV (``ops.paged_attention``).
     """
 
     def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
@@ -91,21 +65,7 @@ class KVStore:
             if not hasattr(model, name):
                 raise TypeError(f"model must be a ponder.models.DecoderLM (or have its interface), "
                                 f"got {type(model).__name__} without {name!r}")
-        if _not_int(page_size) or page_size < 1:
-            raise ValueError(f"page_size must be an int >= 1, got {page_size!r}")
-        bytes_per_page = model.kv_bytes_per_token * page_size
-        if num_pages is None:
-            if max_kv_bytes is None:
-                raise ValueError("give num_pages or max_kv_bytes to size the KV cache")
-            if _not_int(max_kv_bytes) or max_kv_bytes < 1:
-                raise ValueError(f"max_kv_bytes must be an int >= 1 (bytes), got {max_kv_bytes!r}")
-            num_pages = int(max_kv_bytes) // bytes_per_page
-        # checked before the KV tensor is allocated; the page table holds int32 page ids
-        if _not_int(num_pages) or not 1 <= num_pages <= MAX_PAGES:
-            raise ValueError(f"num_pages must be an int in [1, {MAX_PAGES}] (max_kv_bytes too small or too "
-                             f"large?), got {num_pages!r}")
-        if _not_int(max_batch_tokens) or max_batch_tokens < 1:
-            raise ValueError(f"max_batch_tokens must be an int >= 1, got {max_batch_tokens!r}")
+        num_pages = store_size(model, page_size, num_pages, max_kv_bytes, max_batch_tokens)
         check_evict(evict, "evict")
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
@@ -118,15 +78,7 @@ class KVStore:
         cfg = model.config
         self.max_context = int(cfg.max_position_embeddings)
         self.vocab_size = int(cfg.vocab_size)
-        if eos_token_ids is None:
-            eos = getattr(cfg, "eos_token_id", None)
-            eos_token_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-        elif isinstance(eos_token_ids, (str, bytes)) or not hasattr(eos_token_ids, "__iter__"):
-            raise TypeError(f"eos_token_ids must be a list of token ids or None, got {type(eos_token_ids).__name__}")
-        for t in eos_token_ids:
-            if _not_int(t) or not 0 <= t < self.vocab_size:
-                raise ValueError(f"eos_token_ids must hold token ids in [0, {self.vocab_size}), got {t!r}")
-        self.eos_token_ids = frozenset(int(t) for t in eos_token_ids)
+        self.eos_token_ids = eos_ids(cfg, eos_token_ids, self.vocab_size)
         self.kv_cache = model.allocate_kv_cache(self.num_pages, page_size)
         self.device = self.kv_cache.device
         self.page_table = PageTable(self.num_pages, page_size, prefix_cache=prefix_cache)
@@ -268,7 +220,8 @@ class KVStore:
         indptr = np.zeros(len(query_counts) + 1, dtype=np.int32)
         np.cumsum(query_counts, out=indptr[1:])
         plan = None
-        if self.decode_attention == "shared_prefix" and indptr[-1] == len(query_counts):  # one row each
+        if self.decode_attention == "shared_prefix" and indptr[-1] == len(query_counts) and \
+                int(lens.sum()) - np.unique(tables[tables >= 0]).size * self.page_size >= SHARED_PREFIX_MIN_SAVING:
             plan = ops.plan_shared_prefix_attention(tables, lens, self.kv_cache, self.model.config.num_heads,
                                                     backend=self.backend)
         with torch.inference_mode():
