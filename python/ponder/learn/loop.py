@@ -142,24 +142,16 @@ def _batches(pools: Dict[str, list], anchor, cfg: LearnConfig, rng: random.Rando
 def train_round(model, pools: Dict[str, list], anchor, cfg: LearnConfig, seed: int, bar=None) -> Dict[str, float]:
     """``cfg.steps_per_round`` AdamW steps on the joint loss; returns the mean losses of the
     first and the last tenth of the steps."""
-    from ponder.tasks.train import joint_loss
+    from ponder.tasks.train import make_optimizer, train_step
 
     torch.manual_seed(seed)
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    plain = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": plain, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    opt = make_optimizer(model, cfg.lr, cfg.weight_decay)
     batches = _batches(pools, anchor, cfg, random.Random(seed), model.config.pad_token_id)
     history = []
     model.train()
     for step in range(cfg.steps_per_round):
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
-        loss, parts = joint_loss(model, next(batches), cfg.value_weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
+        lr = cfg.lr * min(1.0, (step + 1) / cfg.warmup_steps)
+        parts = train_step(model, opt, next(batches), lr, cfg.value_weight, cfg.grad_clip)
         history.append(parts)
         if bar is not None:
             bar.set_postfix_str(f"train {step + 1}/{cfg.steps_per_round} loss {parts['loss']:.3f}")

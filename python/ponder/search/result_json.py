@@ -89,12 +89,7 @@ def decode(text: Any) -> Dict[str, Any]:
     _check_version(data)
     fields = {k: v for k, v in data.items() if k != "format_version"}
     fields.setdefault("error", None)  # only failed problems carry one
-    missing = [k for k in FIELDS if k not in fields]
-    if missing:
-        raise ValueError(f"SearchResult JSON: missing field(s) {missing}")
-    unknown = sorted(set(fields) - set(FIELDS))
-    if unknown:
-        raise ValueError(f"SearchResult JSON: unknown field(s) {unknown} for format_version {FORMAT_VERSION}")
+    _check_keys(fields, FIELDS, "missing field(s)", f"unknown field(s) {{}} for format_version {FORMAT_VERSION}")
     for name, kind in FIELDS.items():
         _check(name, kind, fields[name])
     if fields["problem_index"] < 0:
@@ -105,6 +100,16 @@ def decode(text: Any) -> Dict[str, Any]:
     _check_path(fields)
     _check_stats(fields["stats"], fields["stop_reason"])
     return fields
+
+
+def _check_keys(given: Dict[str, Any], expected: Dict[str, str], missing_msg: str, unknown_msg: str) -> None:
+    """ValueError when ``given`` lacks a key of ``expected`` or has one it does not know."""
+    missing = [k for k in expected if k not in given]
+    if missing:
+        raise ValueError(f"SearchResult JSON: {missing_msg} {missing}")
+    unknown = sorted(set(given) - set(expected))
+    if unknown:
+        raise ValueError("SearchResult JSON: " + unknown_msg.format(unknown))
 
 
 def _check_version(data: Dict[str, Any]) -> None:
@@ -120,12 +125,7 @@ def _check_version(data: Dict[str, Any]) -> None:
 
 
 def _check_nodes(nodes: Dict[str, Any]) -> None:
-    missing = [k for k in NODE_ARRAYS if k not in nodes]
-    if missing:
-        raise ValueError(f"SearchResult JSON: nodes is missing the array(s) {missing}")
-    unknown = sorted(set(nodes) - set(NODE_ARRAYS))
-    if unknown:
-        raise ValueError(f"SearchResult JSON: nodes has unknown array(s) {unknown}")
+    _check_keys(nodes, NODE_ARRAYS, "nodes is missing the array(s)", "nodes has unknown array(s) {}")
     for name, kind in NODE_ARRAYS.items():
         array = nodes[name]
         if not isinstance(array, list):

@@ -128,13 +128,27 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _optimizer(model: DecoderLM, cfg: TrainConfig) -> torch.optim.Optimizer:
-    # Norm weights and biases (1-D) are not decayed: shrinking them towards 0 only fights the
-    # normalisation.
+def make_optimizer(model: DecoderLM, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the model; norm weights and biases (1-D) are not decayed: shrinking them
+    towards 0 only fights the normalisation."""
     decay = [p for p in model.parameters() if p.dim() >= 2]
     plain = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                              {"params": plain, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": plain, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98))
+
+
+def train_step(model: DecoderLM, optimizer: torch.optim.Optimizer, batch: Dict[str, torch.Tensor], lr: float,
+               value_weight: float, grad_clip: float) -> Dict[str, float]:
+    """One optimiser step on :func:`joint_loss` at learning rate ``lr`` (gradients clipped to
+    ``grad_clip``); returns the loss parts."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, parts = joint_loss(model, batch, value_weight)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return parts
 
 
 def _check_args(out_dir, steps, seed, batch_size) -> None:
@@ -192,7 +206,7 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
                                         cfg.eval_value_examples if evaluate else 0, knobs, cfg.max_position)
     sampler = TraceSampler(tokenizer, seed, value_fraction=cfg.value_fraction, max_len=cfg.max_position,
                            holdout=held_out.keys, prior_weight=cfg.prior_weight, **knobs)
-    optimizer = _optimizer(model, cfg)
+    optimizer = make_optimizer(model, cfg.lr, cfg.weight_decay)
     history = []
     queue: list = []
     data_seconds = 0.0
@@ -200,18 +214,11 @@ def _train(out_dir, steps, seed, batch_size, quick, config, progress, evaluate) 
     bar = _progress(cfg.steps, progress)
     model.train()
     for step in range(cfg.steps):
-        for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, cfg)
         if not queue:
             tic = time.perf_counter()
             queue = sampler.batches(cfg.batch_size, _LENGTH_GROUP)
             data_seconds += time.perf_counter() - tic
-        batch = queue.pop()
-        loss, parts = joint_loss(model, batch, cfg.value_weight)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        optimizer.step()
+        parts = train_step(model, optimizer, queue.pop(), _lr_at(step, cfg), cfg.value_weight, cfg.grad_clip)
         history.append(parts)
         if bar is not None:
             bar.update(1)
