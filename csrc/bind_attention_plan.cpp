@@ -55,6 +55,12 @@ py::dict attention_plan(const py::object& block_tables, const py::object& seq_le
                                 static_cast<const int32_t*>(lens.data()), page_size, num_pages, max_pages_per_item,
                                 max_queries_per_item);
   }
+  return attention_plan_dict(plan);
+}
+
+}  // namespace
+
+py::dict attention_plan_dict(const AttentionPlan& plan) {
   py::dict d;
   d["num_queries"] = plan.num_queries;
   d["num_segments"] = plan.num_segments;
@@ -71,8 +77,6 @@ py::dict attention_plan(const py::object& block_tables, const py::object& seq_le
   d["merge_slots"] = to_numpy(plan.merge_slots);
   return d;
 }
-
-}  // namespace
 
 void bind_attention_plan(py::module_& m) {
   m.def("attention_plan", &attention_plan, py::arg("block_tables"), py::arg("seq_lens"), py::arg("page_size"),

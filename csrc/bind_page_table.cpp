@@ -2,6 +2,7 @@
 // (ponder.page_table converts anything else); outputs are fresh arrays the caller owns. Scalar
 // handles are checked here, so the Python facade passes them straight through on hot paths.
 // Long calls release the GIL; a per-table mutex serialises calls from several Python threads.
+#include <algorithm>
 #include <cstring>
 #include <limits>
 #include <mutex>
@@ -10,6 +11,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include "attention_plan.h"
 #include "bindings.h"
 #include "page_table.h"
 
@@ -143,6 +145,59 @@ py::tuple batch_tables(BoundPageTable& self, const py::object& seqs, int32_t pad
   return py::make_tuple(out, to_numpy(lengths));
 }
 
+// Everything a decode forward needs, in one call: append one token to each of seqs (with
+// copy-on-write), then the step's positions, block tables and lengths, and the shared-prefix
+// attention plan when sharing saves at least plan_min_saving token reads (< 0: never plan).
+py::tuple decode_step(BoundPageTable& self, const py::object& seqs, const py::object& tokens,
+                      int64_t plan_min_saving, int64_t max_pages_per_item, int64_t max_queries_per_item) {
+  const Int32View s = int32_view(seqs, "seqs");
+  const Int32View tok = int32_view(tokens, "tokens");
+  if (s.size != tok.size) {
+    throw py::value_error(detail::concat("tokens must hold one token per sequence (", s.size, "), got ", tok.size));
+  }
+  if (max_pages_per_item < 0 || max_queries_per_item < 0) {
+    throw py::value_error(detail::concat("max_pages_per_item and max_queries_per_item must be >= 0, got ",
+                                         max_pages_per_item, " and ", max_queries_per_item));
+  }
+  std::vector<int32_t> counts(static_cast<size_t>(s.size), 1);
+  std::vector<int64_t> slots;
+  std::vector<int32_t> src, dst, tables, lengths;
+  int64_t width = 0;
+  bool planned = false;
+  AttentionPlan plan;
+  {
+    py::gil_scoped_release nogil;
+    std::lock_guard<std::mutex> lock(self.mu);
+    PageTable& t = self.table;
+    t.append(s.data, counts.data(), s.size, tok.data, tok.size, slots, src, dst);  // all-or-nothing
+    width = t.batch_tables(s.data, s.size, 0, -1, tables, lengths);
+    if (plan_min_saving >= 0 && s.size > 1) {
+      const int64_t S = t.page_size();
+      int64_t reads = 0;
+      std::vector<int32_t> used;
+      for (int64_t b = 0; b < s.size; ++b) {
+        reads += lengths[b];
+        const int64_t n = (lengths[b] + S - 1) / S;
+        used.insert(used.end(), tables.begin() + b * width, tables.begin() + b * width + n);
+      }
+      std::sort(used.begin(), used.end());
+      const int64_t distinct = std::unique(used.begin(), used.end()) - used.begin();
+      if (reads - distinct * S >= plan_min_saving) {
+        plan = build_attention_plan(tables.data(), s.size, width, lengths.data(), S, t.num_pages(),
+                                    max_pages_per_item, max_queries_per_item);
+        planned = true;
+      }
+    }
+  }
+  py::array_t<int64_t> positions(static_cast<py::ssize_t>(s.size));
+  int64_t* pos = positions.mutable_data();
+  for (int64_t b = 0; b < s.size; ++b) pos[b] = static_cast<int64_t>(lengths[b]) - 1;
+  py::array_t<int32_t> table_arr({static_cast<py::ssize_t>(s.size), static_cast<py::ssize_t>(width)});
+  if (!tables.empty()) std::memcpy(table_arr.mutable_data(), tables.data(), tables.size() * sizeof(int32_t));
+  return py::make_tuple(positions, to_numpy(slots), to_numpy(src), to_numpy(dst), table_arr, to_numpy(lengths),
+                        planned ? py::object(attention_plan_dict(plan)) : py::object(py::none()));
+}
+
 py::dict stats(BoundPageTable& self) {
   PageTableStats st;
   {
@@ -227,6 +282,8 @@ void bind_page_table(py::module_& m) {
            py::arg("tokens"))
       .def("can_append", &can_append, py::arg("seqs"), py::arg("counts"))
       .def("batch_tables", &batch_tables, py::arg("seqs"), py::arg("pad") = -1, py::arg("max_pages") = -1)
+      .def("decode_step", &decode_step, py::arg("seqs"), py::arg("tokens"), py::arg("plan_min_saving"),
+           py::arg("max_pages_per_item") = 0, py::arg("max_queries_per_item") = 0)
       .def("num_tokens",
            [](BoundPageTable& self, py::handle seq) {
              const int32_t s = seq_arg(seq);

@@ -8,12 +8,13 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "ponder native core: search forest, KV page table, host sampling, token tries, CUDA launchers";
+  m.doc() = "ponder native core: search forest, KV page table, host attention and sampling, token tries, CUDA launchers";
   py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
   ponder::bind_cuda(m);
   ponder::bind_forest(m);
   ponder::bind_page_table(m);
   ponder::bind_attention_plan(m);
+  ponder::bind_attention_cpu(m);
   ponder::bind_sample(m);
   ponder::bind_token_trie(m);
 }

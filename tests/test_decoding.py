@@ -4,29 +4,13 @@ import numpy as np
 import pytest
 import torch
 
-from ponder.decoding import constrain_logits, finish_reason, sibling_priors, split_repeats
-from ponder.expansion import StepStop, Branch
+from ponder.decoding import constrain_logits, sibling_priors, split_repeats
+from ponder.expansion import Branch
 
 
 def branch(parent, tokens, length=10):
     return Branch(parent=parent, rng_id=parent, child_index=0, source=0, seq=0, tokens=list(tokens), logprobs=[],
                    length=length)
-
-
-class Chars:
-    def decode(self, ids):
-        return "".join(chr(ord("a") + i) if i < 26 else "\n" for i in ids)
-
-
-def test_finish_reason_in_priority_order():
-    stop = StepStop(strings=("\n",), token_ids=(5,), max_step_tokens=3)
-    args = ({0}, Chars(), 100)
-    assert finish_reason(branch(1, [2, 0]), stop, *args) == "eos"
-    assert finish_reason(branch(1, [5]), stop, *args) == "stop"
-    assert finish_reason(branch(1, [2, 26]), stop, *args) == "stop"  # the stop string
-    assert finish_reason(branch(1, [2, 3, 4]), stop, *args) == "length"
-    assert finish_reason(branch(1, [2], length=99), stop, *args) == "context"
-    assert finish_reason(branch(1, [2]), stop, *args) is None
 
 
 def test_constrain_logits_masks_only_constrained_rows():

@@ -409,3 +409,52 @@ def test_concurrent_threads_keep_the_table_consistent():
     assert errors == []
     st = pt.stats()
     assert st["num_seqs"] == 0 and st["used"] == 0 and st["free"] + st["evictable"] == 64
+
+
+def _forked_tables(prefix_cache=True):
+    """Two identical page tables: a 10-token prompt (page size 4) forked into 3 branches of
+    different lengths, one of them sharing its partial last page."""
+    out = []
+    for _ in range(2):
+        t = PageTable(32, 4, prefix_cache=prefix_cache)
+        root, _, _ = t.allocate(np.arange(10))
+        kids = [t.fork(root) for _ in range(3)]
+        t.append(kids[:2], [3, 6], np.arange(9) + 50)
+        out.append((t, kids))
+    return out
+
+
+@pytest.mark.parametrize("min_saving", [-1, 0, 10**6])
+def test_decode_step_equals_append_tables_and_plan(min_saving):
+    (a, kids), (b, _) = _forked_tables()
+    tokens = np.array([7, 8, 9], dtype=np.int32)
+    step = a.decode_step(kids, tokens, min_saving)
+    slots, src, dst = b.append(kids, [1, 1, 1], tokens)
+    tables, lens = b.batch_tables(kids, pad=0)
+    assert np.array_equal(step.slot_mapping, slots) and np.array_equal(step.copy_src, src)
+    assert np.array_equal(step.copy_dst, dst) and src.size == 1  # the third branch shared the root's last page
+    assert np.array_equal(step.block_tables, tables) and np.array_equal(step.seq_lens, lens)
+    assert step.positions.dtype == np.int64 and step.positions.tolist() == (lens - 1).tolist()
+    if min_saving == 0:  # the 8-token prefix (two full pages) is read once instead of three times
+        from ponder.attention_plan import AttentionPlan, plan_attention
+        plan, want = AttentionPlan.from_native(step.plan, 4), plan_attention(tables, lens, 4, num_pages=32)
+        for name in ("item_pages", "item_num_tokens", "item_queries", "merge_slots", "merge_indptr"):
+            assert np.array_equal(getattr(plan, name), getattr(want, name)), name
+    else:  # never asked for, or sharing saves less than asked
+        assert step.plan is None
+    assert a.stats() == b.stats()
+
+
+def test_decode_step_is_all_or_nothing():
+    t = PageTable(4, 4, prefix_cache=False)
+    root, _, _ = t.allocate(np.arange(8))  # two full pages
+    kids = [t.fork(root) for _ in range(3)]  # each needs a fresh page; only two are free
+    before = t.stats()
+    with pytest.raises(KVCacheFull):
+        t.decode_step(kids, [1, 2, 3], 0)
+    assert t.stats() == before and [t.num_tokens(k) for k in kids] == [8, 8, 8]
+    with pytest.raises(ValueError, match="one token per sequence"):
+        t.decode_step(kids, [1, 2], 0)
+    with pytest.raises(ValueError):
+        t.decode_step([kids[0], 99], [1, 2], 0)
+    assert t.stats() == before

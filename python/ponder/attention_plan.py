@@ -90,6 +90,13 @@ class AttentionPlan:
     merge_indptr: np.ndarray
     merge_slots: np.ndarray
 
+    @classmethod
+    def from_native(cls, raw: dict, page_size: int) -> "AttentionPlan":
+        """The plan from the dict ``ponder._core`` builds (``attention_plan``, ``PageTable.decode_step``)."""
+        return cls(num_queries=raw["num_queries"], num_segments=raw["num_segments"],
+                   num_shared_items=raw["num_shared_items"], max_item_queries=raw["max_item_queries"],
+                   page_size=page_size, **{n: raw[n] for n in _ARRAYS})
+
     @property
     def num_items(self) -> int:
         return int(self.item_num_tokens.shape[0])
@@ -174,7 +181,4 @@ def plan_attention(
         tables, lens, page_size, pool,
         _count("max_pages_per_item", max_pages_per_item, 0), _count("max_queries_per_item", max_queries_per_item, 0),
     )  # fmt: skip
-    return AttentionPlan(
-        num_queries=raw["num_queries"], num_segments=raw["num_segments"], num_shared_items=raw["num_shared_items"],
-        max_item_queries=raw["max_item_queries"], page_size=page_size, **{n: raw[n] for n in _ARRAYS},
-    )  # fmt: skip
+    return AttentionPlan.from_native(raw, page_size)

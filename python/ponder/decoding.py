@@ -1,8 +1,8 @@
-"""Per-token decisions of step decoding, free of engine state: when a branch's step ends,
-which tokens a constraint leaves, which sampled steps repeat a sibling, and the children's
-priors; and :class:`StepConstraint`, a constraint given as the allowed steps of each node.
-:class:`ponder.Engine` drives them; they are plain functions so they read (and test) on their
-own."""
+"""Per-token decisions of step decoding, free of engine state: which tokens a constraint
+leaves, which sampled steps repeat a sibling, and the children's priors; and
+:class:`StepConstraint`, a constraint given as the allowed steps of each node. When a step
+ends is :class:`ponder.step_batch.StopRule`. :class:`ponder.Engine` drives them; they are
+plain functions so they read (and test) on their own."""
 
 from __future__ import annotations
 
@@ -11,25 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Set, Tupl
 import numpy as np
 import torch
 
-from ponder.expansion import StepStop, Branch
-
-
-def finish_reason(b: Branch, stop: StepStop, eos_token_ids: Set[int], tokenizer, max_context: int) -> Optional[str]:
-    """Why ``b``'s step ends after its last sampled token, or None if it goes on."""
-    t = b.tokens[-1]
-    if stop.stop_on_eos and t in eos_token_ids:
-        return "eos"
-    if t in stop.token_ids:
-        return "stop"
-    if stop.strings:
-        text = tokenizer.decode(b.tokens)
-        if any(s in text for s in stop.strings):
-            return "stop"
-    if len(b.tokens) >= stop.max_step_tokens:
-        return "length"
-    if b.length + 1 >= max_context:  # after feeding this token there is no room for another
-        return "context"
-    return None
+from ponder.expansion import Branch
 
 
 def constrain_logits(rows: Sequence[Branch], logits: torch.Tensor,

@@ -26,8 +26,9 @@ import numpy as np
 import torch
 
 from ponder import _core, ops
-from ponder.decoding import constrain_logits, finish_reason, mask_with_trie, sibling_priors, split_repeats
-from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop, Branch
+from ponder.decoding import constrain_logits, mask_with_trie, sibling_priors, split_repeats
+from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop
+from ponder.step_batch import RUNNING, StepBatch, StopRule, stop_string_candidates
 from ponder.kv_args import EvictFn, check_evict, int_list
 from ponder.kv_store import KVStore
 from ponder.sequences import NO_PAGES, SeqRecord
@@ -119,25 +120,31 @@ class Engine(KVStore):
                 or (rng.size and int(rng.max()) >= 2**63):
             raise ValueError(f"rng_ids must be {handles.size} ints in [0, 2**63) (one per sequence), got {rng_ids!r}")
 
-        branches: List[Branch] = []
+        batch: Optional[StepBatch] = None
         try:
             self.ensure_kv(recs, evict)
-            for i, (r, k, rid) in enumerate(zip(recs, counts.tolist(), rng.tolist())):
-                base = r.draws
-                for j in range(k):
-                    branches.append(Branch(parent=r.handle, rng_id=int(rid), child_index=base + j, source=i,
-                                           seq=self.page_table.fork(r.pages), tokens=[], logprobs=[],
-                                           length=r.length, trie_state=-1 if roots is None else int(roots[i])))
+            parent_pages = np.array([r.pages for r in recs], dtype=np.int32)
+            source = np.repeat(np.arange(len(recs)), counts)
+            draws = np.array([r.draws for r in recs], dtype=np.int64)
+            first = np.cumsum(counts) - counts  # each parent's first row
+            batch = StepBatch(
+                parents=handles[source], source=source, rng_ids=rng.astype(np.int64)[source],
+                child_index=draws[source] + np.arange(source.size) - first[source],
+                seqs=self.page_table.fork_many(parent_pages[source]),
+                lengths=np.array([r.length for r in recs], dtype=np.int64)[source],
+                trie_states=(np.full(source.size, -1, np.int32) if roots is None else roots[source]),
+                max_tokens=stop.max_step_tokens)
             mask = (allowed_tokens, trie)
-            self._sample_into(branches, self.hidden(handles[[b.source for b in branches]]), stop, sampling, seed, mask)
-            active = branches
-            while active:
-                active = self._decode_step(active, stop, sampling, seed, mask, evict)
-            exp = self._commit(recs, branches, bool(distinct))
+            rule = self._stop_rule(stop)
+            rows = np.arange(len(batch))
+            self._sample_rows(batch, rows, self.hidden(handles)[torch.from_numpy(source)], rule, sampling, seed, mask)
+            while rows.size:
+                rows = self._decode_rows(batch, rows, rule, sampling, seed, mask, evict)
+            exp = self._commit(recs, batch, bool(distinct))
         except BaseException:
-            for b in branches:
-                if b.seq != NO_PAGES:
-                    self.page_table.free(b.seq)
+            if batch is not None:
+                for seq in batch.seqs[batch.seqs != NO_PAGES].tolist():
+                    self.page_table.free(seq)
             raise
         finally:
             self.protected.clear()
@@ -169,66 +176,90 @@ class Engine(KVStore):
         trie.insert(np.asarray(owner, dtype=np.int32), indptr, flat, self.vocab_size)
         return trie, roots
 
-    def _sample_into(self, rows: List[Branch], hidden: torch.Tensor, stop: StepStop, sampling: SamplingParams,
-                     seed: int, mask) -> None:
-        """Sample each row's next token from ``hidden`` and decide whether it ends the step.
+    def _stop_rule(self, stop: StepStop) -> StopRule:
+        """``stop`` compiled for this engine; the stop-string candidates are cached per strings."""
+        cands = None
+        if stop.strings:
+            cache = self.__dict__.setdefault("_stop_candidates", {})
+            if stop.strings not in cache:
+                cache[stop.strings] = stop_string_candidates(self.tokenizer, stop.strings, self.vocab_size)
+            cands = cache[stop.strings]
+        return StopRule(stop, self.eos_token_ids, self.tokenizer, self.vocab_size, self.max_context, cands)
+
+    def _sample_rows(self, batch: StepBatch, rows: np.ndarray, hidden: torch.Tensor, rule: StopRule,
+                     sampling: SamplingParams, seed: int, mask) -> None:
+        """Sample the next token of each of ``rows`` from ``hidden`` and set their finish codes.
         ``mask`` is (allowed_tokens callback or None, step TokenTrie or None)."""
         allowed_tokens, trie = mask
-        states = None if trie is None else np.array([b.trie_state for b in rows], dtype=np.int32)
+        states = None if trie is None else batch.trie_states[rows]
         with torch.inference_mode():
             logits = self.model.logits(hidden)
             if allowed_tokens is not None:
-                logits = constrain_logits(rows, logits, allowed_tokens)
+                logits = constrain_logits(batch.branches(rows), logits, allowed_tokens)
             if states is not None and (states >= 0).any():
                 logits = mask_with_trie(trie, states, logits)
-        n = len(rows)
-        dev = logits.device
-        keys = torch.tensor([[seed, b.rng_id, b.child_index, b.length] for b in rows], dtype=torch.int64, device=dev)
-        tokens, logprobs = ops.sample(
-            logits, keys,
-            torch.full((n,), float(sampling.temperature), dtype=torch.float32, device=dev),
-            torch.full((n,), int(sampling.top_k), dtype=torch.int32, device=dev),
-            torch.full((n,), float(sampling.top_p), dtype=torch.float32, device=dev),
-            backend=self.backend,
-        )
+        n = rows.size
+        keys = np.empty((n, 4), dtype=np.int64)
+        keys[:, 0] = seed
+        keys[:, 1] = batch.rng_ids[rows]
+        keys[:, 2] = batch.child_index[rows]
+        keys[:, 3] = batch.lengths[rows]
+        temperature, top_k, top_p = self._sampling_columns(n, sampling, logits.device)
+        tokens, logprobs = ops.sample(logits, torch.from_numpy(keys).to(logits.device), temperature, top_k, top_p,
+                                      backend=self.backend)
+        toks = tokens.cpu().numpy()
         at_leaf = np.zeros(n, dtype=bool)
         if states is not None:
-            nxt, at_leaf = trie.advance(states, tokens.cpu().numpy().astype(np.int64))
-            for b, s in zip(rows, nxt.tolist()):
-                b.trie_state = s
-        for b, t, lp, leaf in zip(rows, tokens.tolist(), logprobs.tolist(), at_leaf.tolist()):
-            b.tokens.append(int(t))
-            b.logprobs.append(float(lp))
-            b.finish = finish_reason(b, stop, self.eos_token_ids, self.tokenizer, self.max_context)
-            if leaf and b.finish is None:  # a whole allowed step is written
-                b.finish = "stop"
+            nxt, at_leaf = trie.advance(states, toks)
+            batch.trie_states[rows] = nxt
+        batch.record(rows, toks, logprobs.cpu().numpy())
+        batch.finish[rows] = rule.codes(batch.tokens[rows], batch.counts[rows], batch.lengths[rows], at_leaf)
 
-    def _decode_step(self, active: List[Branch], stop: StepStop, sampling: SamplingParams, seed: int,
-                     mask, evict: Optional[EvictFn]) -> List[Branch]:
-        pages = np.array([b.seq for b in active], dtype=np.int32)
-        hidden = self.append_forward(pages, [np.array(b.tokens[-1:], dtype=np.int32) for b in active],
-                                      [b.length for b in active], "decoding", evict)
-        self.stats.tokens_decoded += len(active)
-        cont_rows, cont = [], []
-        for i, b in enumerate(active):
-            b.length += 1
-            if b.finish is not None:
-                b.hidden_ref = (hidden, i)
-            else:
-                cont_rows.append(i)
-                cont.append(b)
-        if cont:
-            self._sample_into(cont, hidden[cont_rows], stop, sampling, seed, mask)
-        return cont
+    def _sampling_columns(self, n: int, sampling: SamplingParams, device):
+        """The per-row temperature / top_k / top_p tensors of ``n`` rows (cached: every row of
+        a call samples alike, and the shapes repeat from token to token)."""
+        key = (n, sampling, str(device))
+        cache = self.__dict__.setdefault("_sampling_cache", {})
+        cols = cache.get(key)
+        if cols is None:
+            if len(cache) > 256:
+                cache.clear()
+            cols = cache[key] = (
+                torch.full((n,), float(sampling.temperature), dtype=torch.float32, device=device),
+                torch.full((n,), int(sampling.top_k), dtype=torch.int32, device=device),
+                torch.full((n,), float(sampling.top_p), dtype=torch.float32, device=device))
+        return cols
 
-    def _commit(self, recs: List[SeqRecord], branches: List[Branch], distinct: bool) -> Expansion:
+    def _decode_rows(self, batch: StepBatch, rows: np.ndarray, rule: StopRule, sampling: SamplingParams, seed: int,
+                     mask, evict: Optional[EvictFn]) -> np.ndarray:
+        """Feed each of ``rows`` its last sampled token in one forward; rows whose step ended keep
+        the hidden state, the others sample their next token. Returns the rows still running."""
+        toks = batch.tokens[rows, batch.counts[rows] - 1]
+        hidden = self.decode_forward(batch.seqs[rows], toks, "decoding", evict)
+        self.stats.tokens_decoded += rows.size
+        batch.lengths[rows] += 1
+        done = batch.finish[rows] != RUNNING
+        if done.any():
+            batch.hidden_at[rows[done], 0] = len(batch.hiddens)
+            batch.hidden_at[rows[done], 1] = np.flatnonzero(done)
+            batch.hiddens.append(hidden)
+        going = np.flatnonzero(~done)
+        if going.size:
+            self._sample_rows(batch, rows[going], hidden[torch.from_numpy(going)], rule, sampling, seed, mask)
+        return rows[going]
+
+    def _commit(self, recs: List[SeqRecord], batch: StepBatch, distinct: bool) -> Expansion:
+        branches = batch.branches()
+        at = batch.hidden_at
+        for i, b in enumerate(branches):
+            b.hidden_ref = (batch.hiddens[at[i, 0]], int(at[i, 1]))
         discarded: Dict[int, int] = {}
         if distinct:
             by_handle = {r.handle: r for r in recs}
             kept, repeats = split_repeats(branches, lambda h: self.seqs.steps_of(by_handle[h]))
             for b in repeats:
                 self.page_table.free(b.seq)
-                b.seq = NO_PAGES  # freed here, so the caller's clean-up must not free it again
+                batch.seqs[batch.seqs == b.seq] = NO_PAGES  # freed here, so the clean-up must not free it again
                 discarded[b.parent] = discarded.get(b.parent, 0) + len(b.tokens)
             if repeats:
                 self.stats.extra["duplicate_children"] = self.stats.extra.get("duplicate_children", 0) + len(repeats)

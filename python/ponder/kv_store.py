@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ponder import ops
+from ponder.attention_plan import AttentionPlan
 from ponder.expansion import EngineStats
 from ponder.kv_args import (DECODE_ATTENTION, SHARED_PREFIX_MIN_SAVING, EvictFn, check_evict, eos_ids, int_list,
                             store_size)
@@ -85,6 +86,7 @@ class KVStore:
         self.stats = EngineStats()
         self.seqs = SeqTable()
         self.protected: set = set()  # handles whose KV this call needs (never evicted meanwhile)
+        self._plan_options: Optional[dict] = None  # attention-plan item shapes for the backend
 
     # ---------------------------------------------------------------- accounting
     @property
@@ -215,15 +217,40 @@ class KVStore:
     # ``seqs``, ``protected``, ``ensure_kv`` and ``append_forward`` are the pieces an engine
     # built on the store (``ponder.Engine``) composes; callers use the public API below them.
     def _forward(self, input_ids, positions, slots: np.ndarray, pages: Sequence[int], query_counts) -> torch.Tensor:
-        dev = self.device
         tables, lens = self.page_table.batch_tables(np.asarray(pages, dtype=np.int32), pad=0)
         indptr = np.zeros(len(query_counts) + 1, dtype=np.int32)
         np.cumsum(query_counts, out=indptr[1:])
         plan = None
-        if self.decode_attention == "shared_prefix" and indptr[-1] == len(query_counts) and \
-                int(lens.sum()) - np.unique(tables[tables >= 0]).size * self.page_size >= SHARED_PREFIX_MIN_SAVING:
-            plan = ops.plan_shared_prefix_attention(tables, lens, self.kv_cache, self.model.config.num_heads,
-                                                    backend=self.backend)
+        if self.decode_attention == "shared_prefix" and indptr[-1] == len(query_counts):
+            used = np.arange(tables.shape[1])[None, :] < ((lens + self.page_size - 1) // self.page_size)[:, None]
+            if int(lens.sum()) - np.unique(tables[used]).size * self.page_size >= SHARED_PREFIX_MIN_SAVING:
+                plan = ops.plan_shared_prefix_attention(tables, lens, self.kv_cache, self.model.config.num_heads,
+                                                        backend=self.backend)
+        return self._run_model(input_ids, positions, slots, tables, lens, indptr, plan)
+
+    def decode_forward(self, pages: np.ndarray, tokens: np.ndarray, what: str, evict: Optional[EvictFn]) -> torch.Tensor:
+        """Feed ``tokens[i]`` to page sequence ``pages[i]`` (distinct) in one forward; returns the
+        hidden rows ``[B, C]``. One native call (``PageTable.decode_step``) appends the tokens and
+        returns the step's positions, slots, copy-on-write list, block tables and attention plan."""
+        B = len(pages)
+        min_saving = SHARED_PREFIX_MIN_SAVING if self.decode_attention == "shared_prefix" else -1
+        if self._plan_options is None:
+            self._plan_options = ops.plan_item_options(self.kv_cache, self.model.config.num_heads, self.backend)
+        try:
+            step = self.page_table.decode_step(pages, tokens, min_saving, **self._plan_options)
+        except KVCacheFull:  # nothing was appended: make room, then the same call again
+            self._make_room(lambda: self.page_table.can_append(pages, np.ones(B, dtype=np.int32)), what, evict)
+            step = self.page_table.decode_step(pages, tokens, min_saving, **self._plan_options)
+        if len(step.copy_src):
+            ops.copy_pages(self.kv_cache, torch.from_numpy(step.copy_src).to(self.device),
+                           torch.from_numpy(step.copy_dst).to(self.device), backend=self.backend)
+        self._note_usage()
+        plan = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size).to(self.device)
+        return self._run_model(tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
+                               np.arange(B + 1, dtype=np.int32), plan)
+
+    def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan) -> torch.Tensor:
+        dev = self.device
         with torch.inference_mode():
             hidden = self.model(
                 torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=dev),
@@ -370,8 +397,7 @@ class KVStore:
         try:
             self.ensure_kv(recs, evict)
             pages = np.array([r.pages for r in recs], dtype=np.int32)
-            hidden = self.append_forward(pages, [t.reshape(1) for t in toks.astype(np.int32)],
-                                          [r.length for r in recs], "decoding", evict)
+            hidden = self.decode_forward(pages, toks.astype(np.int32), "decoding", evict)
         finally:
             self.protected.clear()
         self.stats.tokens_decoded += len(recs)

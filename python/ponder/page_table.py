@@ -36,7 +36,7 @@ both before any state changes.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple, Optional
 
 import numpy as np
 
@@ -44,7 +44,7 @@ from ponder import _core
 
 KVCacheFull = _core.KVCacheFull
 
-__all__ = ["KVCacheFull", "PageTable"]
+__all__ = ["DecodeStep", "KVCacheFull", "PageTable"]
 
 _INT32 = np.dtype(np.int32)
 _I32_MIN, _I32_MAX = -(2**31), 2**31 - 1
@@ -82,6 +82,18 @@ def _int(name: str, value: Any, lo: int = _I32_MIN, hi: int = _I32_MAX) -> int:
     if not lo <= v <= hi:
         raise ValueError(f"{name}={v} is out of range [{lo}, {hi}]")
     return v
+
+
+class DecodeStep(NamedTuple):
+    """What :meth:`PageTable.decode_step` returns for B sequences."""
+
+    positions: np.ndarray  # int64 [B]: the position of each appended token
+    slot_mapping: np.ndarray  # int64 [B]: where its K/V go (page * S + offset)
+    copy_src: np.ndarray  # int32 [C]: copy-on-write pages to copy before the forward ...
+    copy_dst: np.ndarray  # int32 [C]: ... onto these
+    block_tables: np.ndarray  # int32 [B, W], padded with 0
+    seq_lens: np.ndarray  # int32 [B]: tokens in each sequence's KV, the new one included
+    plan: Optional[dict]  # the attention plan's arrays (AttentionPlan.from_native), or None
 
 
 class PageTable:
@@ -175,6 +187,21 @@ class PageTable:
         pad = _int("pad", pad)
         width = -1 if max_pages is None else _int("max_pages", max_pages, lo=0, hi=2**62)
         return self._t.batch_tables(_int32_array("seqs", seqs), pad, width)
+
+    def decode_step(self, seqs, tokens, plan_min_saving: int = -1, max_pages_per_item: int = 0,
+                    max_queries_per_item: int = 0) -> DecodeStep:
+        """Everything one decode forward needs, in one native call: append ``tokens[i]`` to
+        ``seqs[i]`` (one slot each, copy-on-write as in :meth:`append`; all-or-nothing, raising
+        :class:`KVCacheFull` with nothing changed), then the step's positions, block tables (padded
+        with 0) and lengths, and its shared-prefix attention plan when sharing saves at least
+        ``plan_min_saving`` token reads (sum of lengths minus distinct pages times page size;
+        ``< 0`` never plans). ``max_pages_per_item`` / ``max_queries_per_item`` shape the plan's
+        items as in :func:`ponder.attention_plan.plan_attention`."""
+        raw = self._t.decode_step(_int32_array("seqs", seqs), _int32_array("tokens", tokens),
+                                  _int("plan_min_saving", plan_min_saving, lo=-(2**62), hi=2**62),
+                                  _int("max_pages_per_item", max_pages_per_item, lo=0),
+                                  _int("max_queries_per_item", max_queries_per_item, lo=0))
+        return DecodeStep(*raw)
 
     def num_tokens(self, seq: int) -> int:
         return self._t.num_tokens(seq)

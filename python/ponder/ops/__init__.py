@@ -28,7 +28,10 @@ implementation, so they trace under ``torch.compile`` and capture in CUDA graphs
 - ``attention``: ``paged_attention`` (causal attention of ragged query rows over paged KV),
   ``shared_prefix_attention`` (decode attention through an attention plan: each run of pages
   shared by several branches is read once for all of them) and ``plan_shared_prefix_attention``
-  (the plan of one decode step from block tables, built once and reused in every layer)
+  (the plan of one decode step from block tables, built once and reused in every layer;
+  ``plan_item_options`` gives the item shapes a backend wants, for plans built natively by
+  ``PageTable.decode_step``). On CPU tensors ``paged_attention`` runs a native kernel from
+  ``ponder._core`` for fp32 decode rows and short prefills (the reference stays the oracle)
 - ``norm``: ``rms_norm``;  ``rotary``: ``rotary``, ``rope_cache``
 - ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs)
 
@@ -38,7 +41,7 @@ run by default for CPU tensors and otherwise only with ``check=True``.
 """
 
 from ponder.ops._registry import BACKENDS, available_backends, resolve_backend
-from ponder.ops.attention import paged_attention, plan_shared_prefix_attention, shared_prefix_attention
+from ponder.ops.attention import paged_attention, plan_item_options, plan_shared_prefix_attention, shared_prefix_attention
 from ponder.ops.kv import append_kv, copy_pages
 from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
@@ -52,6 +55,7 @@ __all__ = [
     "available_backends",
     "copy_pages",
     "paged_attention",
+    "plan_item_options",
     "plan_shared_prefix_attention",
     "resolve_backend",
     "rms_norm",

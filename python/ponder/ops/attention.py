@@ -10,7 +10,12 @@ import torch
 
 from ponder.ops import _checks, reference
 from ponder.attention_plan import DeviceAttentionPlan, plan_attention
-from ponder.ops._registry import direct_call, implementation, register, resolve_backend
+from ponder.ops._registry import direct_call, implementation, register, register_host, resolve_backend
+
+try:
+    from ponder import _core
+except ImportError:  # the pure-Python parts still work without the extension
+    _core = None
 
 _INT32 = (torch.int32,)
 
@@ -77,6 +82,40 @@ def _(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale, backend):
 
 
 register("paged_attention", "torch")(reference.paged_attention)
+
+# Above this many (query row, key) pairs per query head a prefill goes to the reference, whose
+# SDPA runs blocked matrix products; the native kernel's per-row dot products win below it
+# (decode rows, short prefills: measured in benchmarks/bench_attention.py --native).
+NATIVE_MAX_PREFILL_PAIRS = 1 << 14
+
+
+def _paged_attention_host(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale) -> torch.Tensor:
+    """``ponder._core.paged_attention_cpu`` for fp32 CPU tensors: reads K and V from their pages
+    in place. Other dtypes, and prefills with more than ``NATIVE_MAX_PREFILL_PAIRS`` (row, key)
+    pairs, run the reference. Same result as the reference up to fp32 summation order."""
+    T, H, D = q.shape
+    B = seq_lens.shape[0]
+    if q.dtype != torch.float32 or kv_cache.dtype != torch.float32 or not kv_cache.is_contiguous():
+        return reference.paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
+    if T != B:  # not a pure decode batch: count the causal (row, key) pairs
+        lens = seq_lens.to(torch.int64)
+        num_q = (query_indptr[1:] - query_indptr[:-1]).to(torch.int64)
+        pairs = int((num_q * (lens - num_q) + num_q * (num_q + 1) // 2).sum())
+        if pairs > NATIVE_MAX_PREFILL_PAIRS:
+            return reference.paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
+    _, _, P, S, Hk, _ = kv_cache.shape
+    qc = q.contiguous()
+    tables, lens_c, indptr = (t.contiguous() for t in (block_tables, seq_lens, query_indptr))
+    out = torch.empty_like(qc)
+    plane = kv_cache[layer]
+    _core.paged_attention_cpu(qc.data_ptr(), T, H, D, plane[0].data_ptr(), plane[1].data_ptr(), Hk, S,
+                              tables.data_ptr(), B, tables.shape[1], lens_c.data_ptr(), indptr.data_ptr(), P,
+                              float(scale), out.data_ptr())
+    return out
+
+
+if _core is not None and hasattr(_core, "paged_attention_cpu"):
+    register_host("paged_attention")(_paged_attention_host)
 
 
 def paged_attention(
@@ -247,15 +286,24 @@ def plan_shared_prefix_attention(
     read once for all branches under it. Build it once per decode step, pass it to
     ``shared_prefix_attention`` in every layer.
     """
+    _, _, P, S, _, _ = kv_cache.shape
+    options = plan_item_options(kv_cache, num_heads, backend)
+    return plan_attention(block_tables, seq_lens, S, num_pages=P, **options).to(kv_cache.device)
+
+
+def plan_item_options(kv_cache: torch.Tensor, num_heads: int, backend: str = "auto") -> dict:
+    """``max_pages_per_item`` / ``max_queries_per_item`` for plans run by the backend that
+    ``backend`` resolves to on the cache's device (see ``plan_shared_prefix_attention``)."""
     from ponder.ops import triton_backend
 
     _checks.kv_cache(kv_cache, 0)
-    _, _, P, S, Hk, _ = kv_cache.shape
+    _, _, _, S, Hk, _ = kv_cache.shape
     if isinstance(num_heads, bool) or not isinstance(num_heads, int) or num_heads < 1 or num_heads % Hk:
         raise ValueError(f"num_heads must be a positive multiple of the kv_cache's {Hk} KV heads, got {num_heads!r}")
     chosen = resolve_backend(backend, kv_cache.device, "shared_prefix_attention")
-    options = triton_backend.plan_options(S, num_heads // Hk) if chosen == "triton" else {}
-    return plan_attention(block_tables, seq_lens, S, num_pages=P, **options).to(kv_cache.device)
+    if chosen == "triton":
+        return triton_backend.plan_options(S, num_heads // Hk)
+    return {"max_pages_per_item": 0, "max_queries_per_item": 0}
 
 
 def shared_prefix_attention(

@@ -1,0 +1,163 @@
+#include "attention_cpu.h"
+
+#include "common.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+// On x86-64 with GCC the per-row worker is compiled three times (AVX-512, AVX2 + FMA and the
+// baseline) and the loader picks the best one the CPU has, so one portable wheel still uses
+// wide vectors. `omp simd` reductions (enabled by -fopenmp-simd, no OpenMP runtime) let the
+// compiler split the dot products into vector lanes.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
+#define PONDER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define PONDER_CPU_CLONES
+#endif
+
+namespace ponder {
+
+namespace {
+
+// exp(x) for x <= 0 (softmax weights after subtracting the row maximum), in plain arithmetic so
+// the loop around it vectorises: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
+// e^r (the Cephes expf coefficients, about 1 ulp), and 2^n built in the exponent bits. Below
+// -87 (where e^x leaves the normal floats) the weight is 0; NaN stays NaN.
+inline float exp_nonpositive(float x) {
+  const float xc = x < -87.0f ? -87.0f : x;
+  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.0f ? 0.0f : e * scale;
+}
+
+struct Layout {
+  int64_t num_heads, head_dim, num_kv_heads, page_size, max_pages;
+  float scale;
+};
+
+// One query row `qrow` [H, D] of a sequence whose block table row is `table`, attending to
+// positions [0, ctx). Writes out_row [H, D]. `scores` holds G * ctx floats, `inv_sum` G.
+PONDER_CPU_CLONES
+void attend_row(const Layout& L, const float* qrow, const float* k_plane, const float* v_plane,
+                const int32_t* table, int64_t ctx, float* scores, float* inv_sum, float* out_row) {
+  const int64_t D = L.head_dim, Hk = L.num_kv_heads, S = L.page_size;
+  const int64_t G = L.num_heads / Hk;
+  for (int64_t g = 0; g < Hk; ++g) {
+    const float* qg = qrow + g * G * D;  // the G query heads reading KV head g, [G, D]
+    float* og = out_row + g * G * D;
+    // scores[h * ctx + j] = scale * q_h . k_j
+    int64_t j = 0;
+    for (int64_t p = 0; j < ctx; ++p) {
+      const int64_t base = static_cast<int64_t>(table[p]) * S;
+      const int64_t n = std::min(S, ctx - j);
+      for (int64_t o = 0; o < n; ++o, ++j) {
+        const float* k = k_plane + ((base + o) * Hk + g) * D;
+        for (int64_t h = 0; h < G; ++h) {
+          const float* qh = qg + h * D;
+          float s = 0.f;
+#pragma omp simd reduction(+ : s)
+          for (int64_t d = 0; d < D; ++d) s += qh[d] * k[d];
+          scores[h * ctx + j] = s * L.scale;
+        }
+      }
+    }
+    // softmax per head (fp32), normalised at the end
+    for (int64_t h = 0; h < G; ++h) {
+      float* sh = scores + h * ctx;
+      float m = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < ctx; ++t) m = std::max(m, sh[t]);
+      float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+      for (int64_t t = 0; t < ctx; ++t) {
+        sh[t] = exp_nonpositive(sh[t] - m);
+        sum += sh[t];
+      }
+      inv_sum[h] = 1.f / sum;
+      float* oh = og + h * D;
+      for (int64_t d = 0; d < D; ++d) oh[d] = 0.f;
+    }
+    j = 0;
+    for (int64_t p = 0; j < ctx; ++p) {
+      const int64_t base = static_cast<int64_t>(table[p]) * S;
+      const int64_t n = std::min(S, ctx - j);
+      for (int64_t o = 0; o < n; ++o, ++j) {
+        const float* v = v_plane + ((base + o) * Hk + g) * D;
+        for (int64_t h = 0; h < G; ++h) {
+          const float w = scores[h * ctx + j];
+          float* oh = og + h * D;
+#pragma omp simd
+          for (int64_t d = 0; d < D; ++d) oh[d] += w * v[d];
+        }
+      }
+    }
+    for (int64_t h = 0; h < G; ++h) {
+      float* oh = og + h * D;
+      const float r = inv_sum[h];
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) oh[d] *= r;
+    }
+  }
+}
+
+}  // namespace
+
+void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, int64_t head_dim,
+                         const float* k_plane, const float* v_plane, int64_t num_kv_heads, int64_t page_size,
+                         const int32_t* block_tables, int64_t batch, int64_t max_pages, const int32_t* seq_lens,
+                         const int32_t* query_indptr, int64_t num_pages, float scale, float* out) {
+  PONDER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+                   "paged_attention: num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (",
+                   num_kv_heads, ")");
+  PONDER_CHECK_ARG(head_dim > 0 && page_size > 0 && batch >= 0 && max_pages >= 0 && num_rows >= 0,
+                   "paged_attention: sizes must be positive");
+  // Every index is checked before anything is read: bad metadata raises, it never reads
+  // outside the KV planes.
+  PONDER_CHECK_ARG(query_indptr[0] == 0 && query_indptr[batch] == num_rows, "query_indptr must run from 0 to T = ",
+                   num_rows, ", got ", query_indptr[0], " .. ", query_indptr[batch]);
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t nq = static_cast<int64_t>(query_indptr[b + 1]) - query_indptr[b];
+    PONDER_CHECK_ARG(nq >= 0, "query_indptr must be non-decreasing, got ", query_indptr[b], " then ",
+                     query_indptr[b + 1], " at ", b);
+    if (nq == 0) continue;
+    const int64_t len = seq_lens[b];
+    PONDER_CHECK_ARG(len >= nq && len <= max_pages * page_size, "seq_lens[", b, "] = ", len, " must lie in [", nq,
+                     ", ", max_pages * page_size, "]");
+    for (int64_t p = 0; p < (len + page_size - 1) / page_size; ++p) {
+      const int32_t page = block_tables[b * max_pages + p];
+      PONDER_CHECK_RANGE(page >= 0 && page < num_pages, "block_tables[", b, ", ", p, "] = ", page,
+                         " must be a page id in [0, ", num_pages, ")");
+    }
+  }
+  const Layout L{num_heads, head_dim, num_kv_heads, page_size, max_pages, scale};
+  const int64_t HD = num_heads * head_dim;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < batch; ++b) longest = std::max<int64_t>(longest, seq_lens[b]);
+  const int64_t G = num_heads / num_kv_heads;
+  std::vector<float> scores(static_cast<size_t>(G * longest + G));
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t r0 = query_indptr[b], r1 = query_indptr[b + 1];
+    if (r1 == r0) continue;
+    const int64_t first_pos = seq_lens[b] - (r1 - r0);
+    const int32_t* table = block_tables + b * max_pages;
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t ctx = first_pos + (r - r0) + 1;
+      attend_row(L, q + r * HD, k_plane, v_plane, table, ctx, scores.data(), scores.data() + G * longest,
+                 out + r * HD);
+    }
+  }
+}
+
+}  // namespace ponder

@@ -1,0 +1,98 @@
+"""The native CPU paged attention (``ponder._core.paged_attention_cpu``) against the reference."""
+
+import numpy as np
+import pytest
+import torch
+
+import ponder.ops as ops
+from ponder import _core
+from ponder.ops import attention, reference
+from ponder.ops._registry import host_implementation
+
+# Both compute in fp32 and differ only in summation order (and the native exp polynomial,
+# about 1 ulp): over <= 2,048 keys the measured gap is below 1e-6; 1e-5 leaves a margin.
+TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def paged_batch(gen, lens, num_q, H, Hk, D, S, extra_pages=3, dtype=torch.float32):
+    """Random KV cache and block tables for sequences of ``lens`` tokens, the last ``num_q[b]``
+    of each being its query rows; pages are shuffled over the pool and padding is -1."""
+    B = len(lens)
+    width = max(-(-n // S) for n in lens) + 1
+    P = sum(-(-n // S) for n in lens) + extra_pages
+    kv = torch.randn(2, 2, P, S, Hk, D, generator=gen).to(dtype)
+    perm = torch.randperm(P, generator=gen).tolist()
+    tables = torch.full((B, width), -1, dtype=torch.int32)
+    for b, n in enumerate(lens):
+        for i in range(-(-n // S)):
+            tables[b, i] = perm.pop()
+    indptr = torch.zeros(B + 1, dtype=torch.int32)
+    indptr[1:] = torch.cumsum(torch.tensor(num_q), 0)
+    q = torch.randn(int(indptr[-1]), H, D, generator=gen).to(dtype)
+    return q, kv, 1, tables, torch.tensor(lens, dtype=torch.int32), indptr, D ** -0.5
+
+
+CASES = [  # lens, num_q, H, Hk, D, S
+    ([37, 5, 64], [1, 1, 1], 4, 2, 32, 16),  # decode, GQA 2
+    ([1, 2, 3, 17], [1, 1, 1, 1], 9, 3, 64, 16),  # SmolLM2 heads, a one-token sequence
+    ([50, 20], [7, 20], 4, 4, 16, 4),  # prefill on a cached prefix, and a whole prompt
+    ([33, 9], [0, 3], 2, 1, 48, 3),  # a sequence without rows, odd page size and head dim
+    ([40], [1], 8, 1, 8, 1),  # page size 1, MQA
+    ([2048, 2047, 1500], [1, 1, 1], 9, 3, 64, 16),  # long decode
+]
+
+
+@pytest.mark.parametrize("lens,num_q,H,Hk,D,S", CASES)
+def test_native_matches_reference(lens, num_q, H, Hk, D, S):
+    gen = torch.Generator().manual_seed(len(lens) * 1000 + D)
+    args = paged_batch(gen, lens, num_q, H, Hk, D, S)
+    host = host_implementation("paged_attention")
+    assert host is attention._paged_attention_host
+    out = host(*args)
+    torch.testing.assert_close(out, reference.paged_attention(*args), **TOL)
+    # the public op on CPU with the default backend runs the same native code
+    torch.testing.assert_close(ops.paged_attention(*args), out, rtol=0, atol=0)
+
+
+def test_branches_share_pages_and_finish_mid_page():
+    """Forked branches: every row reads the shared prefix pages plus its own partial tail."""
+    gen = torch.Generator().manual_seed(7)
+    S, Hk, D, H = 4, 2, 16, 4
+    kv = torch.randn(1, 2, 12, S, Hk, D, generator=gen)
+    tables = torch.tensor([[0, 1, 2, 5], [0, 1, 3, 0], [0, 1, 4, 6], [0, 7, 0, 0]], dtype=torch.int32)
+    lens = torch.tensor([13, 9, 14, 5], dtype=torch.int32)
+    q = torch.randn(4, H, D, generator=gen)
+    args = (q, kv, 0, tables, lens, torch.arange(5, dtype=torch.int32), D ** -0.5)
+    torch.testing.assert_close(attention._paged_attention_host(*args), reference.paged_attention(*args), **TOL)
+
+
+def test_other_dtypes_and_long_prefills_run_the_reference():
+    gen = torch.Generator().manual_seed(3)
+    args = paged_batch(gen, [30, 12], [1, 1], 4, 2, 16, 4, dtype=torch.bfloat16)
+    assert torch.equal(attention._paged_attention_host(*args), reference.paged_attention(*args))
+    n = 600  # 600 * 601 / 2 row-key pairs, over NATIVE_MAX_PREFILL_PAIRS
+    assert n * (n + 1) // 2 > attention.NATIVE_MAX_PREFILL_PAIRS
+    args = paged_batch(gen, [n], [n], 2, 1, 16, 16)
+    assert torch.equal(attention._paged_attention_host(*args), reference.paged_attention(*args))
+
+
+def test_bad_metadata_raises_before_reading():
+    gen = torch.Generator().manual_seed(5)
+    q, kv, layer, tables, lens, indptr, scale = paged_batch(gen, [10, 6], [1, 1], 4, 2, 16, 4)
+    bad = tables.clone()
+    bad[1, 0] = kv.shape[2]  # a page past the pool
+    with pytest.raises(IndexError, match=r"block_tables\[1, 0\]"):
+        attention._paged_attention_host(q, kv, layer, bad, lens, indptr, scale)
+    with pytest.raises(ValueError, match=r"seq_lens\[0\] = 99"):
+        attention._paged_attention_host(q, kv, layer, tables, torch.tensor([99, 6], dtype=torch.int32), indptr, scale)
+    with pytest.raises(ValueError, match="query_indptr"):
+        attention._paged_attention_host(q, kv, layer, tables, lens, torch.tensor([0, 2, 1], dtype=torch.int32), scale)
+
+
+def test_core_checks_heads():
+    out = torch.empty(1, 3, 4)
+    q = torch.zeros(1, 3, 4)
+    z = np.zeros(4, dtype=np.int32)
+    with pytest.raises(ValueError, match="multiple of num_kv_heads"):
+        _core.paged_attention_cpu(q.data_ptr(), 1, 3, 4, q.data_ptr(), q.data_ptr(), 2, 1, z.ctypes.data, 1, 1,
+                                  z.ctypes.data, z.ctypes.data, 1, 0.5, out.data_ptr())

@@ -1,0 +1,88 @@
+"""The vectorised step-end rule against a per-branch oracle, and the stop-string candidates."""
+
+import numpy as np
+import pytest
+
+from ponder.expansion import StepStop
+from ponder.step_batch import CODE, RUNNING, StopRule, stop_string_candidates
+
+
+class Pieces:
+    """A toy tokenizer: token i is pieces[i]; a piece starting with "_" is a word that gets a
+    leading space except when it comes first (SentencePiece style); "<" and ">" are the two
+    halves of one two-byte character, which decodes only when they are adjacent."""
+
+    def __init__(self, pieces):
+        self.pieces = pieces
+
+    def decode(self, ids):
+        out = []
+        for k, i in enumerate(ids):
+            p = self.pieces[i]
+            out.append((" " if k else "") + p[1:] if p.startswith("_") else p)
+        return "".join(out).replace("<>", "\u00e9").replace("<", "\ufffd").replace(">", "\ufffd")
+
+
+PIECES = ["a", "b", "ab", "_the", "_end", "\n", "\n\n", "x.", "<", ">", "", "q"]
+
+
+def oracle(tokens, length, stop, eos, tok, max_context, at_leaf):
+    """The step-end decision for one branch, written out rule by rule."""
+    t = tokens[-1]
+    if stop.stop_on_eos and t in eos:
+        return "eos"
+    if t in stop.token_ids:
+        return "stop"
+    if stop.strings and any(s in tok.decode(tokens) for s in stop.strings):
+        return "stop"
+    if len(tokens) >= stop.max_step_tokens:
+        return "length"
+    if length + 1 >= max_context:
+        return "context"
+    return "stop" if at_leaf else None
+
+
+@pytest.mark.parametrize("strings", [("\n",), ("b a",), (" the",), ("\u00e9",), ("x.", "end"), ("ab\n\n",)])
+def test_codes_match_the_per_branch_rule(strings):
+    tok = Pieces(PIECES)
+    stop = StepStop(strings=strings, token_ids=(11,), max_step_tokens=6)
+    rule = StopRule(stop, {0}, tok, len(PIECES), max_context=40)
+    rng = np.random.default_rng(0)
+    checked = stopped_by_string = 0
+    for _ in range(300):
+        n = 16
+        width = 6
+        counts = rng.integers(1, width + 1, size=n)
+        tokens = rng.integers(0, len(PIECES), size=(n, width)).astype(np.int32)
+        # a step only reaches its last token if no earlier prefix stopped it: cut each row at
+        # its first stop under the oracle, as decoding would
+        for i in range(n):
+            for c in range(1, counts[i] + 1):
+                if oracle(tokens[i, :c].tolist(), 0, stop, {0}, tok, 40, False) is not None:
+                    counts[i] = c
+                    break
+        lengths = rng.integers(0, 42, size=n)
+        at_leaf = rng.random(n) < 0.2
+        codes = rule.codes(tokens, counts, lengths, at_leaf)
+        for i in range(n):
+            want = oracle(tokens[i, :counts[i]].tolist(), int(lengths[i]), stop, {0}, tok, 40, bool(at_leaf[i]))
+            assert codes[i] == (RUNNING if want is None else CODE[want]), (tokens[i, :counts[i]], want, codes[i])
+            checked += 1
+            stopped_by_string += want == "stop" and int(tokens[i, counts[i] - 1]) != 11
+    assert checked == 4800 and stopped_by_string > 0
+
+
+def test_candidates_are_few_for_a_character_tokenizer_and_cover_merges():
+    tok = Pieces(PIECES)
+    cands = stop_string_candidates(tok, ("\n",), len(PIECES))
+    expect = {PIECES.index("\n"), PIECES.index("\n\n"), PIECES.index("<"), PIECES.index(">"), PIECES.index("")}
+    assert set(np.flatnonzero(cands).tolist()) == expect
+    # a word piece's leading space only shows after another token: " the" needs "_the" and "_end"
+    cands = stop_string_candidates(tok, ("x ",), len(PIECES))
+    assert cands[PIECES.index("_the")] and cands[PIECES.index("_end")] and not cands[PIECES.index("ab")]
+
+
+def test_undecodable_ids_stay_candidates():
+    tok = Pieces(PIECES)
+    cands = stop_string_candidates(tok, ("\n",), len(PIECES) + 3)  # a padded embedding: 3 ids past the tokenizer
+    assert cands[len(PIECES):].all()
