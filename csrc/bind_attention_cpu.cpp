@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include "attention_cpu.h"
+#include "rotary_kv_cpu.h"
 #include "bindings.h"
 
 namespace py = pybind11;
@@ -27,6 +28,22 @@ void paged_attention_cpu_binding(uintptr_t q, int64_t num_rows, int64_t num_head
                       num_pages, static_cast<float>(scale), as_ptr<float>(out));
 }
 
+void rotary_cpu_binding(uintptr_t q, int64_t q_row_stride, uintptr_t k, int64_t k_row_stride, int64_t num_rows,
+                        int64_t num_heads, int64_t num_kv_heads, int64_t head_dim, uintptr_t positions,
+                        uintptr_t cos_sin, int64_t max_pos, uintptr_t q_out, uintptr_t k_out) {
+  rotary_cpu(as_ptr<const float>(q), q_row_stride, as_ptr<const float>(k), k_row_stride, num_rows, num_heads,
+             num_kv_heads, head_dim,
+             as_ptr<const int64_t>(positions), as_ptr<const float>(cos_sin), max_pos, as_ptr<float>(q_out),
+             as_ptr<float>(k_out));
+}
+
+void append_kv_cpu_binding(uintptr_t k_plane, uintptr_t v_plane, int64_t num_slots, int64_t row_size, uintptr_t k,
+                           int64_t k_row_stride, uintptr_t v, int64_t v_row_stride, uintptr_t slots,
+                           int64_t num_rows) {
+  append_kv_cpu(as_ptr<float>(k_plane), as_ptr<float>(v_plane), num_slots, row_size, as_ptr<const float>(k),
+                k_row_stride, as_ptr<const float>(v), v_row_stride, as_ptr<const int64_t>(slots), num_rows);
+}
+
 }  // namespace
 
 void bind_attention_cpu(py::module_& m) {
@@ -38,6 +55,20 @@ void bind_attention_cpu(py::module_& m) {
         "(see csrc/attention_cpu.h). Pointers are integers: block_tables int32 [B, max_pages], seq_lens int32 "
         "[B], query_indptr int32 [B+1]; out fp32 [T, H, D]. Index values are checked before any read. "
         "Releases the GIL.",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("rotary_cpu", &rotary_cpu_binding, py::arg("q"), py::arg("q_row_stride"), py::arg("k"),
+        py::arg("k_row_stride"), py::arg("num_rows"), py::arg("num_heads"),
+        py::arg("num_kv_heads"), py::arg("head_dim"), py::arg("positions"), py::arg("cos_sin"), py::arg("max_pos"),
+        py::arg("q_out"), py::arg("k_out"),
+        "Rotary embedding of fp32 q [T, H, D] and k [T, Hk, D] by int64 positions [T] from the fp32 cos_sin table "
+        "[max_pos, D] into q_out / k_out, bit for bit as ponder.ops.reference.rotary (see csrc/rotary_kv_cpu.h). "
+        "Pointers are integers. Releases the GIL.",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("append_kv_cpu", &append_kv_cpu_binding, py::arg("k_plane"), py::arg("v_plane"), py::arg("num_slots"),
+        py::arg("row_size"), py::arg("k"), py::arg("k_row_stride"), py::arg("v"), py::arg("v_row_stride"),
+        py::arg("slots"), py::arg("num_rows"),
+        "Copy fp32 rows k / v [T, row_size] to int64 slots [T] (-1 skips) of one layer's K / V planes "
+        "[num_slots, row_size]; slots are checked before any write. Pointers are integers. Releases the GIL.",
         py::call_guard<py::gil_scoped_release>());
 }
 

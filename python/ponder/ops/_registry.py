@@ -35,6 +35,7 @@ def register(op: str, backend: str) -> Callable[[Callable], Callable]:
 
     def deco(fn: Callable) -> Callable:
         _IMPLS.setdefault(op, {})[backend] = fn
+        _CHOSEN.clear()
         return fn
 
     return deco
@@ -46,6 +47,7 @@ def register_host(op: str) -> Callable[[Callable], Callable]:
 
     def deco(fn: Callable) -> Callable:
         _HOST_IMPLS[op] = fn
+        _CHOSEN.clear()
         return fn
 
     return deco
@@ -132,7 +134,25 @@ def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", o
 
 def implementation(op: str, backend: str, device: torch.device | str) -> Callable:
     """The registered function for ``op`` after resolving ``backend`` on ``device``: the host
-    implementation for ``"auto"`` on the CPU when ``op`` has one, else the backend's."""
+    implementation for ``"auto"`` on the CPU when ``op`` has one, else the backend's.
+
+    Answers are cached per (op, backend, device, ``PONDER_BACKEND``, ``TRITON_INTERPRET``), the
+    inputs of the choice; a choice that raises is never cached."""
+    env = os.environ
+    key = (op, backend, str(device), env.get("PONDER_BACKEND"), env.get("TRITON_INTERPRET"))
+    host = _HOST_IMPLS.get(op)
+    hit = _CHOSEN.get(key)
+    if hit is not None and hit[1] is host:
+        return hit[0]
+    fn = _choose(op, backend, device)
+    _CHOSEN[key] = (fn, host)
+    return fn
+
+
+_CHOSEN: Dict[tuple, tuple] = {}  # key -> (implementation, host implementation it was chosen with)
+
+
+def _choose(op: str, backend: str, device: torch.device | str) -> Callable:
     resolved = resolve_backend(backend, device, op)
     host = _HOST_IMPLS.get(op)
     if host is not None and resolved == "torch" and _requested(backend) == "auto" and torch.device(device).type == "cpu":

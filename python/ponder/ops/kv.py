@@ -7,7 +7,12 @@ from typing import Optional
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import direct_call, implementation, register
+from ponder.ops._registry import direct_call, implementation, register, register_host
+
+try:
+    from ponder import _core
+except ImportError:  # the pure-Python parts still work without the extension
+    _core = None
 
 
 def _check_copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
@@ -49,8 +54,6 @@ register("copy_pages", "torch")(reference.copy_pages)
 
 @register("copy_pages", "cuda")
 def _copy_pages_cuda(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
-    from ponder import _core
-
     L, _, P = kv_cache.shape[:3]
     page_bytes = kv_cache[0, 0, 0].numel() * kv_cache.element_size()
     _core.copy_pages(
@@ -115,6 +118,24 @@ def _(kv_cache, layer, k, v, slot_mapping, backend):
 
 
 register("append_kv", "torch")(reference.append_kv)
+
+
+def _append_kv_host(kv_cache, layer, k, v, slot_mapping) -> None:
+    """``ponder._core.append_kv_cpu`` for fp32 CPU tensors (rows copied to their slots, the
+    same bytes the reference writes); other dtypes and layouts run the reference."""
+    _, _, P, S, Hk, D = kv_cache.shape
+    dense = all(t.stride(2) == 1 and t.stride(1) == D for t in (k, v))
+    if kv_cache.dtype != torch.float32 or not dense or not kv_cache.is_contiguous():
+        reference.append_kv(kv_cache, layer, k, v, slot_mapping)
+        return
+    slots = slot_mapping.contiguous()
+    plane = kv_cache[layer]
+    _core.append_kv_cpu(plane[0].data_ptr(), plane[1].data_ptr(), P * S, Hk * D, k.data_ptr(), k.stride(0),
+                        v.data_ptr(), v.stride(0), slots.data_ptr(), k.shape[0])
+
+
+if _core is not None and hasattr(_core, "append_kv_cpu"):
+    register_host("append_kv")(_append_kv_host)
 
 
 def append_kv(

@@ -8,7 +8,12 @@ from typing import Mapping, Optional, Tuple
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import direct_call, implementation, register
+from ponder.ops._registry import direct_call, implementation, register, register_host
+
+try:
+    from ponder import _core
+except ImportError:  # the pure-Python parts still work without the extension
+    _core = None
 
 _SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
 # Keys of a transformers rope_parameters / rope_scaling dict that carry no scaling information
@@ -102,6 +107,29 @@ def _(q, k, positions, cos_sin, backend):
 
 
 register("rotary", "torch")(reference.rotary)
+
+
+def _dense_rows(x: torch.Tensor) -> bool:
+    """Heads and head dims dense, rows any distance apart (a view into a fused qkv row)."""
+    return x.stride(2) == 1 and x.stride(1) == x.shape[2] and x.stride(0) >= x.shape[1] * x.shape[2]
+
+
+def _rotary_host(q, k, positions, cos_sin) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``ponder._core.rotary_cpu`` for fp32 CPU tensors, bit for bit the reference; other dtypes
+    and layouts run the reference."""
+    if q.dtype != torch.float32 or not (_dense_rows(q) and _dense_rows(k)):
+        return reference.rotary(q, k, positions, cos_sin)
+    T, H, D = q.shape
+    pos, table = positions.contiguous(), cos_sin.contiguous()
+    q_out = torch.empty(q.shape, dtype=q.dtype)
+    k_out = torch.empty(k.shape, dtype=k.dtype)
+    _core.rotary_cpu(q.data_ptr(), q.stride(0), k.data_ptr(), k.stride(0), T, H, k.shape[1], D, pos.data_ptr(),
+                     table.data_ptr(), table.shape[0], q_out.data_ptr(), k_out.data_ptr())
+    return q_out, k_out
+
+
+if _core is not None and hasattr(_core, "rotary_cpu"):
+    register_host("rotary")(_rotary_host)
 
 
 def rotary(
