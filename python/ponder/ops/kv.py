@@ -78,6 +78,10 @@ def copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch
     _check_copy_pages(kv_cache, src_pages, dst_pages)
     if src_pages.numel() == 0:
         return
+    if direct_call(kv_cache, src_pages, dst_pages):
+        # eager: skip the custom op (its first call imports torch._dynamo, over a second)
+        implementation("copy_pages", backend, kv_cache.device)(kv_cache, src_pages, dst_pages)
+        return
     _copy_pages_op(kv_cache, src_pages, dst_pages, backend)
 
 

@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import torch
 
 from ponder.ops import _checks, reference
-from ponder.ops._registry import implementation, register
+from ponder.ops._registry import direct_call, implementation, register
 
 MODES = ("last", "min", "prod", "mean")
 
@@ -119,4 +119,8 @@ def value_score(
     if rows.shape[0] == 0:
         empty = hidden.new_empty(0, dtype=torch.float32)
         return empty, empty.clone()
-    return _value_score_op(hidden, rows, norm_weight, float(eps), direction, float(bias), parent_score, depth, mode, backend)
+    args = (hidden, rows, norm_weight, float(eps), direction, float(bias), parent_score, depth, mode)
+    tensors = [t for t in (hidden, rows, norm_weight, direction, parent_score, depth) if t is not None]
+    if direct_call(*tensors):
+        return implementation("value_score", backend, hidden.device)(*args)
+    return _value_score_op(*args, backend)
