@@ -5,10 +5,12 @@ sequence handles) that also samples reasoning steps. ``expand`` grows child sequ
 parent sequences at once:
 
 1. fork a page sequence per child from its parent (a refcount increment, no copy);
-2. decode all branches together, one model forward per token for the whole batch; copy-on-write
-   page copies run in one batched ``copy_pages`` call before each forward; a branch leaves the
-   batch as soon as its step ends (stop string, stop token, EOS, ``max_step_tokens`` or the
-   model's context) while the others go on;
+2. decode all branches together, one model forward per token for the whole batch: one native
+   ``PageTable.decode_step`` call appends the tokens and returns the step's positions, slots,
+   copy-on-write list, block tables and attention plan; the branches' state lives in arrays
+   (:class:`~ponder.step_batch.StepBatch`), so no Python loop runs per branch per token; a
+   branch leaves the batch as soon as its step ends (stop string, stop token, EOS,
+   ``max_step_tokens`` or the model's context) while the others go on;
 3. hand back per child a new handle, its tokens and their log-probabilities, the hidden state at
    its last token (for scoring, and from which its own children will be sampled), its finish
    reason and its prior among its siblings.
