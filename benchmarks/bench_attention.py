@@ -19,10 +19,12 @@ per branch costs ``beta * B * (P + s)``.
 
 On the CPU (``--device cpu``, or no GPU), fp32 with SmolLM2-135M's heads (H=9, Hk=3, D=64):
 ``reference.shared_prefix_attention`` through the plan of ``plan_shared_prefix_attention``
-(the prompt read once) against ``reference.paged_attention`` (the engine's per-branch path,
-gathering the prompt for every branch). The plan is built once per decode step and serves every
-layer, so it is timed on its own. Each line gives wall time (median) and process CPU time per
-call, the ratio, and the torch thread count (``--threads``).
+(the prompt read once) against ``reference.paged_attention`` (per-branch, gathering the prompt
+for every branch) and against the native CPU kernel of ``ops.paged_attention`` (per-branch, reading
+every branch's pages in place on one thread: the engine's path when a step is not planned). The
+plan is built once per decode step and serves every layer, so it is timed on its own. Each line
+gives wall time (median) and process CPU time per call, the ratios, and the torch thread count
+(``--threads``).
 
 Every configuration is checked for agreement before it is timed. ``--quick`` runs a short
 sweep; ``--dry-run`` runs only the Triton correctness check on tiny shapes on the CPU (Triton
@@ -244,11 +246,17 @@ def _bench_cpu(args):
         def paged():
             return reference.paged_attention(q, kv, 0, bt, sl, qi, scale)
 
+        def native():  # the CPU host kernel of ops.paged_attention (reads pages in place, one thread)
+            return ops.paged_attention(q, kv, 0, bt, sl, qi, scale, backend="auto")
+
         _check(torch, f"shared vs paged P={P} B={B} s={s}", shared(), paged(), torch.float32)
+        _check(torch, f"native vs paged P={P} B={B} s={s}", native(), paged(), torch.float32)
         ours, ours_cpu = _time_cpu(shared, repeats)
         base, base_cpu = _time_cpu(paged, repeats)
+        nat, nat_cpu = _time_cpu(native, repeats)
         print(f"P={P:5d} B={B:3d} s={s:4d} H={Hk * G} Hk={Hk} D={D} fp32 | shared {ours:8.2f} ms ({ours_cpu:8.2f} cpu)"
               f" | paged {base:8.2f} ms ({base_cpu:8.2f} cpu) | x{base / ours:5.1f}"
+              f" | native paged {nat:8.2f} ms ({nat_cpu:8.2f} cpu) | x{nat / ours:5.1f}"
               f" | plan {plan_ms:5.2f} ms ({plan.num_items} items, once per step) | threads {threads}",
               flush=True)  # fmt: skip
     return 0

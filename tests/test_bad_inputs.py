@@ -149,7 +149,7 @@ def test_table_covers_every_entry_point():
     assert len(CASES) >= 150
     ids = " ".join(c.id for c in CASES)
     for name in ("Forest", "select", "add_children", "backup", "release", "top_k", "allocate", "fork", "append", "free",
-                 "expand", "decode", "prefill", "evict", "score_continuations", "extend", "hidden", "tokens", "has_kv",
+                 "decode_step", "expand", "decode", "prefill", "evict", "score_continuations", "extend", "hidden", "tokens", "has_kv",
                  "search", "scorer", "verifier", "constraint", "token_beam_search", "StepStop", "SamplingParams",
                  "Budget", "MCTSConfig", "BeamConfig", "BestOfNConfig", "TokenBeamConfig", "Aggregation", "TokenPairPRM",
                  "Verifier", "StepConstraint", "ModelConfig", "DecoderLM", "load", "save_hf", "rms_norm", "rotary",
