@@ -86,3 +86,14 @@ def test_undecodable_ids_stay_candidates():
     tok = Pieces(PIECES)
     cands = stop_string_candidates(tok, ("\n",), len(PIECES) + 3)  # a padded embedding: 3 ids past the tokenizer
     assert cands[len(PIECES):].all()
+
+
+def test_candidates_are_cached_per_tokenizer_and_strings():
+    from ponder.step_batch import cached_stop_string_candidates
+
+    tok = Pieces(PIECES)
+    a = cached_stop_string_candidates(tok, ("\n",), len(PIECES))
+    assert cached_stop_string_candidates(tok, ("\n",), len(PIECES)) is a
+    b = cached_stop_string_candidates(tok, ("x.",), len(PIECES))
+    assert b is not a and b[PIECES.index("x.")] and not a[PIECES.index("x.")]
+    assert cached_stop_string_candidates(Pieces(PIECES), ("\n",), len(PIECES)) is not a  # another tokenizer

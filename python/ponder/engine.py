@@ -30,7 +30,7 @@ import torch
 from ponder import _core, ops
 from ponder.decoding import constrain_logits, mask_with_trie, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop
-from ponder.step_batch import RUNNING, StepBatch, StopRule, stop_string_candidates
+from ponder.step_batch import RUNNING, StepBatch, StopRule, cached_stop_string_candidates
 from ponder.kv_args import EvictFn, check_evict, int_list
 from ponder.kv_store import KVStore
 from ponder.sequences import NO_PAGES, SeqRecord
@@ -179,13 +179,10 @@ class Engine(KVStore):
         return trie, roots
 
     def _stop_rule(self, stop: StepStop) -> StopRule:
-        """``stop`` compiled for this engine; the stop-string candidates are cached per strings."""
+        """``stop`` compiled for this engine (stop-string candidates cached per tokenizer)."""
         cands = None
         if stop.strings:
-            cache = self.__dict__.setdefault("_stop_candidates", {})
-            if stop.strings not in cache:
-                cache[stop.strings] = stop_string_candidates(self.tokenizer, stop.strings, self.vocab_size)
-            cands = cache[stop.strings]
+            cands = cached_stop_string_candidates(self.tokenizer, stop.strings, self.vocab_size)
         return StopRule(stop, self.eos_token_ids, self.tokenizer, self.vocab_size, self.max_context, cands)
 
     def _sample_rows(self, batch: StepBatch, rows: np.ndarray, hidden: torch.Tensor, rule: StopRule,
