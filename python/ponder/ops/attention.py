@@ -149,6 +149,12 @@ def paged_attention(
     reads KV head ``h // (H // Hk)`` (GQA). Scores and softmax are computed in fp32. n_b = 1 for
     all b is decode; larger n_b is prefill, possibly on top of cached pages.
 
+    Implementations: ``backend="torch"`` is ``reference.paged_attention`` (gathers each
+    sequence's pages, then SDPA). ``"auto"`` on fp32 CPU tensors runs the native kernel of
+    ``ponder._core`` (reads K/V in place, checks every index first) for decode batches and for
+    prefills of at most ``NATIVE_MAX_PREFILL_PAIRS`` causal (row, key) pairs; the result equals
+    the reference up to fp32 summation order.
+
     Example (S=4, two sequences sharing page 0 after a fork)::
 
         block_tables = [[0, 3],      seq_lens = [6, 5]      query_indptr = [0, 1, 3]
