@@ -1,6 +1,7 @@
 #include "attention_cpu.h"
 
 #include "common.h"
+#include "cpu_clones.h"
 
 #include <algorithm>
 #include <cmath>
@@ -8,15 +9,8 @@
 #include <limits>
 #include <vector>
 
-// On x86-64 with GCC the per-row worker is compiled three times (AVX-512, AVX2 + FMA and the
-// baseline) and the loader picks the best one the CPU has, so one portable wheel still uses
-// wide vectors. `omp simd` reductions (enabled by -fopenmp-simd, no OpenMP runtime) let the
-// compiler split the dot products into vector lanes.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define PONDER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PONDER_CPU_CLONES
-#endif
+// The per-row workers are PONDER_CPU_CLONES (cpu_clones.h). `omp simd` reductions (enabled by
+// -fopenmp-simd, no OpenMP runtime) let the compiler split the dot products into vector lanes.
 
 namespace ponder {
 
@@ -26,7 +20,7 @@ namespace {
 // the loop around it vectorises: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
 // e^r (the Cephes expf coefficients, about 1 ulp), and 2^n built in the exponent bits. Below
 // -87 (where e^x leaves the normal floats) the weight is 0; NaN stays NaN.
-inline float exp_nonpositive(float x) {
+PONDER_ALWAYS_INLINE float exp_nonpositive(float x) {
   const float xc = x < -87.0f ? -87.0f : x;
   const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
   const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
@@ -48,6 +42,33 @@ struct Layout {
   float scale;
 };
 
+// fn(j, row) for the ctx first tokens of a sequence, in order: row is token j's [D] K or V row
+// of KV head g in `plane`, found through the sequence's block table.
+template <typename Fn>
+PONDER_ALWAYS_INLINE void for_each_token(const float* plane, const int32_t* table, int64_t ctx, int64_t S,
+                                         int64_t Hk, int64_t g, int64_t D, Fn&& fn) {
+  int64_t j = 0;
+  for (int64_t p = 0; j < ctx; ++p) {
+    const int64_t base = static_cast<int64_t>(table[p]) * S;
+    const int64_t n = std::min(S, ctx - j);
+    for (int64_t o = 0; o < n; ++o, ++j) fn(j, plane + ((base + o) * Hk + g) * D);
+  }
+}
+
+// Scores sh[0, ctx) become unnormalised softmax weights exp(s - max) in place (fp32); returns
+// 1 / their sum.
+PONDER_ALWAYS_INLINE float softmax_weights(float* sh, int64_t ctx) {
+  float m = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 0; t < ctx; ++t) m = std::max(m, sh[t]);
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t t = 0; t < ctx; ++t) {
+    sh[t] = exp_nonpositive(sh[t] - m);
+    sum += sh[t];
+  }
+  return 1.f / sum;
+}
+
 // One query row `qrow` [H, D] of a sequence whose block table row is `table`, attending to
 // positions [0, ctx). Writes out_row [H, D]. `scores` holds G * ctx floats, `inv_sum` G.
 PONDER_CPU_CLONES
@@ -59,50 +80,29 @@ void attend_row(const Layout& L, const float* qrow, const float* k_plane, const 
     const float* qg = qrow + g * G * D;  // the G query heads reading KV head g, [G, D]
     float* og = out_row + g * G * D;
     // scores[h * ctx + j] = scale * q_h . k_j
-    int64_t j = 0;
-    for (int64_t p = 0; j < ctx; ++p) {
-      const int64_t base = static_cast<int64_t>(table[p]) * S;
-      const int64_t n = std::min(S, ctx - j);
-      for (int64_t o = 0; o < n; ++o, ++j) {
-        const float* k = k_plane + ((base + o) * Hk + g) * D;
-        for (int64_t h = 0; h < G; ++h) {
-          const float* qh = qg + h * D;
-          float s = 0.f;
+    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* k) {
+      for (int64_t h = 0; h < G; ++h) {
+        const float* qh = qg + h * D;
+        float s = 0.f;
 #pragma omp simd reduction(+ : s)
-          for (int64_t d = 0; d < D; ++d) s += qh[d] * k[d];
-          scores[h * ctx + j] = s * L.scale;
-        }
+        for (int64_t d = 0; d < D; ++d) s += qh[d] * k[d];
+        scores[h * ctx + j] = s * L.scale;
       }
-    }
+    });
     // softmax per head (fp32), normalised at the end
     for (int64_t h = 0; h < G; ++h) {
-      float* sh = scores + h * ctx;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < ctx; ++t) m = std::max(m, sh[t]);
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < ctx; ++t) {
-        sh[t] = exp_nonpositive(sh[t] - m);
-        sum += sh[t];
-      }
-      inv_sum[h] = 1.f / sum;
+      inv_sum[h] = softmax_weights(scores + h * ctx, ctx);
       float* oh = og + h * D;
       for (int64_t d = 0; d < D; ++d) oh[d] = 0.f;
     }
-    j = 0;
-    for (int64_t p = 0; j < ctx; ++p) {
-      const int64_t base = static_cast<int64_t>(table[p]) * S;
-      const int64_t n = std::min(S, ctx - j);
-      for (int64_t o = 0; o < n; ++o, ++j) {
-        const float* v = v_plane + ((base + o) * Hk + g) * D;
-        for (int64_t h = 0; h < G; ++h) {
-          const float w = scores[h * ctx + j];
-          float* oh = og + h * D;
+    for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* v) {
+      for (int64_t h = 0; h < G; ++h) {
+        const float w = scores[h * ctx + j];
+        float* oh = og + h * D;
 #pragma omp simd
-          for (int64_t d = 0; d < D; ++d) oh[d] += w * v[d];
-        }
+        for (int64_t d = 0; d < D; ++d) oh[d] += w * v[d];
       }
-    }
+    });
     for (int64_t h = 0; h < G; ++h) {
       float* oh = og + h * D;
       const float r = inv_sum[h];
@@ -126,57 +126,34 @@ PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, cons
   for (int64_t g = 0; g < Hk; ++g) {
     const float* qg = qrow + g * G * D;
     float* og = out_row + g * G * D;
-    int64_t j = 0;
-    for (int64_t p = 0; j < ctx; ++p) {
-      const int64_t base = static_cast<int64_t>(table[p]) * S;
-      const int64_t n = std::min(S, ctx - j);
-      for (int64_t o = 0; o < n; ++o, ++j) {
-        const float* k = k_plane + ((base + o) * Hk + g) * D;
-        for (int64_t h = 0; h < G; ++h) {
-          const float* qh = qg + h * D;
-          float acc[16];
+    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* k) {
+      for (int64_t h = 0; h < G; ++h) {
+        const float* qh = qg + h * D;
+        float acc[16];
 #pragma omp simd
-          for (int l = 0; l < 16; ++l) acc[l] = qh[l] * k[l];
-          for (int c = 1; c < NC; ++c) {
+        for (int l = 0; l < 16; ++l) acc[l] = qh[l] * k[l];
+        for (int c = 1; c < NC; ++c) {
 #pragma omp simd
-            for (int l = 0; l < 16; ++l) acc[l] += qh[c * 16 + l] * k[c * 16 + l];
-          }
-          for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
-          for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
-          acc[0] += acc[2];
-          acc[1] += acc[3];
-          scores[h * ctx + j] = (acc[0] + acc[1]) * L.scale;
+          for (int l = 0; l < 16; ++l) acc[l] += qh[c * 16 + l] * k[c * 16 + l];
         }
+        for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
+        for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
+        acc[0] += acc[2];
+        acc[1] += acc[3];
+        scores[h * ctx + j] = (acc[0] + acc[1]) * L.scale;
       }
-    }
-    for (int64_t h = 0; h < G; ++h) {
-      float* sh = scores + h * ctx;
-      float m = -std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < ctx; ++t) m = std::max(m, sh[t]);
-      float sum = 0.f;
-#pragma omp simd reduction(+ : sum)
-      for (int64_t t = 0; t < ctx; ++t) {
-        sh[t] = exp_nonpositive(sh[t] - m);
-        sum += sh[t];
-      }
-      inv_sum[h] = 1.f / sum;
-    }
+    });
+    for (int64_t h = 0; h < G; ++h) inv_sum[h] = softmax_weights(scores + h * ctx, ctx);
     for (int64_t h = 0; h < G; ++h) {
       const float* w = scores + h * ctx;
       float acc[NC][16] = {};
-      int64_t jj = 0;
-      for (int64_t p = 0; jj < ctx; ++p) {
-        const int64_t base = static_cast<int64_t>(table[p]) * S;
-        const int64_t n = std::min(S, ctx - jj);
-        for (int64_t o = 0; o < n; ++o, ++jj) {
-          const float* v = v_plane + ((base + o) * Hk + g) * D;
-          const float wj = w[jj];
-          for (int c = 0; c < NC; ++c) {
+      for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* v) {
+        const float wj = w[j];
+        for (int c = 0; c < NC; ++c) {
 #pragma omp simd
-            for (int l = 0; l < 16; ++l) acc[c][l] += wj * v[c * 16 + l];
-          }
+          for (int l = 0; l < 16; ++l) acc[c][l] += wj * v[c * 16 + l];
         }
-      }
+      });
       float* oh = og + h * D;
       const float r = inv_sum[h];
       for (int c = 0; c < NC; ++c) {

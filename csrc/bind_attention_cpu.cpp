@@ -13,11 +13,6 @@ namespace ponder {
 
 namespace {
 
-template <typename T>
-T* as_ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
 void paged_attention_cpu_binding(uintptr_t q, int64_t num_rows, int64_t num_heads, int64_t head_dim,
                                  uintptr_t k_plane, uintptr_t v_plane, int64_t num_kv_heads, int64_t page_size,
                                  uintptr_t block_tables, int64_t batch, int64_t max_pages, uintptr_t seq_lens,

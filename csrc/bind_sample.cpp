@@ -9,11 +9,6 @@ namespace ponder {
 
 namespace {
 
-template <typename T>
-T* as_ptr(uintptr_t address) {
-  return reinterpret_cast<T*>(address);
-}
-
 void sample_cpu_binding(uintptr_t logits, int64_t batch, int64_t vocab, int64_t row_stride, uintptr_t keys,
                         uintptr_t temperature, uintptr_t top_k, uintptr_t top_p, uintptr_t allowed,
                         uintptr_t allowed_row, uintptr_t tokens, uintptr_t deferred) {

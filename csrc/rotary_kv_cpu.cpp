@@ -3,14 +3,10 @@
 #include <cstring>
 
 #include "common.h"
+#include "cpu_clones.h"
 
 // Built with -ffp-contract=off (CMakeLists.txt): a fused multiply-add would round once where
 // the reference rounds twice.
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(__SANITIZE_ADDRESS__)
-#define PONDER_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PONDER_CPU_CLONES
-#endif
 
 namespace ponder {
 
