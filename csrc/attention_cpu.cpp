@@ -2,6 +2,7 @@
 
 #include "common.h"
 #include "cpu_clones.h"
+#include "cpu_math.h"
 
 #include <algorithm>
 #include <cmath>
@@ -15,27 +16,6 @@
 namespace ponder {
 
 namespace {
-
-// exp(x) for x <= 0 (softmax weights after subtracting the row maximum), in plain arithmetic so
-// the loop around it vectorises: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
-// e^r (the Cephes expf coefficients, about 1 ulp), and 2^n built in the exponent bits. Below
-// -87 (where e^x leaves the normal floats) the weight is 0; NaN stays NaN.
-PONDER_ALWAYS_INLINE float exp_nonpositive(float x) {
-  const float xc = x < -87.0f ? -87.0f : x;
-  const float n = std::floor(xc * 1.44269504088896341f + 0.5f);
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
-  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
-  float scale;
-  std::memcpy(&scale, &bits, sizeof(scale));
-  return x < -87.0f ? 0.0f : e * scale;
-}
 
 struct Layout {
   int64_t num_heads, head_dim, num_kv_heads, page_size, max_pages;

@@ -1,0 +1,59 @@
+// Scalar math for the host kernels, written so the loops around it vectorise (no libm calls).
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+
+#include "cpu_clones.h"
+
+namespace ponder {
+
+PONDER_ALWAYS_INLINE uint32_t float_bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, sizeof(b));
+  return b;
+}
+
+PONDER_ALWAYS_INLINE float bits_float(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, sizeof(x));
+  return x;
+}
+
+// exp(x) for x <= 0 (softmax weights after subtracting the row maximum), in plain arithmetic so
+// the loop around it vectorises: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
+// e^r (the Cephes expf coefficients, about 1 ulp), and 2^n built in the exponent bits. Below
+// -87 (where e^x leaves the normal floats, -inf included) the weight is 0; NaN stays NaN.
+// There is no floating-point branch or select: inside the ISA clones GCC does not if-convert
+// those (the loop would stay scalar), so the clamp and the cut-off compare the bits as
+// integers -- for x <= 0 a larger magnitude is a larger unsigned bit pattern -- and floor()
+// is a truncation minus a 0/1 correction.
+PONDER_ALWAYS_INLINE float exp_nonpositive(float x) {
+  constexpr uint32_t kLimit = 0xC2AE0000u;  // the bits of -87.0f
+  const uint32_t bx = float_bits(x);
+  const float xc = bits_float(bx > kLimit ? kLimit : bx);  // max(x, -87) for x <= 0
+  const float y = xc * 1.44269504088896341f + 0.5f;
+  const float tr = static_cast<float>(static_cast<int32_t>(y));
+  const float n = tr - static_cast<float>(tr > y);  // floor(y), exact for |y| <= 126
+  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float e = p * r * r + r + 1.0f;
+  const float value = e * bits_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  const bool is_nan = (bx & 0x7FFFFFFFu) > 0x7F800000u;
+  const uint32_t out = is_nan ? bx : (bx > kLimit ? 0u : float_bits(value));
+  return bits_float(out);
+}
+
+// A bfloat16 value (its 16 bits) as float: the bits are the float's upper half.
+PONDER_ALWAYS_INLINE float bf16_to_float(uint16_t bits) { return bits_float(static_cast<uint32_t>(bits) << 16); }
+
+PONDER_ALWAYS_INLINE float to_float(float x) { return x; }
+PONDER_ALWAYS_INLINE float to_float(uint16_t bf16_bits) { return bf16_to_float(bf16_bits); }
+
+}  // namespace ponder
