@@ -5,6 +5,7 @@
 
 #include "attention_cpu.h"
 #include "rotary_kv_cpu.h"
+#include "shared_prefix_cpu.h"
 #include "bindings.h"
 
 namespace py = pybind11;
@@ -21,6 +22,20 @@ void paged_attention_cpu_binding(uintptr_t q, int64_t num_rows, int64_t num_head
                       as_ptr<const float>(v_plane), num_kv_heads, page_size, as_ptr<const int32_t>(block_tables),
                       batch, max_pages, as_ptr<const int32_t>(seq_lens), as_ptr<const int32_t>(query_indptr),
                       num_pages, static_cast<float>(scale), as_ptr<float>(out));
+}
+
+void shared_prefix_attention_cpu_binding(uintptr_t q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
+                                         uintptr_t k_plane, uintptr_t v_plane, int kv_type, int64_t num_kv_heads,
+                                         int64_t page_size, int64_t num_pages, uintptr_t item_page_indptr,
+                                         uintptr_t item_pages, uintptr_t item_num_tokens, int64_t num_items,
+                                         int64_t num_item_pages, uintptr_t item_query_indptr, uintptr_t item_queries,
+                                         int64_t num_slots, double scale, uintptr_t out) {
+  shared_prefix_attention_cpu(as_ptr<const float>(q), num_queries, num_heads, head_dim, as_ptr<const void>(k_plane),
+                              as_ptr<const void>(v_plane), static_cast<KVType>(kv_type), num_kv_heads, page_size,
+                              num_pages, as_ptr<const int32_t>(item_page_indptr), as_ptr<const int32_t>(item_pages),
+                              as_ptr<const int32_t>(item_num_tokens), num_items, num_item_pages,
+                              as_ptr<const int32_t>(item_query_indptr), as_ptr<const int32_t>(item_queries),
+                              num_slots, static_cast<float>(scale), as_ptr<float>(out));
 }
 
 void rotary_cpu_binding(uintptr_t q, int64_t q_row_stride, uintptr_t k, int64_t k_row_stride, int64_t num_rows,
@@ -50,6 +65,17 @@ void bind_attention_cpu(py::module_& m) {
         "(see csrc/attention_cpu.h). Pointers are integers: block_tables int32 [B, max_pages], seq_lens int32 "
         "[B], query_indptr int32 [B+1]; out fp32 [T, H, D]. Index values are checked before any read. "
         "Releases the GIL.",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("shared_prefix_attention_cpu", &shared_prefix_attention_cpu_binding, py::arg("q"), py::arg("num_queries"),
+        py::arg("num_heads"), py::arg("head_dim"), py::arg("k_plane"), py::arg("v_plane"), py::arg("kv_type"),
+        py::arg("num_kv_heads"), py::arg("page_size"), py::arg("num_pages"), py::arg("item_page_indptr"),
+        py::arg("item_pages"), py::arg("item_num_tokens"), py::arg("num_items"), py::arg("num_item_pages"),
+        py::arg("item_query_indptr"), py::arg("item_queries"), py::arg("num_slots"), py::arg("scale"),
+        py::arg("out"),
+        "Decode attention of fp32 query rows [B, H, D] through a shared-prefix attention plan over one layer's "
+        "paged K / V planes [P, S, Hk, D] (kv_type 0: float32, 1: bfloat16), each plan item read once for all of "
+        "its rows (see csrc/shared_prefix_cpu.h). Pointers are integers; plan arrays int32; out fp32 [B, H, D]. "
+        "Index values are checked before any read. Releases the GIL.",
         py::call_guard<py::gil_scoped_release>());
   m.def("rotary_cpu", &rotary_cpu_binding, py::arg("q"), py::arg("q_row_stride"), py::arg("k"),
         py::arg("k_row_stride"), py::arg("num_rows"), py::arg("num_heads"),

@@ -1,4 +1,6 @@
-"""shared_prefix_attention (torch reference through an attention plan) against paged_attention."""
+"""shared_prefix_attention through an attention plan -- the torch reference and the native CPU
+kernel (``ponder._core.shared_prefix_attention_cpu``, called directly so that every case runs it,
+whatever the host dispatch picks) -- against paged_attention."""
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ import torch
 import ponder.ops as ops
 from ponder import PageTable
 from ponder.attention_plan import plan_attention
-from ponder.ops import reference, reference_attention
+from ponder.ops import attention, reference, reference_attention
 
 # fp32: both sides multiply and exponentiate in fp32, in another order (SDPA's fused softmax vs
 # per-item products and a log-sum-exp merge); measured gaps stay below 1e-6, 2e-5 is a wide margin.
@@ -55,14 +57,17 @@ def make_kv(num_pages, S, Hk, D, used_slots, dtype, L=2, seed=0):
     return kv.view(L, 2, num_pages, S, Hk, D).to(dtype)
 
 
-def run_both(tables, lens, num_pages, used, S, H, Hk, D, dtype, layer=1, seed=0, **plan_options):
+def run_both(tables, lens, num_pages, used, S, H, Hk, D, dtype, layer=1, seed=0, backend="auto", **plan_options):
     kv = make_kv(num_pages, S, Hk, D, used, dtype, seed=seed)
     B = len(lens)
     q = torch.randn(B, H, D, generator=torch.Generator().manual_seed(seed + 1)).to(dtype)
     bt, sl = torch.from_numpy(tables), torch.from_numpy(lens)
     expected = reference.paged_attention(q, kv, layer, bt, sl, torch.arange(B + 1, dtype=torch.int32), D**-0.5)
     plan = plan_attention(tables, lens, S, num_pages=num_pages, **plan_options)
-    out = ops.shared_prefix_attention(q, kv, layer, plan.to("cpu"), D**-0.5)
+    if backend == "native":
+        out = attention._shared_prefix_attention_native(q, kv, layer, plan.to("cpu"), D**-0.5)
+    else:
+        out = ops.shared_prefix_attention(q, kv, layer, plan.to("cpu"), D**-0.5, backend=backend)
     assert out.dtype == dtype and out.shape == (B, H, D)
     return out, expected, plan
 
@@ -77,30 +82,34 @@ TREES = {
 HEADS = [(4, 4), (4, 2), (8, 2), (9, 3)]  # G = 1, 2, 4 and SmolLM2's 3
 
 
+@pytest.mark.parametrize("backend", ["torch", "native", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("S", [1, 3, 4, 16])
 @pytest.mark.parametrize("H,Hk", HEADS)
 @pytest.mark.parametrize("tree", list(TREES))
-def test_shared_prefix_attention_matches_paged_attention(tree, H, Hk, S, dtype):
+def test_shared_prefix_attention_matches_paged_attention(tree, H, Hk, S, dtype, backend):
     tables, lens, num_pages, used = grow_tree_batch(seed=len(tree) + S + H, S=S, **TREES[tree])
-    out, expected, plan = run_both(tables, lens, num_pages, used, S, H, Hk, 12, dtype)  # D=12: no power of two
+    # D=12: no power of two
+    out, expected, plan = run_both(tables, lens, num_pages, used, S, H, Hk, 12, dtype, backend=backend)
     assert plan.num_shared_items > 0  # the trees really share pages
     torch.testing.assert_close(out, expected, **TOL[dtype])
 
 
+@pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("S", [2, 5])
-def test_shared_prefix_attention_without_sharing(S):
+def test_shared_prefix_attention_without_sharing(S, backend):
     tables, lens, num_pages, used = grow_tree_batch(seed=S, S=S, num_roots=5, max_nodes=5)
-    out, expected, plan = run_both(tables, lens, num_pages, used, S, 6, 3, 20, torch.float32)
+    out, expected, plan = run_both(tables, lens, num_pages, used, S, 6, 3, 20, torch.float32, backend=backend)
     assert plan.num_shared_items == 0 and plan.num_items == 5
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
 
 
 @pytest.mark.parametrize("options", [dict(max_pages_per_item=1), dict(max_queries_per_item=2),
                                      dict(max_pages_per_item=2, max_queries_per_item=3)])  # fmt: skip
-def test_shared_prefix_attention_on_split_items(options):
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_shared_prefix_attention_on_split_items(options, backend):
     tables, lens, num_pages, used = grow_tree_batch(seed=3, S=2, num_roots=2, max_nodes=20, max_prompt=9)
-    out, expected, _ = run_both(tables, lens, num_pages, used, 2, 8, 2, 16, torch.float32, **options)
+    out, expected, _ = run_both(tables, lens, num_pages, used, 2, 8, 2, 16, torch.float32, backend=backend, **options)
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
 
 
@@ -126,7 +135,7 @@ def test_reference_reads_each_item_once_in_one_product_per_shape(monkeypatch):
         return attend(q, k_plane, v_plane, pages, num_tokens, rows, scale)
 
     monkeypatch.setattr(reference_attention, "_attend_items", spy)
-    out, expected, plan = run_both(tables, lens, num_pages, used, 2, 8, 2, 16, torch.float32)
+    out, expected, plan = run_both(tables, lens, num_pages, used, 2, 8, 2, 16, torch.float32, backend="torch")
     torch.testing.assert_close(out, expected, **TOL[torch.float32])
     gathered = sorted(torch.cat([p.reshape(-1) for p, _ in calls]).tolist())
     assert gathered == sorted(plan.item_pages.tolist())
@@ -167,7 +176,7 @@ def test_shared_prefix_attention_opcheck():
               plan.merge_indptr, plan.merge_slots)  # fmt: skip
     args = (q, kv, 1, *arrays, plan.num_shared_items, plan.max_item_queries, 0.35, "torch")
     torch.library.opcheck(torch.ops.ponder.shared_prefix_attention.default, args)
-    expected = ops.shared_prefix_attention(q, kv, 1, plan, 0.35)
+    expected = ops.shared_prefix_attention(q, kv, 1, plan, 0.35, backend="torch")
     torch.testing.assert_close(torch.ops.ponder.shared_prefix_attention(*args), expected, atol=0, rtol=0)
 
 

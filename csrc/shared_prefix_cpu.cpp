@@ -1,0 +1,277 @@
+#include "shared_prefix_cpu.h"
+
+#include "common.h"
+#include "cpu_clones.h"
+#include "cpu_math.h"
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+// The item worker is PONDER_CPU_CLONES (cpu_clones.h); its fixed 16-lane loops and `omp simd`
+// loops (-fopenmp-simd, no OpenMP runtime) become vector instructions in each clone.
+
+namespace ponder {
+
+namespace {
+
+constexpr int kLanes = 16;  // tokens per block: one vector of scores per query row
+constexpr int kRows = 4;    // query rows per register block
+constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+
+// Scratch of one item x KV head: the scaled query rows and their online-softmax state.
+struct ItemScratch {
+  std::vector<float> q;    // [rows_pad, D], scale * q (padding rows zero)
+  std::vector<float> acc;  // [rows_pad, D], unnormalised outputs
+  std::vector<float> m;    // [rows_pad], running maxima
+  std::vector<float> l;    // [rows_pad], running sums of exp(s - m)
+  std::vector<float> kt;   // [D, 16], the block's K transposed
+  std::vector<float> vb;   // [16, D], the block's V
+  std::vector<float> p;    // [kRows, 16], a row block's scores, then its softmax weights
+};
+
+// Token block [t0, t0 + n) of an item into kt (transposed) and vb, widened to fp32; lanes past
+// n are zero.
+template <typename T>
+PONDER_ALWAYS_INLINE void load_block(const T* k_plane, const T* v_plane, const int32_t* pages, int64_t t0,
+                                     int64_t n, int64_t S, int64_t Hk, int64_t g, int64_t D, float* kt, float* vb) {
+  for (int64_t lane = 0; lane < kLanes; ++lane) {
+    float* vrow = vb + lane * D;
+    if (lane >= n) {
+      for (int64_t d = 0; d < D; ++d) kt[d * kLanes + lane] = 0.f;
+      for (int64_t d = 0; d < D; ++d) vrow[d] = 0.f;
+      continue;
+    }
+    const int64_t t = t0 + lane;
+    const int64_t slot = static_cast<int64_t>(pages[t / S]) * S + t % S;
+    const T* k = k_plane + (slot * Hk + g) * D;
+    const T* v = v_plane + (slot * Hk + g) * D;
+    for (int64_t d = 0; d < D; ++d) kt[d * kLanes + lane] = to_float(k[d]);
+#pragma omp simd
+    for (int64_t d = 0; d < D; ++d) vrow[d] = to_float(v[d]);
+  }
+}
+
+// Rows [rb, rb + kRows) of the scratch against one token block of n valid lanes: scores, the
+// online-softmax update and acc += p . V. DC is the head dim when known at compile time (a
+// multiple of 16), else 0 and D is read at run time.
+template <int DC>
+PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, int64_t Drt) {
+  const int64_t D = DC > 0 ? DC : Drt;
+  const float* kt = w.kt.data();
+  const float* vb = w.vb.data();
+  const float* qr = w.q.data() + rb * D;
+  float s[kRows][kLanes] = {};
+  for (int64_t d = 0; d < D; ++d) {
+    const float* kd = kt + d * kLanes;
+    for (int r = 0; r < kRows; ++r) {
+      const float qv = qr[r * D + d];
+#pragma omp simd
+      for (int l = 0; l < kLanes; ++l) s[r][l] += qv * kd[l];
+    }
+  }
+  // Softmax in memory, not in s: loops over an array the compiler keeps as one vector each,
+  // where unrolled register copies would make the exponential scalar.
+  float* pw = w.p.data();
+  for (int r = 0; r < kRows; ++r) {
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) pw[r * kLanes + l] = s[r][l];
+  }
+  for (int r = 0; r < kRows; ++r) {
+    float* p = pw + r * kLanes;
+    // Lanes past n score -inf, so their weight is exp(-inf) = 0; every loop below runs over
+    // all 16 lanes (one vector) and the maximum and sum fold by halving, with no reduction
+    // clause (which GCC leaves scalar here).
+    float t[kLanes];
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      p[l] = l < n ? p[l] : kNegInf;
+      t[l] = p[l];
+    }
+    for (int h = kLanes / 2; h > 0; h /= 2)
+      for (int l = 0; l < h; ++l) t[l] = t[l] > t[l + h] ? t[l] : t[l + h];
+    const float m_old = w.m[rb + r];
+    const float m_new = std::max(m_old, t[0]);  // finite: the block has a valid lane
+    const float c = exp_nonpositive(m_old - m_new);  // 0 while m_old is -inf
+#pragma omp simd
+    for (int l = 0; l < kLanes; ++l) {
+      p[l] = exp_nonpositive(p[l] - m_new);
+      t[l] = p[l];
+    }
+    for (int h = kLanes / 2; h > 0; h /= 2)
+      for (int l = 0; l < h; ++l) t[l] += t[l + h];
+    const float sum = t[0];
+    w.m[rb + r] = m_new;
+    w.l[rb + r] = w.l[rb + r] * c + sum;
+    float* a = w.acc.data() + (rb + r) * D;
+    if (c != 1.f) {
+#pragma omp simd
+      for (int64_t d = 0; d < D; ++d) a[d] *= c;
+    }
+  }
+  if constexpr (DC > 0) {
+    // 16 output lanes of a row stay in registers over the block's tokens.
+    for (int c = 0; c < DC / 16; ++c) {
+      for (int r = 0; r < kRows; ++r) {
+        float* a = w.acc.data() + (rb + r) * D + c * 16;
+        float reg[16];
+#pragma omp simd
+        for (int l = 0; l < 16; ++l) reg[l] = a[l];
+        for (int j = 0; j < kLanes; ++j) {  // all 16: lanes past n have p = 0 and V = 0
+          const float pj = pw[r * kLanes + j];
+          const float* v = vb + j * D + c * 16;
+#pragma omp simd
+          for (int l = 0; l < 16; ++l) reg[l] += pj * v[l];
+        }
+#pragma omp simd
+        for (int l = 0; l < 16; ++l) a[l] = reg[l];
+      }
+    }
+  } else {
+    for (int r = 0; r < kRows; ++r) {
+      float* a = w.acc.data() + (rb + r) * D;
+      for (int64_t j = 0; j < n; ++j) {  // lanes past n have weight 0
+        const float pj = pw[r * kLanes + j];
+        const float* v = vb + j * D;
+#pragma omp simd
+        for (int64_t d = 0; d < D; ++d) a[d] += pj * v[d];
+      }
+    }
+  }
+}
+
+// Every token block of one item for KV head g, over the item's rows_pad scratch rows.
+template <typename T, int DC>
+PONDER_CPU_CLONES void attend_item(ItemScratch& w, const T* k_plane, const T* v_plane, const int32_t* pages,
+                                   int64_t num_tokens, int64_t rows_pad, int64_t S, int64_t Hk, int64_t g,
+                                   int64_t D) {
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kLanes) {
+    const int64_t n = std::min<int64_t>(kLanes, num_tokens - t0);
+    load_block(k_plane, v_plane, pages, t0, n, S, Hk, g, D, w.kt.data(), w.vb.data());
+    for (int64_t rb = 0; rb < rows_pad; rb += kRows) attend_block<DC>(w, rb, n, D);
+  }
+}
+
+using AttendItem = void (*)(ItemScratch&, const void*, const void*, const int32_t*, int64_t, int64_t, int64_t,
+                            int64_t, int64_t, int64_t);
+
+template <typename T, int DC>
+void attend_item_erased(ItemScratch& w, const void* k, const void* v, const int32_t* pages, int64_t num_tokens,
+                        int64_t rows_pad, int64_t S, int64_t Hk, int64_t g, int64_t D) {
+  attend_item<T, DC>(w, static_cast<const T*>(k), static_cast<const T*>(v), pages, num_tokens, rows_pad, S, Hk, g,
+                     D);
+}
+
+template <typename T>
+AttendItem pick_for(int64_t head_dim) {
+  switch (head_dim) {
+    case 32: return &attend_item_erased<T, 32>;
+    case 64: return &attend_item_erased<T, 64>;
+    case 128: return &attend_item_erased<T, 128>;
+    default: return &attend_item_erased<T, 0>;
+  }
+}
+
+void check_indptr(const int32_t* indptr, int64_t n, int64_t total, const char* name) {
+  PONDER_CHECK_ARG(indptr[0] == 0 && indptr[n] == total, name, " must run from 0 to ", total, ", got ", indptr[0],
+                   " .. ", indptr[n]);
+  for (int64_t i = 0; i < n; ++i)
+    PONDER_CHECK_ARG(indptr[i + 1] >= indptr[i], name, " must be non-decreasing, got ", indptr[i], " then ",
+                     indptr[i + 1], " at ", i);
+}
+
+}  // namespace
+
+void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
+                                 const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
+                                 int64_t page_size, int64_t num_pages, const int32_t* item_page_indptr,
+                                 const int32_t* item_pages, const int32_t* item_num_tokens, int64_t num_items,
+                                 int64_t num_item_pages, const int32_t* item_query_indptr,
+                                 const int32_t* item_queries, int64_t num_slots, float scale, float* out) {
+  PONDER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
+                   "shared_prefix_attention: num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (",
+                   num_kv_heads, ")");
+  PONDER_CHECK_ARG(head_dim > 0 && page_size > 0 && num_pages >= 0 && num_queries >= 0 && num_items >= 0 &&
+                       num_item_pages >= 0 && num_slots >= 0,
+                   "shared_prefix_attention: sizes must be positive");
+  PONDER_CHECK_ARG(kv_type == KVType::kFloat32 || kv_type == KVType::kBFloat16,
+                   "shared_prefix_attention: kv_type must be 0 (float32) or 1 (bfloat16), got ",
+                   static_cast<int>(kv_type));
+  // Every index is checked before anything is read: a bad plan raises, it never reads outside
+  // the KV planes or writes outside out.
+  check_indptr(item_page_indptr, num_items, num_item_pages, "plan.item_page_indptr");
+  check_indptr(item_query_indptr, num_items, num_slots, "plan.item_query_indptr");
+  for (int64_t i = 0; i < num_items; ++i) {
+    const int64_t np = item_page_indptr[i + 1] - item_page_indptr[i];
+    const int64_t nt = item_num_tokens[i];
+    PONDER_CHECK_ARG(nt >= 1 && nt <= np * page_size, "plan.item_num_tokens[", i, "] = ", nt, " must lie in [1, ",
+                     np * page_size, "] for its ", np, " pages of S = ", page_size);
+  }
+  for (int64_t p = 0; p < num_item_pages; ++p)
+    PONDER_CHECK_RANGE(item_pages[p] >= 0 && item_pages[p] < num_pages, "plan.item_pages[", p, "] = ", item_pages[p],
+                       " must be a page id in [0, ", num_pages, ")");
+  for (int64_t s = 0; s < num_slots; ++s)
+    PONDER_CHECK_RANGE(item_queries[s] >= 0 && item_queries[s] < num_queries, "plan.item_queries[", s, "] = ",
+                       item_queries[s], " must be a query row in [0, ", num_queries, ")");
+
+  const int64_t H = num_heads, D = head_dim, Hk = num_kv_heads, G = H / Hk;
+  // Per (branch, head) running state: out holds the unnormalised output until the end.
+  std::vector<float> gm(static_cast<size_t>(num_queries * H), kNegInf);
+  std::vector<float> gl(static_cast<size_t>(num_queries * H), 0.f);
+  std::fill(out, out + num_queries * H * D, 0.f);
+  int64_t max_rows = 0;
+  for (int64_t i = 0; i < num_items; ++i)
+    max_rows = std::max<int64_t>(max_rows, (item_query_indptr[i + 1] - item_query_indptr[i]) * G);
+  const int64_t max_pad = (max_rows + kRows - 1) / kRows * kRows;
+  ItemScratch w;
+  w.q.resize(static_cast<size_t>(max_pad * D));
+  w.acc.resize(static_cast<size_t>(max_pad * D));
+  w.m.resize(static_cast<size_t>(max_pad));
+  w.l.resize(static_cast<size_t>(max_pad));
+  w.kt.resize(static_cast<size_t>(D * kLanes));
+  w.vb.resize(static_cast<size_t>(kLanes * D));
+  w.p.resize(static_cast<size_t>(kRows * kLanes));
+  const AttendItem attend = kv_type == KVType::kFloat32 ? pick_for<float>(D) : pick_for<uint16_t>(D);
+
+  for (int64_t i = 0; i < num_items; ++i) {
+    const int32_t* slots = item_queries + item_query_indptr[i];
+    const int64_t nq = item_query_indptr[i + 1] - item_query_indptr[i];
+    if (nq == 0) continue;
+    const int64_t rows = nq * G, rows_pad = (rows + kRows - 1) / kRows * kRows;
+    for (int64_t g = 0; g < Hk; ++g) {
+      // Row r = (slot r / G, query head g * G + r % G).
+      for (int64_t r = 0; r < rows_pad; ++r) {
+        float* dst = w.q.data() + r * D;
+        if (r < rows) {
+          const float* src = q + (static_cast<int64_t>(slots[r / G]) * H + g * G + r % G) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * scale;
+        } else {
+          std::fill(dst, dst + D, 0.f);
+        }
+      }
+      std::fill(w.acc.begin(), w.acc.begin() + rows_pad * D, 0.f);
+      std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
+      std::fill(w.l.begin(), w.l.begin() + rows_pad, 0.f);
+      attend(w, k_plane, v_plane, item_pages + item_page_indptr[i], item_num_tokens[i], rows_pad, page_size, Hk, g,
+             D);
+      // Merge each row into its branch's state by log-sum-exp.
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t bh = static_cast<int64_t>(slots[r / G]) * H + g * G + r % G;
+        const float m_new = std::max(gm[bh], w.m[r]);
+        const float ca = exp_nonpositive(gm[bh] - m_new), cb = exp_nonpositive(w.m[r] - m_new);
+        float* o = out + bh * D;
+        const float* a = w.acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = o[d] * ca + a[d] * cb;
+        gl[bh] = gl[bh] * ca + w.l[r] * cb;
+        gm[bh] = m_new;
+      }
+    }
+  }
+  for (int64_t bh = 0; bh < num_queries * H; ++bh) {
+    const float inv = gl[bh] > 0.f ? 1.f / gl[bh] : 0.f;
+    float* o = out + bh * D;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
+}  // namespace ponder
