@@ -17,21 +17,23 @@ Bandwidth is reported against the fewest bytes any method must read (BENCHMARKS.
 ``beta * (P + B * s)`` with ``beta = 2 * Hk * D * bytes`` per token and layer; reading the prompt
 per branch costs ``beta * B * (P + s)``.
 
-On the CPU (``--device cpu``, or no GPU), fp32 with SmolLM2-135M's heads (H=9, Hk=3, D=64):
-``reference.shared_prefix_attention`` through the plan of ``plan_shared_prefix_attention``
-(the prompt read once) against ``reference.paged_attention`` (per-branch, gathering the prompt
-for every branch) and against the native CPU kernel of ``ops.paged_attention`` (per-branch, reading
-every branch's pages in place on one thread: the engine's path when a step is not planned). The
-plan is built once per decode step and serves every layer, so it is timed on its own. Each line
-gives wall time (median) and process CPU time per call, the ratios, and the torch thread count
-(``--threads``).
+On the CPU (``--device cpu``, or no GPU), fp32 (or ``--cpu-dtype bf16``) with SmolLM2-135M's
+heads (H=9, Hk=3, D=64), four ways: the native CPU kernel of ``ops.shared_prefix_attention``
+(each plan item read once, one thread: the engine's path when a step is planned) and
+``reference.shared_prefix_attention``, both through the plan of ``plan_shared_prefix_attention``;
+the native CPU kernel of ``ops.paged_attention`` (per branch, reading every branch's pages in
+place, one thread: the engine's path when a step is not planned; fp32 only) and
+``reference.paged_attention`` (per branch, gathering the prompt for every branch), the baseline
+of every ratio. The plan is built once per decode step and serves every layer, so it is timed
+on its own. Each line gives wall time (median) and process CPU time per call and the ratios;
+the header names the torch thread count (``--threads``).
 
 Every configuration is checked for agreement before it is timed. ``--quick`` runs a short
 sweep; ``--dry-run`` runs only the Triton correctness check on tiny shapes on the CPU (Triton
 interpreter), so the GPU script is exercised without a GPU.
 
     python benchmarks/bench_attention.py [--quick | --dry-run] [--dtype bf16|fp16]
-    python benchmarks/bench_attention.py --device cpu [--quick] [--threads 1]
+    python benchmarks/bench_attention.py --device cpu [--quick] [--threads 1] [--cpu-dtype bf16]
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ def _args():
     p.add_argument("--page-size", type=int, default=16)
     p.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="auto: the GPU when there is one")
     p.add_argument("--threads", type=int, default=None, help="torch threads for the CPU mode (default: torch's)")
+    p.add_argument("--cpu-dtype", choices=("fp32", "bf16"), default="fp32", help="KV and query dtype of the CPU mode")
     return p.parse_args()
 
 
@@ -227,38 +230,39 @@ def _bench_cpu(args):
     threads = torch.get_num_threads()
     S = args.page_size
     Hk, G, D = 3, 3, 64  # SmolLM2-135M: 9 query heads, 3 KV heads, head dim 64
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[args.cpu_dtype]
     if args.quick:
-        sweep, repeats = [(2048, 64, 32)], 5
+        sweep, repeats = [(2048, 64, 32), (2048, 8, 32)], 5
     else:
-        sweep, repeats = list(itertools.product((512, 2048, 8192), (16, 64), (32, 256))), 9
-    print(f"# CPU, fp32, page size {S}, H={Hk * G} Hk={Hk} D={D}, {threads} torch thread(s); "
-          "ms per call: wall median (process CPU)")  # fmt: skip
+        sweep, repeats = list(itertools.product((512, 2048, 8192), (8, 16, 64), (32, 256))), 9
+    print(f"# CPU, {args.cpu_dtype} KV and queries, page size {S}, H={Hk * G} Hk={Hk} D={D}, {threads} torch "
+          "thread(s) (the native kernels run on one); ms per call: wall median (process CPU); x = per-branch "
+          "reference / that method")  # fmt: skip
+    print(f"{'P':>5} {'B':>3} {'s':>4} | {'native shared':>19} {'x':>6} | {'reference shared':>19} {'x':>6} | "
+          f"{'native paged':>19} {'x':>6} | {'reference paged':>19} | plan")
     for P, B, s in sweep:
-        q, kv, bt, sl = _batch(torch, B, P, s, Hk, G, D, S, torch.float32, "cpu")
+        q, kv, bt, sl = _batch(torch, B, P, s, Hk, G, D, S, dtype, "cpu")
         qi = torch.arange(B + 1, dtype=torch.int32)
         scale = D**-0.5
         plan_ms, _ = _time_cpu(lambda: ops.plan_shared_prefix_attention(bt, sl, kv, Hk * G, "torch"), repeats)
         plan = ops.plan_shared_prefix_attention(bt, sl, kv, num_heads=Hk * G, backend="torch")
-
-        def shared():
-            return reference.shared_prefix_attention(q, kv, 0, plan, scale)
-
-        def paged():
-            return reference.paged_attention(q, kv, 0, bt, sl, qi, scale)
-
-        def native():  # the CPU host kernel of ops.paged_attention (reads pages in place, one thread)
-            return ops.paged_attention(q, kv, 0, bt, sl, qi, scale, backend="auto")
-
-        _check(torch, f"shared vs paged P={P} B={B} s={s}", shared(), paged(), torch.float32)
-        _check(torch, f"native vs paged P={P} B={B} s={s}", native(), paged(), torch.float32)
-        ours, ours_cpu = _time_cpu(shared, repeats)
-        base, base_cpu = _time_cpu(paged, repeats)
-        nat, nat_cpu = _time_cpu(native, repeats)
-        print(f"P={P:5d} B={B:3d} s={s:4d} H={Hk * G} Hk={Hk} D={D} fp32 | shared {ours:8.2f} ms ({ours_cpu:8.2f} cpu)"
-              f" | paged {base:8.2f} ms ({base_cpu:8.2f} cpu) | x{base / ours:5.1f}"
-              f" | native paged {nat:8.2f} ms ({nat_cpu:8.2f} cpu) | x{nat / ours:5.1f}"
-              f" | plan {plan_ms:5.2f} ms ({plan.num_items} items, once per step) | threads {threads}",
-              flush=True)  # fmt: skip
+        methods = {
+            # the CPU host kernel of ops.shared_prefix_attention: each plan item read once, one thread
+            "native shared": lambda: ops.shared_prefix_attention(q, kv, 0, plan, scale, backend="auto"),
+            "reference shared": lambda: reference.shared_prefix_attention(q, kv, 0, plan, scale),
+            # the CPU host kernel of ops.paged_attention (per branch, pages read in place, one thread;
+            # fp32 only: a bf16 cache runs the reference)
+            "native paged": lambda: ops.paged_attention(q, kv, 0, bt, sl, qi, scale, backend="auto"),
+            "reference paged": lambda: reference.paged_attention(q, kv, 0, bt, sl, qi, scale),
+        }
+        expected = methods["reference paged"]()
+        for name, fn in methods.items():
+            _check(torch, f"{name} vs reference paged P={P} B={B} s={s}", fn(), expected, dtype)
+        times = {name: _time_cpu(fn, repeats) for name, fn in methods.items()}
+        base = times["reference paged"][0]
+        cells = [f"{times[n][0]:8.2f} ({times[n][1]:8.2f}) x{base / times[n][0]:5.1f}" for n in list(methods)[:3]]
+        print(f"{P:>5} {B:>3} {s:>4} | " + " | ".join(cells) + f" | {base:8.2f} ({times['reference paged'][1]:8.2f}) | "
+              f"{plan_ms:5.2f} ms, {plan.num_items} items, once per step", flush=True)  # fmt: skip
     return 0
 
 
