@@ -274,7 +274,9 @@ def value_score(
     h = hidden[rows]  # [M, C]
     if norm_weight is not None:
         h = rms_norm(h, norm_weight, eps)
-    score = torch.sigmoid(h.float() @ direction.float() + bias)  # [M] fp32
+    # A per-row product and sum, not a matrix-vector product: BLAS gemv may split the sum
+    # differently for different M, and a step's score must not depend on the rows scored with it.
+    score = torch.sigmoid((h.float() * direction.float()).sum(dim=-1) + bias)  # [M] fp32
     parent = parent_score.float()
     if mode == "last":
         path = score
