@@ -23,9 +23,10 @@ struct Layout {
 };
 
 // fn(j, row) for the ctx first tokens of a sequence, in order: row is token j's [D] K or V row
-// of KV head g in `plane`, found through the sequence's block table.
-template <typename Fn>
-PONDER_ALWAYS_INLINE void for_each_token(const float* plane, const int32_t* table, int64_t ctx, int64_t S,
+// of KV head g in `plane` (fp32, or bf16 bits widened by to_float), found through the
+// sequence's block table.
+template <typename T, typename Fn>
+PONDER_ALWAYS_INLINE void for_each_token(const T* plane, const int32_t* table, int64_t ctx, int64_t S,
                                          int64_t Hk, int64_t g, int64_t D, Fn&& fn) {
   int64_t j = 0;
   for (int64_t p = 0; j < ctx; ++p) {
@@ -51,21 +52,21 @@ PONDER_ALWAYS_INLINE float softmax_weights(float* sh, int64_t ctx) {
 
 // One query row `qrow` [H, D] of a sequence whose block table row is `table`, attending to
 // positions [0, ctx). Writes out_row [H, D]. `scores` holds G * ctx floats, `inv_sum` G.
-PONDER_CPU_CLONES
-void attend_row(const Layout& L, const float* qrow, const float* k_plane, const float* v_plane,
-                const int32_t* table, int64_t ctx, float* scores, float* inv_sum, float* out_row) {
+template <typename T>
+PONDER_CPU_CLONES void attend_row(const Layout& L, const float* qrow, const T* k_plane, const T* v_plane,
+                                  const int32_t* table, int64_t ctx, float* scores, float* inv_sum, float* out_row) {
   const int64_t D = L.head_dim, Hk = L.num_kv_heads, S = L.page_size;
   const int64_t G = L.num_heads / Hk;
   for (int64_t g = 0; g < Hk; ++g) {
     const float* qg = qrow + g * G * D;  // the G query heads reading KV head g, [G, D]
     float* og = out_row + g * G * D;
     // scores[h * ctx + j] = scale * q_h . k_j
-    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* k) {
+    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* k) {
       for (int64_t h = 0; h < G; ++h) {
         const float* qh = qg + h * D;
         float s = 0.f;
 #pragma omp simd reduction(+ : s)
-        for (int64_t d = 0; d < D; ++d) s += qh[d] * k[d];
+        for (int64_t d = 0; d < D; ++d) s += qh[d] * to_float(k[d]);
         scores[h * ctx + j] = s * L.scale;
       }
     });
@@ -75,12 +76,12 @@ void attend_row(const Layout& L, const float* qrow, const float* k_plane, const 
       float* oh = og + h * D;
       for (int64_t d = 0; d < D; ++d) oh[d] = 0.f;
     }
-    for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* v) {
+    for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* v) {
       for (int64_t h = 0; h < G; ++h) {
         const float w = scores[h * ctx + j];
         float* oh = og + h * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) oh[d] += w * v[d];
+        for (int64_t d = 0; d < D; ++d) oh[d] += w * to_float(v[d]);
       }
     });
     for (int64_t h = 0; h < G; ++h) {
@@ -96,25 +97,25 @@ void attend_row(const Layout& L, const float* qrow, const float* k_plane, const 
 // whose loops the compiler turns into vector registers. q.k is accumulated per chunk lane and
 // summed by halving (no serial chain of scalar adds); p.V keeps D / 16 independent
 // accumulators per head in registers over all tokens.
-template <int D>
-PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, const float* k_plane,
-                                        const float* v_plane, const int32_t* table, int64_t ctx, float* scores,
-                                        float* inv_sum, float* out_row) {
+template <int D, typename T>
+PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, const T* k_plane, const T* v_plane,
+                                        const int32_t* table, int64_t ctx, float* scores, float* inv_sum,
+                                        float* out_row) {
   constexpr int NC = D / 16;
   const int64_t Hk = L.num_kv_heads, S = L.page_size;
   const int64_t G = L.num_heads / Hk;
   for (int64_t g = 0; g < Hk; ++g) {
     const float* qg = qrow + g * G * D;
     float* og = out_row + g * G * D;
-    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* k) {
+    for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* k) {
       for (int64_t h = 0; h < G; ++h) {
         const float* qh = qg + h * D;
         float acc[16];
 #pragma omp simd
-        for (int l = 0; l < 16; ++l) acc[l] = qh[l] * k[l];
+        for (int l = 0; l < 16; ++l) acc[l] = qh[l] * to_float(k[l]);
         for (int c = 1; c < NC; ++c) {
 #pragma omp simd
-          for (int l = 0; l < 16; ++l) acc[l] += qh[c * 16 + l] * k[c * 16 + l];
+          for (int l = 0; l < 16; ++l) acc[l] += qh[c * 16 + l] * to_float(k[c * 16 + l]);
         }
         for (int l = 0; l < 8; ++l) acc[l] += acc[l + 8];
         for (int l = 0; l < 4; ++l) acc[l] += acc[l + 4];
@@ -127,11 +128,11 @@ PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, cons
     for (int64_t h = 0; h < G; ++h) {
       const float* w = scores + h * ctx;
       float acc[NC][16] = {};
-      for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const float* v) {
+      for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* v) {
         const float wj = w[j];
         for (int c = 0; c < NC; ++c) {
 #pragma omp simd
-          for (int l = 0; l < 16; ++l) acc[c][l] += wj * v[c * 16 + l];
+          for (int l = 0; l < 16; ++l) acc[c][l] += wj * to_float(v[c * 16 + l]);
         }
       });
       float* oh = og + h * D;
@@ -144,22 +145,35 @@ PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, cons
   }
 }
 
-using AttendRow = void (*)(const Layout&, const float*, const float*, const float*, const int32_t*, int64_t, float*,
+using AttendRow = void (*)(const Layout&, const float*, const void*, const void*, const int32_t*, int64_t, float*,
                            float*, float*);
 
+template <typename T, int D>
+void attend_row_erased(const Layout& L, const float* qrow, const void* k, const void* v, const int32_t* table,
+                       int64_t ctx, float* scores, float* inv_sum, float* out_row) {
+  if constexpr (D > 0) {
+    attend_row_fixed<D, T>(L, qrow, static_cast<const T*>(k), static_cast<const T*>(v), table, ctx, scores, inv_sum,
+                           out_row);
+  } else {
+    attend_row<T>(L, qrow, static_cast<const T*>(k), static_cast<const T*>(v), table, ctx, scores, inv_sum, out_row);
+  }
+}
+
+template <typename T>
 AttendRow pick_attend_row(int64_t head_dim) {
   switch (head_dim) {
-    case 32: return &attend_row_fixed<32>;
-    case 64: return &attend_row_fixed<64>;
-    case 128: return &attend_row_fixed<128>;
-    default: return &attend_row;
+    case 32: return &attend_row_erased<T, 32>;
+    case 64: return &attend_row_erased<T, 64>;
+    case 128: return &attend_row_erased<T, 128>;
+    default: return &attend_row_erased<T, 0>;
   }
 }
 
 }  // namespace
 
 void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, int64_t head_dim,
-                         const float* k_plane, const float* v_plane, int64_t num_kv_heads, int64_t page_size,
+                         const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
+                         int64_t page_size,
                          const int32_t* block_tables, int64_t batch, int64_t max_pages, const int32_t* seq_lens,
                          const int32_t* query_indptr, int64_t num_pages, float scale, float* out) {
   PONDER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
@@ -167,6 +181,8 @@ void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, in
                    num_kv_heads, ")");
   PONDER_CHECK_ARG(head_dim > 0 && page_size > 0 && batch >= 0 && max_pages >= 0 && num_rows >= 0,
                    "paged_attention: sizes must be positive");
+  PONDER_CHECK_ARG(kv_type == KVType::kFloat32 || kv_type == KVType::kBFloat16,
+                   "paged_attention: kv_type must be 0 (float32) or 1 (bfloat16), got ", static_cast<int>(kv_type));
   // Every index is checked before anything is read: bad metadata raises, it never reads
   // outside the KV planes.
   PONDER_CHECK_ARG(query_indptr[0] == 0 && query_indptr[batch] == num_rows, "query_indptr must run from 0 to T = ",
@@ -191,7 +207,8 @@ void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, in
   for (int64_t b = 0; b < batch; ++b) longest = std::max<int64_t>(longest, seq_lens[b]);
   const int64_t G = num_heads / num_kv_heads;
   std::vector<float> scores(static_cast<size_t>(G * longest + G));
-  const AttendRow attend = pick_attend_row(head_dim);
+  const AttendRow attend =
+      kv_type == KVType::kFloat32 ? pick_attend_row<float>(head_dim) : pick_attend_row<uint16_t>(head_dim);
   for (int64_t b = 0; b < batch; ++b) {
     const int64_t r0 = query_indptr[b], r1 = query_indptr[b + 1];
     if (r1 == r0) continue;

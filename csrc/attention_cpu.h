@@ -1,5 +1,5 @@
 // Paged attention on the host: the causal softmax attention of ponder.ops.paged_attention for
-// fp32 queries over an fp32 paged KV cache, reading K and V straight from their pages (no
+// fp32 queries over an fp32 or bfloat16 paged KV cache (bf16 K / V widened on load), reading K and V straight from their pages (no
 // gathered copy). Torch-free: tensors arrive as raw pointers and shapes; ponder.ops checks
 // dtypes, devices, contiguity and index values before calling.
 //
@@ -12,10 +12,13 @@
 
 namespace ponder {
 
+// The element type of a KV cache's planes (bfloat16 as its 16 bits).
+enum class KVType : int { kFloat32 = 0, kBFloat16 = 1 };
+
 // out[t, h, :] = softmax_j(scale * q[t, h, :] . k[j, h / G, :]) . v[j, h / G, :] over the KV
 // positions j = 0 .. p_t of row t's sequence, p_t = seq_lens[b] - n_b + (t - query_indptr[b]).
 //   q            [T, H, D] fp32, contiguous
-//   k_plane      [P, S, Hk, D] fp32 (one layer's K), contiguous; v_plane likewise
+//   k_plane      [P, S, Hk, D] of kv_type (one layer's K), contiguous; v_plane likewise
 //   block_tables [B, max_pages] int32 (entries past a sequence's last page are not read)
 //   seq_lens     [B] int32, query_indptr [B+1] int32
 //   out          [T, H, D] fp32
@@ -24,7 +27,8 @@ namespace ponder {
 // non-decreasing from 0 to T; n_b <= seq_lens[b] <= max_pages * S for sequences with rows;
 // every page such a sequence reads lies in [0, P). Buffer sizes are the caller's to match.
 void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, int64_t head_dim,
-                         const float* k_plane, const float* v_plane, int64_t num_kv_heads, int64_t page_size,
+                         const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
+                         int64_t page_size,
                          const int32_t* block_tables, int64_t batch, int64_t max_pages, const int32_t* seq_lens,
                          const int32_t* query_indptr, int64_t num_pages, float scale, float* out);
 

@@ -14,9 +14,9 @@
 
 #include <cstdint>
 
-namespace ponder {
+#include "attention_cpu.h"  // KVType
 
-enum class KVType : int { kFloat32 = 0, kBFloat16 = 1 };
+namespace ponder {
 
 //   q                  [B, H, D] fp32, contiguous (row b is branch b's decode query)
 //   k_plane, v_plane   [P, S, Hk, D] of kv_type (one layer's K and V), contiguous

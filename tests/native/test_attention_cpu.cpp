@@ -61,7 +61,8 @@ double expected(const Batch& b, int64_t seq, int64_t row, int64_t h, int64_t d, 
 
 void run(Batch& b, const std::vector<int32_t>& tables, const std::vector<int32_t>& lens,
          const std::vector<int32_t>& indptr) {
-  ponder::paged_attention_cpu(b.q.data(), 4, b.H, b.D, b.k.data(), b.v.data(), b.Hk, b.S, tables.data(), 2, b.W,
+  ponder::paged_attention_cpu(b.q.data(), 4, b.H, b.D, b.k.data(), b.v.data(), ponder::KVType::kFloat32, b.Hk, b.S,
+                              tables.data(), 2, b.W,
                               lens.data(), indptr.data(), b.P, 0.5f, b.out.data());
 }
 

@@ -66,9 +66,27 @@ def test_branches_share_pages_and_finish_mid_page():
     torch.testing.assert_close(attention._paged_attention_host(*args), reference.paged_attention(*args), **TOL)
 
 
+# bf16: both read the same bf16 K/V and q and compute in fp32; the outputs differ by at most
+# the final rounding to bf16 (2**-7 relative), inside 1e-2 * (1 + |x|).
+TOL_BF16 = dict(atol=1e-2, rtol=1e-2)
+
+
+@pytest.mark.parametrize("lens,num_q,H,Hk,D,S", CASES)
+def test_native_reads_bf16_caches(lens, num_q, H, Hk, D, S):
+    gen = torch.Generator().manual_seed(len(lens) * 1000 + D + 1)
+    args = paged_batch(gen, lens, num_q, H, Hk, D, S, dtype=torch.bfloat16)
+    out = attention._paged_attention_host(*args)
+    assert out.dtype == torch.bfloat16
+    torch.testing.assert_close(out, reference.paged_attention(*args), **TOL_BF16)
+    # fp32 queries over a bf16 cache (the kernel's own input) agree with the widened cache
+    q, kv, *rest = args
+    out32 = attention._paged_attention_host(q.float(), kv, *rest)
+    torch.testing.assert_close(out32, reference.paged_attention(q.float(), kv.float(), *rest), **TOL)
+
+
 def test_other_dtypes_and_long_prefills_run_the_reference():
     gen = torch.Generator().manual_seed(3)
-    args = paged_batch(gen, [30, 12], [1, 1], 4, 2, 16, 4, dtype=torch.bfloat16)
+    args = paged_batch(gen, [30, 12], [1, 1], 4, 2, 16, 4, dtype=torch.float16)
     assert torch.equal(attention._paged_attention_host(*args), reference.paged_attention(*args))
     n = 600  # 600 * 601 / 2 row-key pairs, over NATIVE_MAX_PREFILL_PAIRS
     assert n * (n + 1) // 2 > attention.NATIVE_MAX_PREFILL_PAIRS
@@ -94,5 +112,8 @@ def test_core_checks_heads():
     q = torch.zeros(1, 3, 4)
     z = np.zeros(4, dtype=np.int32)
     with pytest.raises(ValueError, match="multiple of num_kv_heads"):
-        _core.paged_attention_cpu(q.data_ptr(), 1, 3, 4, q.data_ptr(), q.data_ptr(), 2, 1, z.ctypes.data, 1, 1,
+        _core.paged_attention_cpu(q.data_ptr(), 1, 3, 4, q.data_ptr(), q.data_ptr(), 0, 2, 1, z.ctypes.data, 1, 1,
+                                  z.ctypes.data, z.ctypes.data, 1, 0.5, out.data_ptr())
+    with pytest.raises(ValueError, match="kv_type must be 0"):
+        _core.paged_attention_cpu(q.data_ptr(), 1, 3, 4, q.data_ptr(), q.data_ptr(), 5, 3, 1, z.ctypes.data, 1, 1,
                                   z.ctypes.data, z.ctypes.data, 1, 0.5, out.data_ptr())

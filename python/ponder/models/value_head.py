@@ -36,6 +36,8 @@ class ValueHeadModule(nn.Module):
             raise ValueError(f"hidden must have shape [B, {self.hidden_size}], got {shape}")
         normed = ops.rms_norm(hidden, self.norm_weight.to(hidden.dtype), self.eps)  # [B, C]
         # The projection is one dot product per row: doing it in fp32 costs nothing and keeps a
-        # bf16 trunk from quantising the value.
-        score = normed.float() @ self.weight.float() + self.bias.float()  # [B]
+        # bf16 trunk from quantising the value. A per-row product and sum, not a matrix-vector
+        # product: BLAS gemv may split the sum differently for different B, and a row's value
+        # must not depend on the rows scored with it.
+        score = (normed.float() * self.weight.float()).sum(dim=-1) + self.bias.float()  # [B]
         return torch.sigmoid(score)

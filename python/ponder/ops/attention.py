@@ -87,15 +87,19 @@ register("paged_attention", "torch")(reference.paged_attention)
 # SDPA runs blocked matrix products; the native kernel's per-row dot products win below it
 # (decode rows, short prefills: measured in benchmarks/bench_attention.py --native).
 NATIVE_MAX_PREFILL_PAIRS = 1 << 14
+# Cache dtypes the native CPU kernels read, and their ``KVType`` codes (csrc/attention_cpu.h).
+_HOST_KV_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 
 
 def _paged_attention_host(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale) -> torch.Tensor:
-    """``ponder._core.paged_attention_cpu`` for fp32 CPU tensors: reads K and V from their pages
-    in place. Other dtypes, and prefills with more than ``NATIVE_MAX_PREFILL_PAIRS`` (row, key)
-    pairs, run the reference. Same result as the reference up to fp32 summation order."""
+    """``ponder._core.paged_attention_cpu`` for CPU caches in fp32 or bf16 (bf16 K / V widened on
+    load, queries computed in fp32): reads K and V from their pages in place. Other dtypes, and
+    prefills with more than ``NATIVE_MAX_PREFILL_PAIRS`` (row, key) pairs, run the reference.
+    Same result as the reference up to fp32 summation order."""
     T, H, D = q.shape
     B = seq_lens.shape[0]
-    if q.dtype != torch.float32 or kv_cache.dtype != torch.float32 or not kv_cache.is_contiguous():
+    kv_type = _HOST_KV_TYPES.get(kv_cache.dtype)
+    if kv_type is None or q.dtype not in _HOST_KV_TYPES or not kv_cache.is_contiguous():
         return reference.paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
     if T != B:  # not a pure decode batch: count the causal (row, key) pairs
         lens = seq_lens.to(torch.int64)
@@ -104,14 +108,14 @@ def _paged_attention_host(q, kv_cache, layer, block_tables, seq_lens, query_indp
         if pairs > NATIVE_MAX_PREFILL_PAIRS:
             return reference.paged_attention(q, kv_cache, layer, block_tables, seq_lens, query_indptr, scale)
     _, _, P, S, Hk, _ = kv_cache.shape
-    qc = q.contiguous()
+    qc = q.float().contiguous()  # a no-op for contiguous fp32 rows
     tables, lens_c, indptr = (t.contiguous() for t in (block_tables, seq_lens, query_indptr))
     out = torch.empty_like(qc)
     plane = kv_cache[layer]
-    _core.paged_attention_cpu(qc.data_ptr(), T, H, D, plane[0].data_ptr(), plane[1].data_ptr(), Hk, S,
+    _core.paged_attention_cpu(qc.data_ptr(), T, H, D, plane[0].data_ptr(), plane[1].data_ptr(), kv_type, Hk, S,
                               tables.data_ptr(), B, tables.shape[1], lens_c.data_ptr(), indptr.data_ptr(), P,
                               float(scale), out.data_ptr())
-    return out
+    return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
 if _core is not None and hasattr(_core, "paged_attention_cpu"):
@@ -150,7 +154,7 @@ def paged_attention(
     all b is decode; larger n_b is prefill, possibly on top of cached pages.
 
     Implementations: ``backend="torch"`` is ``reference.paged_attention`` (gathers each
-    sequence's pages, then SDPA). ``"auto"`` on fp32 CPU tensors runs the native kernel of
+    sequence's pages, then SDPA). ``"auto"`` on fp32 / bf16 CPU tensors runs the native kernel of
     ``ponder._core`` (reads K/V in place, checks every index first) for decode batches and for
     prefills of at most ``NATIVE_MAX_PREFILL_PAIRS`` causal (row, key) pairs; the result equals
     the reference up to fp32 summation order.
@@ -275,7 +279,6 @@ def _(q, kv_cache, layer, item_page_indptr, item_pages, item_num_tokens, item_qu
 
 register("shared_prefix_attention", "torch")(reference.shared_prefix_attention)
 
-_HOST_KV_TYPES = {torch.float32: 0, torch.bfloat16: 1}
 # The native kernel runs a plan when no item has more than this many query-head rows per KV
 # head (its queries x G); above it the reference's blocked matrix products win. Measured with
 # SmolLM2's heads (G = 3) at 1 and 2 threads, fp32 and bf16: native 1.2-3x faster up to 8
