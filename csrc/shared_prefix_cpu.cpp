@@ -8,14 +8,14 @@
 #include <limits>
 #include <vector>
 
-// The item worker is PONDER_CPU_CLONES (cpu_clones.h); its fixed 16-lane loops and `omp simd`
+// The item worker is PONDER_CPU_CLONES (cpu_clones.h); its fixed-width lane loops and `omp simd`
 // loops (-fopenmp-simd, no OpenMP runtime) become vector instructions in each clone.
 
 namespace ponder {
 
 namespace {
 
-constexpr int kLanes = 16;  // tokens per block: one vector of scores per query row
+constexpr int kLanes = 32;  // tokens per block: two vectors of scores per query row
 constexpr int kRows = 4;    // query rows per register block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 
@@ -25,9 +25,9 @@ struct ItemScratch {
   std::vector<float> acc;  // [rows_pad, D], unnormalised outputs
   std::vector<float> m;    // [rows_pad], running maxima
   std::vector<float> l;    // [rows_pad], running sums of exp(s - m)
-  std::vector<float> kt;   // [D, 16], the block's K transposed
-  std::vector<float> vb;   // [16, D], the block's V
-  std::vector<float> p;    // [kRows, 16], a row block's scores, then its softmax weights
+  std::vector<float> kt;   // [D, kLanes], the block's K transposed
+  std::vector<float> vb;   // [kLanes, D], the block's V
+  std::vector<float> p;    // [kRows, kLanes], a row block's scores, then its softmax weights
 };
 
 // Token block [t0, t0 + n) of an item into kt (transposed) and vb, widened to fp32; lanes past
@@ -80,7 +80,7 @@ PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, in
   for (int r = 0; r < kRows; ++r) {
     float* p = pw + r * kLanes;
     // Lanes past n score -inf, so their weight is exp(-inf) = 0; every loop below runs over
-    // all 16 lanes (one vector) and the maximum and sum fold by halving, with no reduction
+    // all kLanes lanes (whole vectors) and the maximum and sum fold by halving, with no reduction
     // clause (which GCC leaves scalar here).
     float t[kLanes];
 #pragma omp simd
@@ -110,21 +110,27 @@ PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, in
     }
   }
   if constexpr (DC > 0) {
-    // 16 output lanes of a row stay in registers over the block's tokens.
+    // For each 16 output lanes: the row block's 4 accumulators stay in registers over the
+    // block's tokens, and each V chunk is loaded once for all 4 rows.
     for (int c = 0; c < DC / 16; ++c) {
+      float reg[kRows][16];
+      for (int r = 0; r < kRows; ++r) {
+        const float* a = w.acc.data() + (rb + r) * D + c * 16;
+#pragma omp simd
+        for (int l = 0; l < 16; ++l) reg[r][l] = a[l];
+      }
+      for (int j = 0; j < kLanes; ++j) {  // all lanes: past n, p = 0 and V = 0
+        const float* v = vb + j * D + c * 16;
+        for (int r = 0; r < kRows; ++r) {
+          const float pj = pw[r * kLanes + j];
+#pragma omp simd
+          for (int l = 0; l < 16; ++l) reg[r][l] += pj * v[l];
+        }
+      }
       for (int r = 0; r < kRows; ++r) {
         float* a = w.acc.data() + (rb + r) * D + c * 16;
-        float reg[16];
 #pragma omp simd
-        for (int l = 0; l < 16; ++l) reg[l] = a[l];
-        for (int j = 0; j < kLanes; ++j) {  // all 16: lanes past n have p = 0 and V = 0
-          const float pj = pw[r * kLanes + j];
-          const float* v = vb + j * D + c * 16;
-#pragma omp simd
-          for (int l = 0; l < 16; ++l) reg[l] += pj * v[l];
-        }
-#pragma omp simd
-        for (int l = 0; l < 16; ++l) a[l] = reg[l];
+        for (int l = 0; l < 16; ++l) a[l] = reg[r][l];
       }
     }
   } else {

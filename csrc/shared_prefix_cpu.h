@@ -5,7 +5,7 @@
 //
 // Each plan item (a run of pages shared by a set of branches) is read once for all of its query
 // rows: for KV head g, the nq * G query heads of its branches form a row block. Tokens go by in
-// blocks of 16, with K transposed to [D, 16] so a row's 16 scores are one vector product per
+// blocks of 32, with K transposed to [D, 32] so a row's 32 scores are two vector products per
 // head dim; the softmax is online (flash style: running maximum, sum and unnormalised output),
 // and every row's state is merged into its branch's by log-sum-exp, in item order. Scores,
 // softmax and merge are fp32 (bfloat16 K / V are widened on load); the result equals the

@@ -10,7 +10,7 @@ from ponder import _core
 from ponder.attention_plan import plan_attention
 from ponder.ops import attention, reference
 
-# fp32: both compute in fp32 in another order (online softmax over 16-token blocks and a
+# fp32: both compute in fp32 in another order (online softmax over 32-token blocks and a
 # log-sum-exp merge vs one softmax); measured gaps stay below 2e-6, 2e-5 is a margin.
 # bf16 rows: both read the same bf16 K/V and q; outputs differ by at most the final rounding to
 # bf16, one step of 2**-7 relative, inside 1e-2 * (1 + |x|).
@@ -53,7 +53,7 @@ def test_native_fixed_head_dims_match_reference(D, dtype):
 
 def test_native_long_shared_prompt_smollm2_heads():
     """64 branches under a 2,048-token prompt with SmolLM2's heads: one item of 192 rows per KV
-    head, read in 128 blocks, and 64 one-page tails."""
+    head, read in 64 blocks of 32 tokens, and 64 one-page tails."""
     q, kv, tables, lens = forked_batch(B=64, prompt=2048, tail=3, H=9, Hk=3, D=64, S=16, dtype=torch.float32)
     plan = plan_attention(tables, lens, 16, num_pages=kv.shape[2]).to("cpu")
     out = attention._shared_prefix_attention_native(q, kv, 0, plan, 0.125)

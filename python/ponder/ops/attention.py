@@ -280,9 +280,10 @@ def _(q, kv_cache, layer, item_page_indptr, item_pages, item_num_tokens, item_qu
 register("shared_prefix_attention", "torch")(reference.shared_prefix_attention)
 
 # The native kernel runs a plan when no item has more than this many query-head rows per KV
-# head (its queries x G); above it the reference's blocked matrix products win. Measured with
-# SmolLM2's heads (G = 3) at 1 and 2 threads, fp32 and bf16: native 1.2-3x faster up to 8
-# branches (24 rows) under a 512- or 2,048-token prefix, 0.6-0.9x at 16-64 branches under 2,048.
+# head (its queries x G); above it the reference's blocked matrix products are as fast or faster.
+# Measured with SmolLM2's heads (G = 3) at 1 and 2 threads, fp32 and bf16, one layer: native
+# 1.2-4x faster up to 8 branches (24 rows) under a 512- or 2,048-token prefix, 0.7-1.2x at
+# 16-64 branches.
 NATIVE_MAX_ITEM_ROWS = 24
 
 
