@@ -161,12 +161,8 @@ void attend_row_erased(const Layout& L, const float* qrow, const void* k, const 
 
 template <typename T>
 AttendRow pick_attend_row(int64_t head_dim) {
-  switch (head_dim) {
-    case 32: return &attend_row_erased<T, 32>;
-    case 64: return &attend_row_erased<T, 64>;
-    case 128: return &attend_row_erased<T, 128>;
-    default: return &attend_row_erased<T, 0>;
-  }
+  return dispatch_head_dim(head_dim,
+                           [](auto dc) -> AttendRow { return &attend_row_erased<T, decltype(dc)::value>; });
 }
 
 }  // namespace

@@ -1,7 +1,7 @@
 // Paged attention on the host: the causal softmax attention of ponder.ops.paged_attention for
-// fp32 queries over an fp32 or bfloat16 paged KV cache (bf16 K / V widened on load), reading K and V straight from their pages (no
-// gathered copy). Torch-free: tensors arrive as raw pointers and shapes; ponder.ops checks
-// dtypes, devices, contiguity and index values before calling.
+// fp32 queries over an fp32 or bfloat16 paged KV cache (bf16 K / V widened on load), reading K
+// and V straight from their pages (no gathered copy). Torch-free: tensors arrive as raw pointers
+// and shapes; ponder.ops checks dtypes, devices, contiguity and index values before calling.
 //
 // Work is split by (query row, KV head): the G = H / Hk query heads of a KV head share each K
 // and V row read. Scores and the softmax are fp32, like the reference; only the order of the

@@ -16,3 +16,23 @@
 #else
 #define PONDER_ALWAYS_INLINE inline
 #endif
+
+#include <cstdint>
+#include <type_traits>
+
+namespace ponder {
+
+// f(std::integral_constant<int, D>) for the head dims the host kernels compile a fixed-size
+// path for (32, 64, 128), else f(std::integral_constant<int, 0>) for the run-time path. The one
+// list of fixed head dims for every host attention kernel.
+template <typename F>
+auto dispatch_head_dim(int64_t head_dim, F&& f) {
+  switch (head_dim) {
+    case 32: return f(std::integral_constant<int, 32>{});
+    case 64: return f(std::integral_constant<int, 64>{});
+    case 128: return f(std::integral_constant<int, 128>{});
+    default: return f(std::integral_constant<int, 0>{});
+  }
+}
+
+}  // namespace ponder

@@ -170,12 +170,8 @@ void attend_item_erased(ItemScratch& w, const void* k, const void* v, const int3
 
 template <typename T>
 AttendItem pick_for(int64_t head_dim) {
-  switch (head_dim) {
-    case 32: return &attend_item_erased<T, 32>;
-    case 64: return &attend_item_erased<T, 64>;
-    case 128: return &attend_item_erased<T, 128>;
-    default: return &attend_item_erased<T, 0>;
-  }
+  return dispatch_head_dim(head_dim,
+                           [](auto dc) -> AttendItem { return &attend_item_erased<T, decltype(dc)::value>; });
 }
 
 void check_indptr(const int32_t* indptr, int64_t n, int64_t total, const char* name) {

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <iostream>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,14 @@ inline int& failures() {
 struct Registrar {
   Registrar(const char* name, std::function<void()> fn) { registry().push_back({name, std::move(fn)}); }
 };
+
+// n draws of N(0, 1) from gen, for test inputs.
+inline std::vector<float> normal_floats(size_t n, std::mt19937& gen) {
+  std::normal_distribution<float> n01;
+  std::vector<float> out(n);
+  for (auto& x : out) x = n01(gen);
+  return out;
+}
 
 inline void fail(const char* file, int line, const std::string& what) {
   ++failures();

@@ -22,16 +22,12 @@ struct Batch {
 Batch example() {
   Batch b;
   std::mt19937 gen(3);
-  std::normal_distribution<float> n01;
-  b.k.resize(b.P * b.S * b.Hk * b.D);
-  b.v.resize(b.k.size());
-  for (auto& x : b.k) x = n01(gen);
-  for (auto& x : b.v) x = n01(gen);
+  b.k = ponder_test::normal_floats(b.P * b.S * b.Hk * b.D, gen);
+  b.v = ponder_test::normal_floats(b.k.size(), gen);
   b.tables = {0, 4, 2, -1, 0, 7, -1, -1};
   b.lens = {8, 5};
   b.indptr = {0, 1, 4};
-  b.q.resize(4 * b.H * b.D);
-  for (auto& x : b.q) x = n01(gen);
+  b.q = ponder_test::normal_floats(4 * b.H * b.D, gen);
   b.out.assign(b.q.size(), 0.f);
   return b;
 }

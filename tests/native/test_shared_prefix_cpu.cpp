@@ -25,13 +25,9 @@ struct Case {
 Case make_case() {
   Case c;
   std::mt19937 gen(11);
-  std::normal_distribution<float> n01;
-  c.k.resize(c.P * c.S * c.Hk * c.D);
-  c.v.resize(c.k.size());
-  for (auto& x : c.k) x = n01(gen);
-  for (auto& x : c.v) x = n01(gen);
-  c.q.resize(c.B * c.H * c.D);
-  for (auto& x : c.q) x = n01(gen);
+  c.k = ponder_test::normal_floats(c.P * c.S * c.Hk * c.D, gen);
+  c.v = ponder_test::normal_floats(c.k.size(), gen);
+  c.q = ponder_test::normal_floats(c.B * c.H * c.D, gen);
   return c;
 }
 
@@ -87,7 +83,8 @@ PONDER_TEST(shared_prefix_cpu_matches_double_loops) {
   run(c, c.k.data(), c.v.data(), ponder::KVType::kFloat32, c.pages, c.num_tokens, c.queries, out);
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t h = 0; h < c.H; ++h)
-      for (int64_t d = 0; d < c.D; ++d) CHECK_NEAR(out[(b * c.H + h) * c.D + d], expected(c, c.k, c.v, b, h, d, 0.3), 1e-5);
+      for (int64_t d = 0; d < c.D; ++d)
+        CHECK_NEAR(out[(b * c.H + h) * c.D + d], expected(c, c.k, c.v, b, h, d, 0.3), 1e-5);
 }
 
 PONDER_TEST(shared_prefix_cpu_reads_bf16_planes) {
@@ -104,7 +101,8 @@ PONDER_TEST(shared_prefix_cpu_reads_bf16_planes) {
   run(c, kb.data(), vb.data(), ponder::KVType::kBFloat16, c.pages, c.num_tokens, c.queries, out);
   for (int64_t b = 0; b < c.B; ++b)
     for (int64_t h = 0; h < c.H; ++h)
-      for (int64_t d = 0; d < c.D; ++d) CHECK_NEAR(out[(b * c.H + h) * c.D + d], expected(c, kw, vw, b, h, d, 0.3), 1e-5);
+      for (int64_t d = 0; d < c.D; ++d)
+        CHECK_NEAR(out[(b * c.H + h) * c.D + d], expected(c, kw, vw, b, h, d, 0.3), 1e-5);
 }
 
 PONDER_TEST(shared_prefix_cpu_refuses_bad_plans) {
