@@ -24,4 +24,5 @@ void bind_attention_plan(pybind11::module_& m);
 void bind_attention_cpu(pybind11::module_& m);
 void bind_sample(pybind11::module_& m);
 void bind_token_trie(pybind11::module_& m);
+void bind_linear_cpu(pybind11::module_& m);
 }  // namespace ponder

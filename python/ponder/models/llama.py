@@ -19,6 +19,7 @@ from torch import nn
 
 from ponder import ops
 from ponder.ops import reference
+from ponder.ops.linear import RowRoute, linear
 from ponder.models import inputs
 from ponder.models.config import ModelConfig
 from ponder.models.value_head import ValueHeadModule
@@ -183,10 +184,11 @@ class DecoderLM(nn.Module):
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
         H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         scale = 1.0 / math.sqrt(D)
+        route = RowRoute(query_indptr, T)  # decode rows: the native linear kernel (ops/linear.py)
         x = F.embedding(input_ids, self.embed)  # [T, C]
         for i, layer in enumerate(self.layers):
             h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
-            qkv = F.linear(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
+            qkv = route(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
             q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
             q = q.reshape(T, H, D)  # [T, H, D]
             k = k.reshape(T, Hk, D)  # [T, Hk, D]
@@ -198,10 +200,10 @@ class DecoderLM(nn.Module):
             else:
                 attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
                                            check=False)  # [T, H, D]
-            x = x + F.linear(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
+            x = x + route(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
             h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
-            gate, up = F.linear(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
-            x = x + F.linear(F.silu(gate) * up, layer.down_weight)  # [T, C]
+            gate, up = route(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
+            x = x + route(F.silu(gate) * up, layer.down_weight)  # [T, C]
         return ops.rms_norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
 
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
@@ -247,7 +249,7 @@ class DecoderLM(nn.Module):
         """hidden ``[B, C]`` (only the rows that need a next-token distribution) -> ``[B, V]`` fp32."""
         self._check_hidden(hidden)
         weight = self.embed if self.lm_head is None else self.lm_head
-        return F.linear(hidden, weight).float()  # [B, V]
+        return linear(hidden, weight).float()  # [B, V]; native for large fp32 heads (ops/linear.py)
 
     @torch.inference_mode()
     def value(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,234 @@
+// out = x · Wᵀ (+ bias) on the host; see linear_cpu.h for the contract and the summation order.
+//
+// Layout: each output element keeps a 16-lane accumulator that walks the shared K axis of its x
+// row and its weight row, 16 floats at a time (an "inner product" kernel: neither operand is
+// repacked, so the weights are used in place). A tile of MT rows x NT weight rows loads each
+// weight vector once for MT rows and each x vector once for NT weight rows. Rows are taken in
+// blocks that stay in L2 while the weights stream past once per block; a 1-8 row decode step
+// reads every weight exactly once.
+//
+// The tile shape only decides which outputs are computed together, never how one is computed,
+// so AVX-512 (4 x 4 tiles), AVX2 + FMA (2 x 2) and any row count give the same bits. Builds
+// without fused multiply-add (the generic x86-64 path, other compilers) round the products
+// separately and so differ in the last bits from the FMA paths, consistently at every row count.
+#include "linear_cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cpu_clones.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PONDER_LINEAR_X86 1
+#define PONDER_TARGET(isa) __attribute__((target(isa)))
+#else
+#define PONDER_LINEAR_X86 0
+#endif
+
+namespace ponder {
+
+namespace {
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v8 __attribute__((vector_size(32)));
+typedef float v4 __attribute__((vector_size(16)));
+
+constexpr int64_t kLanes = 16;
+#ifndef PONDER_MT
+#define PONDER_MT 4
+#define PONDER_NT 4
+#endif
+// rows per block: their x slices fill about this many bytes (a share of L2)
+constexpr int64_t kBlockBytes = 256 * 1024;
+// below this many multiply-adds a product runs on one thread (starting one costs ~20-50 us)
+constexpr int64_t kMinParallelMacs = int64_t(1) << 22;
+
+PONDER_ALWAYS_INLINE v16 load16(const float* p) {
+  v16 v;
+  std::memcpy(&v, p, sizeof v);
+  return v;
+}
+
+// The fixed pairwise tree: lanes l and l + 8, then l and l + 4, then (0 + 2) + (1 + 3).
+PONDER_ALWAYS_INLINE float reduce16(v16 a) {
+  const v8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
+               __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+  const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+struct Problem {
+  const float* x;
+  int64_t rows, in, x_stride;
+  const float* w;
+  const float* bias;
+  float* out;
+  int64_t out_stride;
+};
+
+// acc[i][j] += x[i] * w[j] over 16 columns: x rows x_stride floats apart, w rows w_stride apart.
+// The one statement every accumulator goes through (main loop and tail alike), so the compiler
+// fuses (or does not fuse) the multiply-add the same way for every element.
+template <int MT, int NT>
+PONDER_ALWAYS_INLINE void step(v16 (&acc)[MT][NT], const float* x, int64_t x_stride, const float* w,
+                               int64_t w_stride) {
+  v16 wv[NT];
+#pragma GCC unroll 8
+  for (int j = 0; j < NT; ++j) wv[j] = load16(w + j * w_stride);
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i) {
+    const v16 xv = load16(x + i * x_stride);
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) acc[i][j] += xv * wv[j];
+  }
+}
+
+// MT rows from m, NT weight rows from n.
+template <int MT, int NT>
+PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
+  const int64_t K = p.in;
+  const float* x = p.x + m * p.x_stride;
+  const float* w = p.w + n * K;
+  v16 acc[MT][NT];
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) acc[i][j] = v16{};
+  const int64_t whole = K - K % kLanes;
+  for (int64_t k = 0; k < whole; k += kLanes) step<MT, NT>(acc, x + k, p.x_stride, w + k, K);
+  if (whole < K) {  // the last K % 16 columns, zero-padded: the same step on copies
+    float xt[MT][kLanes] = {}, wt[NT][kLanes] = {};
+    for (int i = 0; i < MT; ++i) std::memcpy(xt[i], x + i * p.x_stride + whole, (K - whole) * sizeof(float));
+    for (int j = 0; j < NT; ++j) std::memcpy(wt[j], w + j * K + whole, (K - whole) * sizeof(float));
+    step<MT, NT>(acc, xt[0], kLanes, wt[0], kLanes);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i) {
+    float* o = p.out + (m + i) * p.out_stride + n;
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) o[j] = reduce16(acc[i][j]) + (p.bias ? p.bias[n + j] : 0.0f);
+  }
+}
+
+// tile<count, NT> for a count in [1, MT] (the last rows of a block).
+template <int NT, int MT>
+PONDER_ALWAYS_INLINE void last_rows(const Problem& p, int64_t m, int64_t n, int64_t count) {
+  if constexpr (MT > 0) {
+    if (count == MT) {
+      tile<MT, NT>(p, m, n);
+    } else {
+      last_rows<NT, MT - 1>(p, m, n, count);
+    }
+  }
+}
+
+// Rows [m0, m1) of the NT weight rows from n.
+template <int NT, int MT_MAX>
+PONDER_ALWAYS_INLINE void strip(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
+  int64_t m = m0;
+  for (; m + MT_MAX <= m1; m += MT_MAX) tile<MT_MAX, NT>(p, m, n);
+  last_rows<NT, MT_MAX - 1>(p, m, n, m1 - m);
+}
+
+// strip<count, MT_MAX> for a count in [1, NT] (the last weight rows).
+template <int MT_MAX, int NT>
+PONDER_ALWAYS_INLINE void last_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n, int64_t count) {
+  if constexpr (NT > 0) {
+    if (count == NT) {
+      strip<NT, MT_MAX>(p, m0, m1, n);
+    } else {
+      last_strip<MT_MAX, NT - 1>(p, m0, m1, n, count);
+    }
+  }
+}
+
+// Output columns [n0, n1) of every row, tiles of up to MT_MAX x NT_MAX.
+template <int MT_MAX, int NT_MAX>
+PONDER_ALWAYS_INLINE void columns(const Problem& p, int64_t n0, int64_t n1) {
+  int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
+  block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
+  for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
+    const int64_t m1 = std::min(p.rows, m0 + block);
+    int64_t n = n0;
+    for (; n + NT_MAX <= n1; n += NT_MAX) strip<NT_MAX, MT_MAX>(p, m0, m1, n);
+    last_strip<MT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
+  }
+}
+
+#if PONDER_LINEAR_X86
+PONDER_TARGET("arch=x86-64-v4") void columns_avx512(const Problem& p, int64_t n0, int64_t n1) {
+  columns<PONDER_MT, PONDER_NT>(p, n0, n1);
+}
+PONDER_TARGET("arch=x86-64-v3") void columns_avx2(const Problem& p, int64_t n0, int64_t n1) {
+  columns<2, 2>(p, n0, n1);
+}
+#endif
+void columns_generic(const Problem& p, int64_t n0, int64_t n1) { columns<2, 2>(p, n0, n1); }
+
+using ColumnsFn = void (*)(const Problem&, int64_t, int64_t);
+
+ColumnsFn pick(LinearIsa isa) {
+#if PONDER_LINEAR_X86
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("x86-64-v4");
+  const bool has2 = __builtin_cpu_supports("x86-64-v3");
+  switch (isa) {
+    case LinearIsa::kAuto: return has512 ? columns_avx512 : has2 ? columns_avx2 : columns_generic;
+    case LinearIsa::kAvx512:
+      if (has512) return columns_avx512;
+      break;
+    case LinearIsa::kAvx2:
+      if (has2) return columns_avx2;
+      break;
+    case LinearIsa::kGeneric: return columns_generic;
+  }
+  return nullptr;
+#else
+  return isa == LinearIsa::kAuto || isa == LinearIsa::kGeneric ? columns_generic : nullptr;
+#endif
+}
+
+}  // namespace
+
+bool linear_cpu_has(LinearIsa isa) { return pick(isa) != nullptr; }
+
+void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride, const float* w,
+                int64_t out_features, const float* bias, float* out, int64_t out_row_stride, int num_threads,
+                LinearIsa isa) {
+  auto bad = [](const std::string& what) { throw std::invalid_argument("linear_cpu: " + what); };
+  if (num_rows < 0 || in_features < 0 || out_features < 0)
+    bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
+        std::to_string(in_features) + ", " + std::to_string(out_features));
+  if (x_row_stride < in_features)
+    bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
+        std::to_string(x_row_stride));
+  if (out_row_stride < out_features)
+    bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
+        std::to_string(out_row_stride));
+  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
+  const ColumnsFn run = pick(isa);
+  if (run == nullptr) bad("this CPU or build has no such instruction-set path: " + std::to_string(int(isa)));
+  if (num_rows == 0 || out_features == 0) return;
+  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride};
+  // threads split the output columns in multiples of 4 (whole tiles)
+  const int64_t macs = num_rows * in_features * out_features;
+  int64_t parts = std::min<int64_t>(num_threads, std::max<int64_t>(1, macs / kMinParallelMacs));
+  parts = std::min<int64_t>(parts, (out_features + 3) / 4);
+  if (parts <= 1) {
+    run(p, 0, out_features);
+    return;
+  }
+  const int64_t quads = (out_features + 3) / 4;
+  std::vector<std::thread> helpers;
+  helpers.reserve(parts - 1);
+  auto bounds = [&](int64_t t) { return std::min(out_features, 4 * (quads * t / parts)); };
+  for (int64_t t = 1; t < parts; ++t) helpers.emplace_back(run, std::cref(p), bounds(t), bounds(t + 1));
+  run(p, 0, bounds(1));
+  for (auto& h : helpers) h.join();
+}
+
+}  // namespace ponder

@@ -1,0 +1,148 @@
+"""Linear layers: ``linear`` (``x · Wᵀ + b``) with a native host kernel for decode rows.
+
+A decode step of a few rows through a model of a few hundred MB reads every weight once and is
+bound by memory bandwidth. On the CPU, PyTorch's BLAS (MKL, with the row-count-independent
+results ``import ponder`` asks for) reads fp32 weights at about half the bandwidth for 1-8 rows;
+``ponder._core.linear_cpu`` reads each weight once per block of rows, about 2x faster for 1-4
+rows and even at 64 (SmolLM2-135M on one core; ``benchmarks/bench_linear.py``). For hundreds of
+rows (prefill) MKL is faster, so the model runs the native kernel on *single-token rows*: the
+rows of sequences that add one token in a forward (every decode row). A row takes the same path
+whatever else is in its batch, and each kernel's result for a row does not depend on the other
+rows, so a sequence's tokens come out the same in any batch.
+
+Only fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` go native: smaller matrices stay in
+cache, where the BLAS is as fast. bf16 / fp16 weights use PyTorch's kernels (oneDNN's are fast).
+``F.linear`` is the reference the native kernel is tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+
+from ponder.ops import _checks
+
+try:
+    from ponder import _core
+except ImportError:  # a source tree without the built extension
+    _core = None
+
+# fp32 weights smaller than this (1 MiB: about half an L2 cache) stay with PyTorch's BLAS
+NATIVE_MIN_WEIGHT_BYTES = 1 << 20
+LINEAR_BACKENDS = ("auto", "torch", "native")
+
+
+def native_available() -> bool:
+    """Whether the extension has the native linear kernel."""
+    return _core is not None and hasattr(_core, "linear_cpu")
+
+
+def native_eligible(weight: torch.Tensor) -> bool:
+    """Whether ``linear(..., backend="auto")`` runs ``weight`` natively: a contiguous fp32 CPU
+    matrix of at least ``NATIVE_MIN_WEIGHT_BYTES``, outside autograd and compilation."""
+    return (native_available() and weight.device.type == "cpu" and weight.dtype == torch.float32
+            and weight.dim() == 2 and weight.is_contiguous()
+            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES
+            and not (torch.is_grad_enabled() and weight.requires_grad)
+            and not torch.compiler.is_compiling())
+
+
+def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    N, K = weight.shape
+    lead = x.shape[:-1]
+    rows = x.reshape(-1, K)
+    if rows.shape[0] and rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty(rows.shape[0], N, dtype=torch.float32)
+    if bias is not None:
+        bias = bias.contiguous()
+    _core.linear_cpu(rows.data_ptr(), rows.shape[0], K, max(rows.stride(0), K), weight.data_ptr(), N,
+                     0 if bias is None else bias.data_ptr(), out.data_ptr(), N, torch.get_num_threads(), 0)
+    return out.reshape(*lead, N)
+
+
+def _check(x, weight, bias, backend) -> None:
+    _checks.tensor("x", x, None, _checks.FLOAT_DTYPES, "[..., K] float")
+    if x.dim() == 0:
+        raise ValueError("x must have at least one dimension [..., K], got a 0-d tensor")
+    _checks.tensor("weight", weight, 2, _checks.FLOAT_DTYPES, "[N, K] float")
+    _checks.dim_size("weight", weight, 1, x.shape[-1], "K, the last dimension of x")
+    if bias is not None:
+        _checks.tensor("bias", bias, 1, _checks.FLOAT_DTYPES, "[N] float")
+        _checks.dim_size("bias", bias, 0, weight.shape[0], "N, the rows of weight")
+        _checks.same_device("x", x, bias=bias)
+    _checks.same_device("x", x, weight=weight)
+    if backend not in LINEAR_BACKENDS:
+        raise ValueError(f"backend must be one of {LINEAR_BACKENDS}, got {backend!r}")
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None,
+           backend: str = "auto") -> torch.Tensor:
+    """``x · weightᵀ + bias`` like ``torch.nn.functional.linear``.
+
+    x: ``[..., K]`` float; weight: ``[N, K]``; bias: ``[N]`` or None; same device.
+    backend: ``"torch"`` (``F.linear``), ``"native"`` (``ponder._core.linear_cpu``: fp32 CPU
+    tensors only, else a TypeError / ValueError naming the argument) or ``"auto"`` (native when
+    :func:`native_eligible` holds for weight and x and bias are fp32 too; else ``F.linear``).
+
+    The native kernel sums each output in one fixed order (16 partial sums over K, then a fixed
+    pairwise tree; see ``csrc/linear_cpu.h``): a row's result does not depend on the number of
+    rows, the other rows or the thread count, and differs from ``F.linear`` by float rounding
+    only. It splits large products over ``torch.get_num_threads()`` threads.
+    """
+    _check(x, weight, bias, backend)
+    if backend == "torch":
+        return F.linear(x, weight, bias)
+    fp32 = x.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
+    if backend == "auto":
+        if fp32 and native_eligible(weight):
+            return _native(x, weight, bias)
+        return F.linear(x, weight, bias)
+    if not native_available():
+        raise RuntimeError("backend='native' needs ponder._core with linear_cpu: rebuild the extension")
+    for name, t in (("x", x), ("weight", weight), ("bias", bias)):
+        if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
+            raise TypeError(f"backend='native' needs float32 CPU tensors; {name} is {t.dtype} on {t.device}")
+    return _native(x, weight.contiguous(), bias)
+
+
+class RowRoute:
+    """Which rows of one forward take the native kernel: the rows of sequences with one new token.
+
+    Built once per forward from ``query_indptr`` ``[B+1]`` (CPU int32 / int64); ``route(x, w, b)``
+    then runs one linear layer over all ``T`` rows of ``x [T, K]``: single-token rows through
+    :func:`linear` ``backend="auto"``, the rest through ``F.linear``, each row's result
+    independent of the others. On other devices every row takes ``F.linear``.
+    """
+
+    __slots__ = ("single", "multi", "kind")
+
+    def __init__(self, query_indptr: torch.Tensor, num_rows: int):
+        self.single = self.multi = None
+        if query_indptr.device.type != "cpu" or not native_available() or num_rows == 0:
+            self.kind = "torch"
+            return
+        lens = query_indptr[1:] - query_indptr[:-1]
+        one = lens == 1
+        count = int(one.sum())
+        if count == lens.numel():
+            self.kind = "native"
+        elif count == 0:
+            self.kind = "torch"
+        else:
+            self.kind = "split"
+            rows = torch.repeat_interleave(one, lens.to(torch.int64))
+            self.single = rows.nonzero().flatten()
+            self.multi = (~rows).nonzero().flatten()
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32:
+            return F.linear(x, weight, bias)
+        if self.kind == "native":
+            return _native(x, weight, bias)
+        out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
+        out[self.single] = _native(x[self.single], weight, bias)
+        out[self.multi] = F.linear(x[self.multi], weight, bias)
+        return out
