@@ -30,13 +30,13 @@ void shared_prefix_attention_cpu_binding(uintptr_t q, int64_t num_queries, int64
                                          int64_t page_size, int64_t num_pages, uintptr_t item_page_indptr,
                                          uintptr_t item_pages, uintptr_t item_num_tokens, int64_t num_items,
                                          int64_t num_item_pages, uintptr_t item_query_indptr, uintptr_t item_queries,
-                                         int64_t num_slots, double scale, uintptr_t out) {
+                                         int64_t num_slots, double scale, uintptr_t out, int num_threads) {
   shared_prefix_attention_cpu(as_ptr<const float>(q), num_queries, num_heads, head_dim, as_ptr<const void>(k_plane),
                               as_ptr<const void>(v_plane), static_cast<KVType>(kv_type), num_kv_heads, page_size,
                               num_pages, as_ptr<const int32_t>(item_page_indptr), as_ptr<const int32_t>(item_pages),
                               as_ptr<const int32_t>(item_num_tokens), num_items, num_item_pages,
                               as_ptr<const int32_t>(item_query_indptr), as_ptr<const int32_t>(item_queries),
-                              num_slots, static_cast<float>(scale), as_ptr<float>(out));
+                              num_slots, static_cast<float>(scale), as_ptr<float>(out), num_threads);
 }
 
 void rotary_cpu_binding(uintptr_t q, int64_t q_row_stride, uintptr_t k, int64_t k_row_stride, int64_t num_rows,
@@ -74,11 +74,12 @@ void bind_attention_cpu(py::module_& m) {
         py::arg("num_kv_heads"), py::arg("page_size"), py::arg("num_pages"), py::arg("item_page_indptr"),
         py::arg("item_pages"), py::arg("item_num_tokens"), py::arg("num_items"), py::arg("num_item_pages"),
         py::arg("item_query_indptr"), py::arg("item_queries"), py::arg("num_slots"), py::arg("scale"),
-        py::arg("out"),
+        py::arg("out"), py::arg("num_threads") = 1,
         "Decode attention of fp32 query rows [B, H, D] through a shared-prefix attention plan over one layer's "
         "paged K / V planes [P, S, Hk, D] (kv_type 0: float32, 1: bfloat16), each plan item read once for all of "
         "its rows (see csrc/shared_prefix_cpu.h). Pointers are integers; plan arrays int32; out fp32 [B, H, D]. "
-        "Index values are checked before any read. Releases the GIL.",
+        "Index values are checked before any read. num_threads > 1 splits the branches over threads (same "
+        "results). Releases the GIL.",
         py::call_guard<py::gil_scoped_release>());
   m.def("rotary_cpu", &rotary_cpu_binding, py::arg("q"), py::arg("q_row_stride"), py::arg("k"),
         py::arg("k_row_stride"), py::arg("num_rows"), py::arg("num_heads"),

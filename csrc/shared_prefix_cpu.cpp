@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <limits>
+#include <thread>
 #include <vector>
 
 // The item worker is PONDER_CPU_CLONES (cpu_clones.h); its fixed-width lane loops and `omp simd`
@@ -18,6 +19,8 @@ namespace {
 constexpr int kLanes = 32;  // tokens per block: two vectors of scores per query row
 constexpr int kRows = 4;    // query rows per register block
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+// below this many multiply-adds (both products) a call runs on one thread
+constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
 
 // Scratch of one item x KV head: the scaled query rows and their online-softmax state.
 struct ItemScratch {
@@ -174,6 +177,88 @@ AttendItem pick_for(int64_t head_dim) {
                            [](auto dc) -> AttendItem { return &attend_item_erased<T, decltype(dc)::value>; });
 }
 
+// Everything one call needs, shared read-only by its threads.
+struct Work {
+  const float* q;
+  int64_t B, H, D;
+  const void* k_plane;
+  const void* v_plane;
+  int64_t Hk, S;
+  const int32_t* item_page_indptr;
+  const int32_t* item_pages;
+  const int32_t* item_num_tokens;
+  int64_t num_items;
+  const int32_t* item_query_indptr;
+  const int32_t* item_queries;
+  float scale;
+  AttendItem attend;
+};
+
+// Branches [b0, b1): every item's rows of those branches, merged into their (branch, head)
+// state (gm, gl and out rows of those branches only), then normalised.
+void attend_branches(const Work& c, int64_t b0, int64_t b1, float* gm, float* gl, float* out) {
+  const int64_t H = c.H, D = c.D, Hk = c.Hk, G = H / Hk;
+  std::fill(out + b0 * H * D, out + b1 * H * D, 0.f);
+  std::vector<int32_t> mine;  // an item's branches in [b0, b1), in the item's order
+  int64_t max_rows = 0;
+  for (int64_t i = 0; i < c.num_items; ++i) {
+    int64_t n = 0;
+    for (int32_t s = c.item_query_indptr[i]; s < c.item_query_indptr[i + 1]; ++s)
+      n += c.item_queries[s] >= b0 && c.item_queries[s] < b1;
+    max_rows = std::max<int64_t>(max_rows, n * G);
+  }
+  const int64_t max_pad = (max_rows + kRows - 1) / kRows * kRows;
+  ItemScratch w;
+  w.q.resize(static_cast<size_t>(max_pad * D));
+  w.acc.resize(static_cast<size_t>(max_pad * D));
+  w.m.resize(static_cast<size_t>(max_pad));
+  w.l.resize(static_cast<size_t>(max_pad));
+  w.kt.resize(static_cast<size_t>(D * kLanes));
+  w.vb.resize(static_cast<size_t>(kLanes * D));
+  w.p.resize(static_cast<size_t>(kRows * kLanes));
+
+  for (int64_t i = 0; i < c.num_items; ++i) {
+    mine.clear();
+    for (int32_t s = c.item_query_indptr[i]; s < c.item_query_indptr[i + 1]; ++s)
+      if (c.item_queries[s] >= b0 && c.item_queries[s] < b1) mine.push_back(c.item_queries[s]);
+    if (mine.empty()) continue;
+    const int64_t rows = static_cast<int64_t>(mine.size()) * G, rows_pad = (rows + kRows - 1) / kRows * kRows;
+    for (int64_t g = 0; g < Hk; ++g) {
+      // Row r = (branch mine[r / G], query head g * G + r % G).
+      for (int64_t r = 0; r < rows_pad; ++r) {
+        float* dst = w.q.data() + r * D;
+        if (r < rows) {
+          const float* src = c.q + (static_cast<int64_t>(mine[r / G]) * H + g * G + r % G) * D;
+          for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * c.scale;
+        } else {
+          std::fill(dst, dst + D, 0.f);
+        }
+      }
+      std::fill(w.acc.begin(), w.acc.begin() + rows_pad * D, 0.f);
+      std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
+      std::fill(w.l.begin(), w.l.begin() + rows_pad, 0.f);
+      c.attend(w, c.k_plane, c.v_plane, c.item_pages + c.item_page_indptr[i], c.item_num_tokens[i], rows_pad, c.S,
+               Hk, g, D);
+      // Merge each row into its branch's state by log-sum-exp.
+      for (int64_t r = 0; r < rows; ++r) {
+        const int64_t bh = static_cast<int64_t>(mine[r / G]) * H + g * G + r % G;
+        const float m_new = std::max(gm[bh], w.m[r]);
+        const float ca = exp_nonpositive(gm[bh] - m_new), cb = exp_nonpositive(w.m[r] - m_new);
+        float* o = out + bh * D;
+        const float* a = w.acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) o[d] = o[d] * ca + a[d] * cb;
+        gl[bh] = gl[bh] * ca + w.l[r] * cb;
+        gm[bh] = m_new;
+      }
+    }
+  }
+  for (int64_t bh = b0 * H; bh < b1 * H; ++bh) {
+    const float inv = gl[bh] > 0.f ? 1.f / gl[bh] : 0.f;
+    float* o = out + bh * D;
+    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
+  }
+}
+
 void check_indptr(const int32_t* indptr, int64_t n, int64_t total, const char* name) {
   PONDER_CHECK_ARG(indptr[0] == 0 && indptr[n] == total, name, " must run from 0 to ", total, ", got ", indptr[0],
                    " .. ", indptr[n]);
@@ -189,7 +274,8 @@ void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t nu
                                  int64_t page_size, int64_t num_pages, const int32_t* item_page_indptr,
                                  const int32_t* item_pages, const int32_t* item_num_tokens, int64_t num_items,
                                  int64_t num_item_pages, const int32_t* item_query_indptr,
-                                 const int32_t* item_queries, int64_t num_slots, float scale, float* out) {
+                                 const int32_t* item_queries, int64_t num_slots, float scale, float* out,
+                                 int num_threads) {
   PONDER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
                    "shared_prefix_attention: num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (",
                    num_kv_heads, ")");
@@ -216,64 +302,25 @@ void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t nu
     PONDER_CHECK_RANGE(item_queries[s] >= 0 && item_queries[s] < num_queries, "plan.item_queries[", s, "] = ",
                        item_queries[s], " must be a query row in [0, ", num_queries, ")");
 
-  const int64_t H = num_heads, D = head_dim, Hk = num_kv_heads, G = H / Hk;
-  // Per (branch, head) running state: out holds the unnormalised output until the end.
-  std::vector<float> gm(static_cast<size_t>(num_queries * H), kNegInf);
-  std::vector<float> gl(static_cast<size_t>(num_queries * H), 0.f);
-  std::fill(out, out + num_queries * H * D, 0.f);
-  int64_t max_rows = 0;
+  const Work work{q, num_queries, num_heads, head_dim, k_plane, v_plane, num_kv_heads, page_size,
+                  item_page_indptr, item_pages, item_num_tokens, num_items, item_query_indptr, item_queries, scale,
+                  kv_type == KVType::kFloat32 ? pick_for<float>(head_dim) : pick_for<uint16_t>(head_dim)};
+  std::vector<float> gm(static_cast<size_t>(num_queries * num_heads), kNegInf);
+  std::vector<float> gl(static_cast<size_t>(num_queries * num_heads), 0.f);
+  // Threads take contiguous ranges of branches: each reads every item its branches read and
+  // merges into its own branches' state only, so no state is shared and every row's arithmetic
+  // (and the order of its merges) is the same at any thread count.
+  int64_t macs = 0;  // query-head rows x tokens x head dim, both products
   for (int64_t i = 0; i < num_items; ++i)
-    max_rows = std::max<int64_t>(max_rows, (item_query_indptr[i + 1] - item_query_indptr[i]) * G);
-  const int64_t max_pad = (max_rows + kRows - 1) / kRows * kRows;
-  ItemScratch w;
-  w.q.resize(static_cast<size_t>(max_pad * D));
-  w.acc.resize(static_cast<size_t>(max_pad * D));
-  w.m.resize(static_cast<size_t>(max_pad));
-  w.l.resize(static_cast<size_t>(max_pad));
-  w.kt.resize(static_cast<size_t>(D * kLanes));
-  w.vb.resize(static_cast<size_t>(kLanes * D));
-  w.p.resize(static_cast<size_t>(kRows * kLanes));
-  const AttendItem attend = kv_type == KVType::kFloat32 ? pick_for<float>(D) : pick_for<uint16_t>(D);
-
-  for (int64_t i = 0; i < num_items; ++i) {
-    const int32_t* slots = item_queries + item_query_indptr[i];
-    const int64_t nq = item_query_indptr[i + 1] - item_query_indptr[i];
-    if (nq == 0) continue;
-    const int64_t rows = nq * G, rows_pad = (rows + kRows - 1) / kRows * kRows;
-    for (int64_t g = 0; g < Hk; ++g) {
-      // Row r = (slot r / G, query head g * G + r % G).
-      for (int64_t r = 0; r < rows_pad; ++r) {
-        float* dst = w.q.data() + r * D;
-        if (r < rows) {
-          const float* src = q + (static_cast<int64_t>(slots[r / G]) * H + g * G + r % G) * D;
-          for (int64_t d = 0; d < D; ++d) dst[d] = src[d] * scale;
-        } else {
-          std::fill(dst, dst + D, 0.f);
-        }
-      }
-      std::fill(w.acc.begin(), w.acc.begin() + rows_pad * D, 0.f);
-      std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
-      std::fill(w.l.begin(), w.l.begin() + rows_pad, 0.f);
-      attend(w, k_plane, v_plane, item_pages + item_page_indptr[i], item_num_tokens[i], rows_pad, page_size, Hk, g,
-             D);
-      // Merge each row into its branch's state by log-sum-exp.
-      for (int64_t r = 0; r < rows; ++r) {
-        const int64_t bh = static_cast<int64_t>(slots[r / G]) * H + g * G + r % G;
-        const float m_new = std::max(gm[bh], w.m[r]);
-        const float ca = exp_nonpositive(gm[bh] - m_new), cb = exp_nonpositive(w.m[r] - m_new);
-        float* o = out + bh * D;
-        const float* a = w.acc.data() + r * D;
-        for (int64_t d = 0; d < D; ++d) o[d] = o[d] * ca + a[d] * cb;
-        gl[bh] = gl[bh] * ca + w.l[r] * cb;
-        gm[bh] = m_new;
-      }
-    }
-  }
-  for (int64_t bh = 0; bh < num_queries * H; ++bh) {
-    const float inv = gl[bh] > 0.f ? 1.f / gl[bh] : 0.f;
-    float* o = out + bh * D;
-    for (int64_t d = 0; d < D; ++d) o[d] *= inv;
-  }
+    macs += (item_query_indptr[i + 1] - item_query_indptr[i]) * num_heads * item_num_tokens[i] * head_dim * 2;
+  const int64_t parts = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), num_queries, macs / kMinParallelMacs}));
+  auto bounds = [&](int64_t t) { return num_queries * t / parts; };
+  std::vector<std::thread> helpers;
+  for (int64_t t = 1; t < parts; ++t)
+    helpers.emplace_back(attend_branches, std::cref(work), bounds(t), bounds(t + 1), gm.data(), gl.data(), out);
+  attend_branches(work, 0, bounds(1), gm.data(), gl.data(), out);
+  for (auto& h : helpers) h.join();
 }
 
 }  // namespace ponder

@@ -122,3 +122,40 @@ PONDER_TEST(shared_prefix_cpu_refuses_bad_plans) {
                std::invalid_argument);
   for (float x : out) CHECK_EQ(x, 7.f);  // nothing written by a refused call
 }
+
+// Eight branches under a 512-token prefix (large enough to split over threads): 1, 2, 3 and 8
+// threads give the same bits, and the branches no item names stay zero.
+PONDER_TEST(shared_prefix_cpu_same_bits_at_any_thread_count) {
+  const int64_t B = 10, H = 4, Hk = 2, D = 64, S = 16, P = 40;
+  std::mt19937 gen(5);
+  const std::vector<float> k = ponder_test::normal_floats(P * S * Hk * D, gen);
+  const std::vector<float> v = ponder_test::normal_floats(k.size(), gen);
+  const std::vector<float> q = ponder_test::normal_floats(B * H * D, gen);
+  std::vector<int32_t> page_indptr{0}, pages, num_tokens, query_indptr{0}, queries;
+  for (int32_t p = 0; p < 32; ++p) pages.push_back(p);  // item 0: the prefix, branches 0-7
+  page_indptr.push_back(32);
+  num_tokens.push_back(512);
+  for (int32_t b = 0; b < 8; ++b) queries.push_back(7 - b);  // not in branch order
+  query_indptr.push_back(8);
+  for (int32_t b = 0; b < 8; ++b) {  // items 1-8: one tail page per branch, 1-8 tokens
+    pages.push_back(32 + b);
+    page_indptr.push_back(page_indptr.back() + 1);
+    num_tokens.push_back(1 + b);
+    queries.push_back(b);
+    query_indptr.push_back(query_indptr.back() + 1);
+  }
+  auto run = [&](int threads) {
+    std::vector<float> out(B * H * D, -7.0f);
+    ponder::shared_prefix_attention_cpu(q.data(), B, H, D, k.data(), v.data(), ponder::KVType::kFloat32, Hk, S, P,
+                                        page_indptr.data(), pages.data(), num_tokens.data(), 9,
+                                        static_cast<int64_t>(pages.size()), query_indptr.data(), queries.data(),
+                                        static_cast<int64_t>(queries.size()), 0.125f, out.data(), threads);
+    return out;
+  };
+  const std::vector<float> one = run(1);
+  for (int64_t i = 8 * H * D; i < B * H * D; ++i) CHECK_EQ(one[i], 0.0f);  // branches 8, 9: no item
+  for (int threads : {2, 3, 8}) {
+    const std::vector<float> many = run(threads);
+    for (size_t i = 0; i < one.size(); ++i) CHECK_EQ(many[i], one[i]);
+  }
+}

@@ -113,25 +113,43 @@ def test_native_refuses_other_cache_dtypes():
         attention._shared_prefix_attention_native(q.half(), kv.half(), 0, plan, 0.3)
 
 
-def test_host_dispatch_native_for_few_rows_reference_for_many(monkeypatch):
+def test_host_dispatch_native_for_fp32_and_bf16_reference_for_fp16(monkeypatch):
     calls = []
     native = attention._shared_prefix_attention_native
     monkeypatch.setattr(attention, "_shared_prefix_attention_native",
                         lambda *a: calls.append("native") or native(*a))  # fmt: skip
-    # 8 branches x G = 3 = 24 rows: native
-    q, kv, tables, lens = forked_batch(B=8, prompt=40, tail=2, H=9, Hk=3, D=16, S=8, dtype=torch.float32)
-    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=9)
-    out = ops.shared_prefix_attention(q, kv, 0, plan, 0.25)
-    assert calls == ["native"]
-    torch.testing.assert_close(out, reference.shared_prefix_attention(q, kv, 0, plan, 0.25), **TOL[torch.float32])
-    # 9 branches: 27 rows, the reference
-    q, kv, tables, lens = forked_batch(B=9, prompt=40, tail=2, H=9, Hk=3, D=16, S=8, dtype=torch.float32)
-    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=9)
-    out = ops.shared_prefix_attention(q, kv, 0, plan, 0.25)
-    assert calls == ["native"]
-    torch.testing.assert_close(out, reference.shared_prefix_attention(q, kv, 0, plan, 0.25), atol=0, rtol=0)
+    # few rows per item (8 branches x G = 3) and many (40 x 3): native for both
+    for B in (8, 40):
+        q, kv, tables, lens = forked_batch(B=B, prompt=40, tail=2, H=9, Hk=3, D=16, S=8, dtype=torch.float32)
+        plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=9)
+        out = ops.shared_prefix_attention(q, kv, 0, plan, 0.25)
+        torch.testing.assert_close(out, reference.shared_prefix_attention(q, kv, 0, plan, 0.25), **TOL[torch.float32])
+    assert calls == ["native", "native"]
+    q, kv, tables, lens = forked_batch(B=3, prompt=20, tail=2, H=4, Hk=2, D=16, S=8, dtype=torch.bfloat16)
+    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4)
+    ops.shared_prefix_attention(q, kv, 0, plan, 0.25)
+    assert calls == ["native"] * 3
+    calls.clear()
     # fp16 caches always run the reference
     q, kv, tables, lens = forked_batch(B=2, prompt=20, tail=2, H=4, Hk=2, D=16, S=8, dtype=torch.float16)
     plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=4)
     ops.shared_prefix_attention(q, kv, 0, plan, 0.25)
-    assert calls == ["native"]
+    assert calls == []
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_native_same_bits_at_any_thread_count(dtype):
+    # 24 branches under 256 tokens: large enough for the kernel to split the branches over threads
+    q, kv, tables, lens = forked_batch(B=24, prompt=256, tail=3, H=9, Hk=3, D=64, S=16, dtype=dtype)
+    plan = ops.plan_shared_prefix_attention(tables, lens, kv, num_heads=9)
+    old = torch.get_num_threads()
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            torch.set_num_threads(threads)
+            outs.append(attention._shared_prefix_attention_native(q, kv, 0, plan, 0.125))
+    finally:
+        torch.set_num_threads(old)
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    torch.testing.assert_close(outs[0].float(), reference.shared_prefix_attention(q, kv, 0, plan, 0.125).float(),
+                               **TOL[dtype])

@@ -279,19 +279,12 @@ def _(q, kv_cache, layer, item_page_indptr, item_pages, item_num_tokens, item_qu
 
 register("shared_prefix_attention", "torch")(reference.shared_prefix_attention)
 
-# The native kernel runs a plan when no item has more than this many query-head rows per KV
-# head (its queries x G); above it the reference's blocked matrix products are as fast or faster.
-# Measured with SmolLM2's heads (G = 3) at 1 and 2 threads, fp32 and bf16, one layer: native
-# 1.2-4x faster up to 8 branches (24 rows) under a 512- or 2,048-token prefix, 0.7-1.2x at
-# 16-64 branches.
-NATIVE_MAX_ITEM_ROWS = 24
-
-
 def _shared_prefix_attention_native(q, kv_cache, layer, plan, scale) -> torch.Tensor:
     """``ponder._core.shared_prefix_attention_cpu`` on a contiguous fp32 / bf16 CPU cache: each
     plan item's pages are read in place, once for all of its rows, with an online softmax (fp32;
     bf16 K / V widened on load). The plan's index values are checked by the kernel before any
-    read. Same result as the reference up to fp32 rounding order."""
+    read. Same result as the reference up to fp32 rounding order. Large calls split the branches
+    over ``torch.get_num_threads()`` threads (the same bits at any thread count)."""
     kv_type = _HOST_KV_TYPES.get(kv_cache.dtype)
     if kv_type is None or not kv_cache.is_contiguous():
         raise ValueError(f"the native kernel reads contiguous float32 / bfloat16 caches, got {kv_cache.dtype}")
@@ -309,16 +302,15 @@ def _shared_prefix_attention_native(q, kv_cache, layer, plan, scale) -> torch.Te
     _core.shared_prefix_attention_cpu(qf.data_ptr(), B, H, D, plane[0].data_ptr(), plane[1].data_ptr(), kv_type, Hk,
                                       S, P, a[0].data_ptr(), a[1].data_ptr(), a[2].data_ptr(), num_items,
                                       a[1].shape[0], a[3].data_ptr(), a[4].data_ptr(), a[4].shape[0], float(scale),
-                                      out.data_ptr())
+                                      out.data_ptr(), torch.get_num_threads())
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
 def _shared_prefix_attention_host(q, kv_cache, layer, plan, scale) -> torch.Tensor:
-    """The CPU host implementation: the native kernel for fp32 / bf16 caches when every item has
-    at most ``NATIVE_MAX_ITEM_ROWS`` query-head rows per KV head, else the reference."""
-    G = q.shape[1] // kv_cache.shape[4]
-    if (kv_cache.dtype not in _HOST_KV_TYPES or not kv_cache.is_contiguous()
-            or int(plan.max_item_queries) * G > NATIVE_MAX_ITEM_ROWS):  # fmt: skip
+    """The CPU host implementation: the native kernel for contiguous fp32 / bf16 caches, else the
+    reference. (In a decode step the native kernel beat the reference's matrix products at every
+    item size measured, SmolLM2 at 1 and 2 threads: 16-64 branches under 512-2,048 tokens.)"""
+    if kv_cache.dtype not in _HOST_KV_TYPES or not kv_cache.is_contiguous():
         return reference.shared_prefix_attention(q, kv_cache, layer, plan, scale)
     return _shared_prefix_attention_native(q, kv_cache, layer, plan, scale)
 
@@ -393,9 +385,9 @@ def shared_prefix_attention(
     Implementations: ``backend="torch"`` is ``reference.shared_prefix_attention`` (one batched
     matrix product per item shape). ``"auto"`` on a CPU fp32 or bf16 cache runs the native kernel
     of ``ponder._core`` (reads each item's pages in place with an online softmax, checks every
-    plan index first) when no item has more than ``NATIVE_MAX_ITEM_ROWS`` query-head rows per KV
-    head, and the reference above that; the result equals the reference up to fp32 rounding
-    order.
+    plan index first; large calls split the branches over ``torch.get_num_threads()`` threads);
+    the result equals the reference up to fp32 rounding order and does not depend on the thread
+    count.
 
     Example (S=4; branches 0 and 1 forked from a 6-token prompt, pages 0-1)::
 
