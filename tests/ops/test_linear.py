@@ -46,6 +46,10 @@ def test_strided_rows_and_leading_dims():
     assert torch.equal(out3.reshape(6, 11), lin.linear(x3.reshape(6, 37), w, backend="native"))
     colmajor = torch.randn(37, 5, generator=g).T  # last axis not contiguous: copied first
     _close(lin.linear(colmajor, w, backend="native"), F.linear(colmajor, w), colmajor, w)
+    row = torch.randn(37, generator=g)
+    same = row.expand(4, 37)  # rows 0 floats apart: copied, never read past the one row
+    out = lin.linear(same, w, backend="native")
+    assert torch.equal(out, lin.linear(row[None], w, backend="native").expand(4, 11))
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -101,6 +105,13 @@ def test_auto_dispatch():
     assert trainable.grad is not None
     with torch.inference_mode():
         assert lin.native_eligible(trainable)
+    # an input that needs a gradient keeps F.linear (the native kernel has no backward)
+    xg = x.clone().requires_grad_()
+    lin.linear(xg, big).sum().backward()
+    # d(sum)/dx = the column sums of big: 1,025 fp32 terms summed in another order
+    torch.testing.assert_close(xg.grad, big.sum(0).expand(3, 256), rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="has no backward"):
+        lin.linear(xg, big, backend="native")
 
 
 def test_refused_inputs():

@@ -53,14 +53,20 @@ def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
     N, K = weight.shape
     lead = x.shape[:-1]
     rows = x.reshape(-1, K)
-    if rows.shape[0] and rows.stride(-1) != 1:
+    M = rows.shape[0]
+    # the kernel reads M rows of K dense floats, rows stride(0) apart and not overlapping
+    if M and (rows.stride(-1) != 1 or (M > 1 and rows.stride(0) < K)):
         rows = rows.contiguous()
-    out = torch.empty(rows.shape[0], N, dtype=torch.float32)
+    out = torch.empty(M, N, dtype=torch.float32)
     if bias is not None:
         bias = bias.contiguous()
-    _core.linear_cpu(rows.data_ptr(), rows.shape[0], K, max(rows.stride(0), K), weight.data_ptr(), N,
+    _core.linear_cpu(rows.data_ptr(), M, K, rows.stride(0) if M > 1 else K, weight.data_ptr(), N,
                      0 if bias is None else bias.data_ptr(), out.data_ptr(), N, torch.get_num_threads(), 0)
     return out.reshape(*lead, N)
+
+
+def _needs_grad(*tensors) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
 
 
 def _check(x, weight, bias, backend) -> None:
@@ -85,7 +91,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     x: ``[..., K]`` float; weight: ``[N, K]``; bias: ``[N]`` or None; same device.
     backend: ``"torch"`` (``F.linear``), ``"native"`` (``ponder._core.linear_cpu``: fp32 CPU
     tensors only, else a TypeError / ValueError naming the argument) or ``"auto"`` (native when
-    :func:`native_eligible` holds for weight and x and bias are fp32 too; else ``F.linear``).
+    :func:`native_eligible` holds for weight, x and bias are fp32 too and nothing needs a
+    gradient; else ``F.linear``).
 
     The native kernel sums each output in one fixed order (16 partial sums over K, then a fixed
     pairwise tree; see ``csrc/linear_cpu.h``): a row's result does not depend on the number of
@@ -97,7 +104,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
         return F.linear(x, weight, bias)
     fp32 = x.dtype == torch.float32 and (bias is None or bias.dtype == torch.float32)
     if backend == "auto":
-        if fp32 and native_eligible(weight):
+        if fp32 and native_eligible(weight) and not _needs_grad(x, bias):
             return _native(x, weight, bias)
         return F.linear(x, weight, bias)
     if not native_available():
@@ -105,6 +112,9 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     for name, t in (("x", x), ("weight", weight), ("bias", bias)):
         if t is not None and (t.dtype != torch.float32 or t.device.type != "cpu"):
             raise TypeError(f"backend='native' needs float32 CPU tensors; {name} is {t.dtype} on {t.device}")
+    if _needs_grad(x, weight, bias):
+        raise ValueError("backend='native' has no backward: x, weight and bias must not require grad "
+                         "(use backend='torch' or torch.no_grad())")
     return _native(x, weight.contiguous(), bias)
 
 
@@ -138,7 +148,8 @@ class RowRoute:
             self.multi = (~rows).nonzero().flatten()
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32:
+        if (self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32
+                or (bias is not None and bias.dtype != torch.float32) or _needs_grad(x, bias)):  # fmt: skip
             return F.linear(x, weight, bias)
         if self.kind == "native":
             return _native(x, weight, bias)
