@@ -2,16 +2,18 @@
 
 A decode step of a few rows through a model of a few hundred MB reads every weight once and is
 bound by memory bandwidth. On the CPU, PyTorch's BLAS (MKL, with the row-count-independent
-results ``import ponder`` asks for) reads fp32 weights at about half the bandwidth for 1-8 rows;
-``ponder._core.linear_cpu`` reads each weight once per block of rows, about 2x faster for 1-4
-rows and even at 64 (SmolLM2-135M on one core; ``benchmarks/bench_linear.py``). For hundreds of
-rows (prefill) MKL is faster, so the model runs the native kernel on *single-token rows*: the
-rows of sequences that add one token in a forward (every decode row). A row takes the same path
-whatever else is in its batch, and each kernel's result for a row does not depend on the other
-rows, so a sequence's tokens come out the same in any batch.
+results ``import ponder`` asks for) reads fp32 weights well below the bandwidth for few rows;
+``ponder._core.linear_cpu`` reads each weight once per block of rows. Over SmolLM2-135M's 121
+matrices (``benchmarks/bench_linear.py``, one pass, F.linear time / native time): 1.75x / 2.04x /
+1.87x / 1.53x / 1.25x at 1 / 4 / 8 / 16 / 64 rows on one thread, 1.47x / 1.44x / 1.52x / 1.39x /
+1.01x on two, and 0.80x / 0.74x at 528 rows (prefill), where MKL's packed kernels win. So the
+model runs the native kernel on *single-token rows*: the rows of sequences that add one token in
+a forward (every decode row). A row takes the same path whatever else is in its batch, and each
+kernel's result for a row does not depend on the other rows, so a sequence's tokens come out the
+same in any batch.
 
-Only fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` go native: smaller matrices stay in
-cache, where the BLAS is as fast. bf16 / fp16 weights use PyTorch's kernels (oneDNN's are fast).
+Only fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` go native: smaller matrices fit in
+cache, so there is no weight traffic to save, and they stay with PyTorch's BLAS. bf16 / fp16 weights use PyTorch's kernels (oneDNN's are fast).
 ``F.linear`` is the reference the native kernel is tested against.
 """
 
