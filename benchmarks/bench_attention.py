@@ -19,7 +19,7 @@ per branch costs ``beta * B * (P + s)``.
 
 On the CPU (``--device cpu``, or no GPU), fp32 (or ``--cpu-dtype bf16``) with SmolLM2-135M's
 heads (H=9, Hk=3, D=64), four ways: the native CPU kernel of ``ops.shared_prefix_attention``
-(each plan item read once, one thread: the engine's path when a step is planned) and
+(each plan item read once, branches split over the torch threads: the engine's path when a step is planned) and
 ``reference.shared_prefix_attention``, both through the plan of ``plan_shared_prefix_attention``;
 the native CPU kernel of ``ops.paged_attention`` (per branch, reading every branch's pages in
 place, one thread: the engine's path when a step is not planned; fp32 only) and
@@ -236,7 +236,7 @@ def _bench_cpu(args):
     else:
         sweep, repeats = list(itertools.product((512, 2048, 8192), (8, 16, 64), (32, 256))), 9
     print(f"# CPU, {args.cpu_dtype} KV and queries, page size {S}, H={Hk * G} Hk={Hk} D={D}, {threads} torch "
-          "thread(s) (the native kernels run on one); ms per call: wall median (process CPU); x = per-branch "
+          "thread(s) (native shared splits its branches over them, native paged runs on one); ms per call: wall median (process CPU); x = per-branch "
           "reference / that method")  # fmt: skip
     print(f"{'P':>5} {'B':>3} {'s':>4} | {'native shared':>19} {'x':>6} | {'reference shared':>19} {'x':>6} | "
           f"{'native paged':>19} {'x':>6} | {'reference paged':>19} | plan")
@@ -247,7 +247,7 @@ def _bench_cpu(args):
         plan_ms, _ = _time_cpu(lambda: ops.plan_shared_prefix_attention(bt, sl, kv, Hk * G, "torch"), repeats)
         plan = ops.plan_shared_prefix_attention(bt, sl, kv, num_heads=Hk * G, backend="torch")
         methods = {
-            # the CPU host kernel of ops.shared_prefix_attention: each plan item read once, one thread
+            # the CPU host kernel of ops.shared_prefix_attention: each plan item read once, branches over threads
             "native shared": lambda: ops.shared_prefix_attention(q, kv, 0, plan, scale, backend="auto"),
             "reference shared": lambda: reference.shared_prefix_attention(q, kv, 0, plan, scale),
             # the CPU host kernel of ops.paged_attention (per branch, pages read in place, one thread;
