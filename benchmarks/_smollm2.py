@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import tempfile
 
+import ponder  # noqa: F401  (before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
 

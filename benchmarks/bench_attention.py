@@ -44,6 +44,8 @@ import os
 import sys
 import time
 
+import ponder  # noqa: F401  (before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
+
 # Measured HBM bandwidth of the lent machines (BENCHMARKS.md), GB/s, matched by device name.
 _MEASURED_HBM = {"H100": 3000.0, "H200": 4300.0}
 

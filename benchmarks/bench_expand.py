@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import time
 
+import ponder  # noqa: F401  (before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
 from _smollm2 import LONG_PROMPT, chat_ids, load_pair

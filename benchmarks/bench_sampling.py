@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+import ponder  # noqa: F401  (before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
 from ponder.ops import sample

@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 import time
 
+import ponder  # (first, before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
-import ponder
 from _smollm2 import LONG_PROMPT, chat_ids, load_pair
 
 

@@ -19,9 +19,9 @@ import signal
 import sys
 import time
 
+import ponder  # (first, before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
-import ponder
 from ponder.backends import OpenAICompatible, RetryPolicy
 from ponder.backends.launch import VLLMServer
 from ponder.models import find_smollm2_gguf, load, load_tokenizer

@@ -19,6 +19,7 @@ import pstats
 import time
 
 import numpy as np
+import ponder  # noqa: F401  (before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
 import torch
 
 from ponder.engine import Engine, SamplingParams, StepStop

@@ -17,7 +17,13 @@ from importlib import import_module
 # two threads several times slower than one on a busy 2-core machine (an expansion of SmolLM2:
 # 6.2 s vs 2.2 s; 3.6 s with passive waiting). Passive waiting is the default unless the user set
 # a policy; it takes effect when ponder is imported before torch (as the command line does).
+# OpenMP reads the policy once, when torch loads it: note the one in effect, so the native
+# kernels can keep their helper threads off the cores that torch's idle threads spin on.
+_torch_loaded = "torch" in sys.modules
+_user_policy = os.environ.get("OMP_WAIT_POLICY")
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+_OMP_SPINS = ((_user_policy if _torch_loaded else os.environ["OMP_WAIT_POLICY"]) or "").strip().upper() != "PASSIVE"
+del _torch_loaded, _user_policy
 # A search tree must not depend on the batch it is searched in, so a row's fp32 matrix product
 # must not depend on the rows beside it. MKL (torch's CPU BLAS) picks kernels by row and thread
 # count, and on some CPUs (measured: AVX-512 with AMX) a row's result then changes with the batch

@@ -11,6 +11,7 @@ import torch
 from ponder.ops import _checks, reference
 from ponder.attention_plan import DeviceAttentionPlan, plan_attention
 from ponder.ops._registry import direct_call, implementation, register, register_host, resolve_backend
+from ponder.ops._threads import native_threads
 
 try:
     from ponder import _core
@@ -302,7 +303,7 @@ def _shared_prefix_attention_native(q, kv_cache, layer, plan, scale) -> torch.Te
     _core.shared_prefix_attention_cpu(qf.data_ptr(), B, H, D, plane[0].data_ptr(), plane[1].data_ptr(), kv_type, Hk,
                                       S, P, a[0].data_ptr(), a[1].data_ptr(), a[2].data_ptr(), num_items,
                                       a[1].shape[0], a[3].data_ptr(), a[4].data_ptr(), a[4].shape[0], float(scale),
-                                      out.data_ptr(), torch.get_num_threads())
+                                      out.data_ptr(), native_threads())
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from ponder.ops import _checks
+from ponder.ops._threads import native_threads
 
 try:
     from ponder import _core
@@ -63,7 +64,7 @@ def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
     if bias is not None:
         bias = bias.contiguous()
     _core.linear_cpu(rows.data_ptr(), M, K, rows.stride(0) if M > 1 else K, weight.data_ptr(), N,
-                     0 if bias is None else bias.data_ptr(), out.data_ptr(), N, torch.get_num_threads(), 0)
+                     0 if bias is None else bias.data_ptr(), out.data_ptr(), N, native_threads(), 0)
     return out.reshape(*lead, N)
 
 
