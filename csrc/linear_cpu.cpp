@@ -17,10 +17,10 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "cpu_clones.h"
+#include "cpu_threads.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PONDER_LINEAR_X86 1
@@ -45,6 +45,8 @@ constexpr int64_t kBlockBytes = 256 * 1024;
 // below this many multiply-adds a product runs on one thread (starting one costs ~20-50 us; a
 // 1-row product of a 1 MB matrix already gains from a second core's memory bandwidth)
 constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+// column chunks per thread of a split product
+constexpr int64_t kChunksPerThread = 4;
 
 PONDER_ALWAYS_INLINE v16 load16(const float* p) {
   v16 v;
@@ -247,21 +249,18 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
   if (run == nullptr) bad("this CPU or build has no such instruction-set path: " + std::to_string(int(isa)));
   if (num_rows == 0 || out_features == 0) return;
   const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride};
-  // threads split the output columns in multiples of 4 (whole tiles)
+  // threads take the output columns in chunks of whole 4-column tiles, a few chunks per thread
+  // so that a late helper's share goes to the others (cpu_threads.h)
   const int64_t macs = num_rows * in_features * out_features;
-  int64_t parts = std::min<int64_t>(num_threads, std::max<int64_t>(1, macs / kMinParallelMacs));
-  parts = std::min<int64_t>(parts, (out_features + 3) / 4);
-  if (parts <= 1) {
+  const int64_t quads = (out_features + 3) / 4;
+  const int64_t threads = std::min<int64_t>({static_cast<int64_t>(num_threads), std::max<int64_t>(1, macs / kMinParallelMacs), quads});
+  if (threads <= 1) {
     run(p, 0, out_features);
     return;
   }
-  const int64_t quads = (out_features + 3) / 4;
-  std::vector<std::thread> helpers;
-  helpers.reserve(parts - 1);
-  auto bounds = [&](int64_t t) { return std::min(out_features, 4 * (quads * t / parts)); };
-  for (int64_t t = 1; t < parts; ++t) helpers.emplace_back(run, std::cref(p), bounds(t), bounds(t + 1));
-  run(p, 0, bounds(1));
-  for (auto& h : helpers) h.join();
+  const int64_t chunks = std::min<int64_t>(quads, threads * kChunksPerThread);
+  auto bounds = [&](int64_t c) { return std::min(out_features, 4 * (quads * c / chunks)); };
+  run_parts(chunks, static_cast<int>(threads), [&](int64_t c) { run(p, bounds(c), bounds(c + 1)); });
 }
 
 }  // namespace ponder

@@ -3,10 +3,10 @@
 #include "common.h"
 #include "cpu_clones.h"
 #include "cpu_math.h"
+#include "cpu_threads.h"
 
 #include <algorithm>
 #include <limits>
-#include <thread>
 #include <vector>
 
 // The item worker is PONDER_CPU_CLONES (cpu_clones.h); its fixed-width lane loops and `omp simd`
@@ -315,12 +315,11 @@ void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t nu
     macs += (item_query_indptr[i + 1] - item_query_indptr[i]) * num_heads * item_num_tokens[i] * head_dim * 2;
   const int64_t parts = std::max<int64_t>(
       1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), num_queries, macs / kMinParallelMacs}));
+  // one range per thread (more would read the shared items more often); a range whose helper
+  // starts late is taken by a thread that is free (cpu_threads.h)
   auto bounds = [&](int64_t t) { return num_queries * t / parts; };
-  std::vector<std::thread> helpers;
-  for (int64_t t = 1; t < parts; ++t)
-    helpers.emplace_back(attend_branches, std::cref(work), bounds(t), bounds(t + 1), gm.data(), gl.data(), out);
-  attend_branches(work, 0, bounds(1), gm.data(), gl.data(), out);
-  for (auto& h : helpers) h.join();
+  run_parts(parts, static_cast<int>(parts),
+            [&](int64_t t) { attend_branches(work, bounds(t), bounds(t + 1), gm.data(), gl.data(), out); });
 }
 
 }  // namespace ponder

@@ -1,0 +1,43 @@
+// Splitting one host-kernel call over threads. The calling thread and up to threads - 1 helper
+// threads take numbered parts of the work from one counter until none is left, so a helper
+// that starts late (its core busy with another process, or with torch's idle threads spinning)
+// leaves its parts to the others instead of holding the call up, and a helper the system
+// cannot start leaves all of them to the calling thread. Which thread runs a part never changes
+// what the part computes, so results are the same bits whichever way the parts are shared out.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+namespace ponder {
+
+// Calls part(i) once for every i in [0, num_parts), on the calling thread and up to
+// min(num_threads, num_parts) - 1 helpers; returns when all parts are done. part must not throw.
+template <typename Part>
+void run_parts(int64_t num_parts, int num_threads, Part&& part) {
+  if (num_parts <= 0) return;
+  std::atomic<int64_t> next{0};
+  auto work = [&] {
+    for (int64_t i = next.fetch_add(1, std::memory_order_relaxed); i < num_parts;
+         i = next.fetch_add(1, std::memory_order_relaxed))
+      part(i);
+  };
+  const int64_t helpers_wanted = std::min<int64_t>(std::max(num_threads, 1), num_parts) - 1;
+  std::vector<std::thread> helpers;
+  helpers.reserve(static_cast<size_t>(helpers_wanted));
+  for (int64_t t = 0; t < helpers_wanted; ++t) {
+    try {
+      helpers.emplace_back(work);
+    } catch (const std::system_error&) {
+      break;  // no thread to be had: the calling thread takes the parts it would have run
+    }
+  }
+  work();
+  for (auto& h : helpers) h.join();
+}
+
+}  // namespace ponder
