@@ -26,8 +26,9 @@ bool linear_cpu_has(LinearIsa isa);
 // out[m, n] = sum_k x[m, k] * w[n, k] (+ bias[n] when bias is not null).
 // x: M rows of K floats, x_row_stride floats apart (>= K); w: [N, K] dense; bias: [N] or null;
 // out: M rows of N floats, out_row_stride floats apart (>= N), not overlapping x, w or bias.
-// num_threads > 1 splits the output columns over that many threads when the product is large
-// enough to pay for them (the results do not change). Throws std::invalid_argument for negative
+// num_threads > 1 shares chunks of the output columns out to the calling thread and up to
+// num_threads - 1 helpers when the product is large enough to pay for them (cpu_threads.h; the
+// results do not change). Throws std::invalid_argument for negative
 // sizes, strides below the row length, num_threads < 1 or an `isa` the CPU lacks, before writing
 // anything.
 void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride, const float* w,

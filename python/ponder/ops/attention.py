@@ -285,7 +285,7 @@ def _shared_prefix_attention_native(q, kv_cache, layer, plan, scale) -> torch.Te
     plan item's pages are read in place, once for all of its rows, with an online softmax (fp32;
     bf16 K / V widened on load). The plan's index values are checked by the kernel before any
     read. Same result as the reference up to fp32 rounding order. Large calls split the branches
-    over ``torch.get_num_threads()`` threads (the same bits at any thread count)."""
+    over ``ops._threads.native_threads()`` threads (the same bits at any thread count)."""
     kv_type = _HOST_KV_TYPES.get(kv_cache.dtype)
     if kv_type is None or not kv_cache.is_contiguous():
         raise ValueError(f"the native kernel reads contiguous float32 / bfloat16 caches, got {kv_cache.dtype}")
@@ -386,7 +386,7 @@ def shared_prefix_attention(
     Implementations: ``backend="torch"`` is ``reference.shared_prefix_attention`` (one batched
     matrix product per item shape). ``"auto"`` on a CPU fp32 or bf16 cache runs the native kernel
     of ``ponder._core`` (reads each item's pages in place with an online softmax, checks every
-    plan index first; large calls split the branches over ``torch.get_num_threads()`` threads);
+    plan index first; large calls split the branches over ``ops._threads.native_threads()`` threads);
     the result equals the reference up to fp32 rounding order and does not depend on the thread
     count.
 

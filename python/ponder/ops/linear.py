@@ -100,7 +100,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
     The native kernel sums each output in one fixed order (16 partial sums over K, then a fixed
     pairwise tree; see ``csrc/linear_cpu.h``): a row's result does not depend on the number of
     rows, the other rows or the thread count, and differs from ``F.linear`` by float rounding
-    only. It splits large products over ``torch.get_num_threads()`` threads.
+    only. It splits large products over ``ops._threads.native_threads()`` threads.
     """
     _check(x, weight, bias, backend)
     if backend == "torch":
