@@ -5,8 +5,8 @@ bound by memory bandwidth. On the CPU, PyTorch's BLAS (MKL, with the row-count-i
 results ``import ponder`` asks for) reads fp32 weights well below the bandwidth for few rows;
 ``ponder._core.linear_cpu`` reads each weight once per block of rows. Over SmolLM2-135M's 121
 matrices (``benchmarks/bench_linear.py``, one pass, F.linear time / native time): 1.75x / 2.04x /
-1.87x / 1.53x / 1.25x at 1 / 4 / 8 / 16 / 64 rows on one thread, 1.47x / 1.44x / 1.52x / 1.39x /
-1.01x on two, and 0.80x / 0.74x at 528 rows (prefill), where MKL's packed kernels win. So the
+1.87x / 1.53x / 1.25x at 1 / 4 / 8 / 16 / 64 rows on one thread, 2.14x / 1.31x / 0.81x at 1 / 8 /
+64 rows on two, and 0.80x / 0.74x at 528 rows (prefill), where MKL's packed kernels win. So the
 model runs the native kernel on *single-token rows*: the rows of sequences that add one token in
 a forward (every decode row). A row takes the same path whatever else is in its batch, and each
 kernel's result for a row does not depend on the other rows, so a sequence's tokens come out the
