@@ -82,3 +82,19 @@ def test_explicit_and_auto_backends_agree(backend, monkeypatch):
     x, w = args[0], args[1]
     assert torch.equal(ops.rms_norm(x, w, 1e-6, backend=backend), ops.rms_norm(x, w, 1e-6))
     assert torch.equal(_step(*args)[0], a[0])
+
+
+def test_a_cpu_engine_does_not_import_triton():
+    # Triton only runs on CUDA tensors or under TRITON_INTERPRET=1; importing it costs about
+    # half a second of every CPU command (ponder solve takes 3)
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys, ponder\nfrom ponder.ops import available_backends, resolve_backend\n"
+            "assert available_backends('cpu') == ('torch',), available_backends('cpu')\n"
+            "resolve_backend('auto', 'cpu')\nprint('triton' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("TRITON_INTERPRET", "PONDER_BACKEND")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["False"]

@@ -90,7 +90,9 @@ def available_backends(device: torch.device | str = "cpu") -> tuple:
     out = []
     if dev.type == "cuda" and _cuda_kernels_built():
         out.append("cuda")
-    if _triton_importable() and (dev.type == "cuda" or _triton_interpreted()):
+    # the device first: importing Triton takes about half a second, and a CPU run without the
+    # interpreter never uses it
+    if (dev.type == "cuda" or _triton_interpreted()) and _triton_importable():
         out.append("triton")
     out.append("torch")
     return tuple(out)
