@@ -205,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"ponder {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    p_info = sub.add_parser("info", help="version, CUDA build, visible GPUs, Triton, active op backend")
+    p_info = sub.add_parser("info", help="version, CUDA build, visible GPUs, Triton, CPU threads, active op backend")
     p_info.add_argument("--json", action="store_true", help="print the information as JSON")
     p_info.set_defaults(func=_cmd_info)
 

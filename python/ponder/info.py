@@ -10,8 +10,10 @@ def collect() -> Dict[str, object]:
     """A dictionary describing the installation (used by ``ponder info``)."""
     import torch
 
+    import ponder
     from ponder import __version__
     from ponder.ops import available_backends, resolve_backend
+    from ponder.ops._threads import native_threads
 
     info: Dict[str, object] = {"ponder": __version__, "python": platform.python_version(), "torch": torch.__version__}
     try:
@@ -30,6 +32,9 @@ def collect() -> Dict[str, object]:
         info["triton"] = triton.__version__
     except Exception as exc:
         info["triton"] = f"not importable ({type(exc).__name__})"
+    idle = "spin" if ponder._OMP_SPINS else "sleep"  # the wait policy OpenMP loaded with
+    info["cpu threads"] = (f"torch {torch.get_num_threads()}, native kernels {native_threads()}; "
+                           f"idle OpenMP threads {idle}")
     device = "cuda" if gpus else "cpu"
     info["available backends"] = ", ".join(available_backends(device))
     try:

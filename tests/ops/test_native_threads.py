@@ -50,3 +50,20 @@ def test_native_threads_follow_torch_unless_openmp_spins(monkeypatch):
         assert _threads.native_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("policy,line", [
+    (None, "native kernels 2; idle OpenMP threads sleep"),
+    ("ACTIVE", "native kernels 1; idle OpenMP threads spin"),
+])
+def test_ponder_info_reports_the_thread_counts_and_wait_policy(policy, line):
+    import json
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "OMP_NUM_THREADS")}
+    env["OMP_NUM_THREADS"] = "2"
+    if policy is not None:
+        env["OMP_WAIT_POLICY"] = policy
+    out = subprocess.run([sys.executable, "-m", "ponder", "info", "--json"], env=env, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["cpu threads"] == f"torch 2, {line}"
