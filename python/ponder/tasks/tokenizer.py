@@ -54,13 +54,13 @@ class CharTokenizer:
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; special tokens are dropped, or written as ``<eos>`` etc. when kept."""
         out = []
-        num_special = len(SPECIAL_TOKENS)
+        num_special, vocab_size, chars = len(SPECIAL_TOKENS), self.vocab_size, self.chars  # read once: a hot loop
         for i, tok in enumerate(ids):
             tok = int(tok)
-            if not 0 <= tok < self.vocab_size:
-                raise ValueError(f"ids[{i}] = {tok} is out of range [0, {self.vocab_size})")
+            if not 0 <= tok < vocab_size:
+                raise ValueError(f"ids[{i}] = {tok} is out of range [0, {vocab_size})")
             if tok >= num_special:
-                out.append(self.chars[tok - num_special])
+                out.append(chars[tok - num_special])
             elif not skip_special_tokens:
                 out.append(SPECIAL_TOKENS[tok])
         return "".join(out)
