@@ -253,7 +253,8 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
   // so that a late helper's share goes to the others (cpu_threads.h)
   const int64_t macs = num_rows * in_features * out_features;
   const int64_t quads = (out_features + 3) / 4;
-  const int64_t threads = std::min<int64_t>({static_cast<int64_t>(num_threads), std::max<int64_t>(1, macs / kMinParallelMacs), quads});
+  const int64_t threads =
+      std::min<int64_t>({static_cast<int64_t>(num_threads), std::max<int64_t>(1, macs / kMinParallelMacs), quads});
   if (threads <= 1) {
     run(p, 0, out_features);
     return;

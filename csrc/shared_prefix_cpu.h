@@ -30,7 +30,8 @@ namespace ponder {
 // every page in [0, P); every query in [0, B).
 // num_threads > 1 splits the branches into that many contiguous ranges when the call is large
 // enough, taken by the calling thread and helpers as each is free (cpu_threads.h); each range
-// reads the items its branches read, so a shared prefix is read once per range. Every row's result is the same at any thread count.
+// reads the items its branches read, so a shared prefix is read once per range. Every row's
+// result is the same at any thread count.
 void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
                                  const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
                                  int64_t page_size, int64_t num_pages, const int32_t* item_page_indptr,
