@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -70,6 +72,52 @@ def test_logits_of_a_row_do_not_depend_on_the_rest_of_the_batch(model):
     kv, batch = _batch(model, lens=(5, 3))
     together = model(kv_cache=kv, **batch)
     torch.testing.assert_close(together[:5], alone, rtol=0, atol=1e-6)  # fp32, same math per row
+
+
+class _ObservedOps(torch.overrides.TorchFunctionMode):
+    """A pass-through function mode that records the ponder custom ops it sees. While it is
+    active the ops cannot be called directly, so the model goes through their custom ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = str(getattr(func, "_name", getattr(func, "__name__", "")))
+        if name.startswith("ponder::"):
+            self.seen.add(name)
+        return func(*args, **(kwargs or {}))
+
+
+def _prefill_then_decode(model, shared: bool, mode=None):
+    """A 9-token prompt, forked into 3 branches that decode one token each (through a decode
+    plan when ``shared``). Returns (prefill hidden, decode hidden, KV cache)."""
+    seqs = PagedSequences(num_pages=12, page_size=4, seed=3)
+    kv = model.allocate_kv_cache(12, 4)
+    root = seqs.new()
+    prompt = seqs.step([root], [[(5 * i + 2) % CFG.vocab_size for i in range(9)]])
+    with mode if mode is not None else contextlib.nullcontext():
+        first = model(kv_cache=kv, **prompt)
+        kids = [seqs.fork(kv, root) for _ in range(3)]
+        step = seqs.step(kids, [[11], [12], [13]])
+        plan = None
+        if shared:
+            plan = ops.plan_shared_prefix_attention(step["block_tables"], step["seq_lens"], kv, CFG.num_heads)
+        second = model(kv_cache=kv, **step, decode_plan=plan)
+    return first, second, kv
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["paged", "decode_plan"])
+def test_direct_calls_and_custom_ops_give_the_same_bits(model, shared):
+    """An eager forward calls the ops' implementations directly; under a function mode it goes
+    through their custom ops. Both run the same implementation: same hidden rows, same cache."""
+    direct = _prefill_then_decode(model, shared)
+    mode = _ObservedOps()
+    traced = _prefill_then_decode(model, shared, mode)
+    attention = "ponder::shared_prefix_attention" if shared else "ponder::paged_attention"
+    assert {"ponder::rms_norm", "ponder::rotary", "ponder::append_kv", attention} <= mode.seen
+    for a, b in zip(direct, traced):
+        assert torch.equal(a, b)
 
 
 def test_empty_batch_is_a_no_op(model):

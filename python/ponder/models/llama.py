@@ -10,6 +10,7 @@ Qwen2Model, so logits match it on the same weights.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from ponder import ops
 from ponder.ops import reference
+from ponder.ops._registry import direct_call, implementation
 from ponder.ops.linear import RowRoute, linear
 from ponder.models import inputs
 from ponder.models.config import ModelConfig
@@ -184,27 +186,57 @@ class DecoderLM(nn.Module):
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
         H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         scale = 1.0 / math.sqrt(D)
+        norm, rotate, append, attend = self._layer_ops(decode_plan is not None, input_ids, kv_cache)
+        meta = decode_plan if decode_plan is not None else (block_tables, seq_lens, query_indptr)
         route = RowRoute(query_indptr, T)  # decode rows: the native linear kernel (ops/linear.py)
         x = F.embedding(input_ids, self.embed)  # [T, C]
         for i, layer in enumerate(self.layers):
-            h = ops.rms_norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
+            h = norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
             qkv = route(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
             q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
             q = q.reshape(T, H, D)  # [T, H, D]
             k = k.reshape(T, Hk, D)  # [T, Hk, D]
             v = v.reshape(T, Hk, D)  # [T, Hk, D]
-            q, k = ops.rotary(q, k, positions, self.cos_sin, check=False)  # [T, H, D], [T, Hk, D]
-            ops.append_kv(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping, check=False)
-            if decode_plan is not None:
-                attn = ops.shared_prefix_attention(q, kv_cache, i, decode_plan, scale, check=False)  # [T, H, D]
-            else:
-                attn = ops.paged_attention(q, kv_cache, i, block_tables, seq_lens, query_indptr, scale,
-                                           check=False)  # [T, H, D]
+            q, k = rotate(q, k, positions, self.cos_sin)  # [T, H, D], [T, Hk, D]
+            append(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping)
+            attn = attend(q, kv_cache, i, meta, scale)  # [T, H, D]
             x = x + route(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
-            h = ops.rms_norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
+            h = norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
             gate, up = route(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
             x = x + route(F.silu(gate) * up, layer.down_weight)  # [T, C]
-        return ops.rms_norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
+        return norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
+
+    def _layer_ops(self, shared: bool, *tensors: torch.Tensor):
+        """The four per-layer ops of :meth:`forward` as ``(rms_norm, rotary, append_kv, attend)``.
+
+        ``forward`` has already checked every shape, dtype and device, so a plain eager call
+        resolves each op's implementation once per forward and calls it directly: a decode step
+        makes 5 op calls per layer, and the public wrappers' argument checks and backend lookup
+        cost more than the ops themselves on a small model. Anything that traces (compile,
+        export, fake tensors, dispatch modes) goes through the public ops and their custom-op
+        schemas instead. Both routes run the same implementation, so the results are the same
+        bits. ``attend(q, kv_cache, layer, meta, scale)`` takes the decode plan when ``shared``,
+        else ``(block_tables, seq_lens, query_indptr)``.
+        """
+        if not direct_call(self.embed, *tensors):
+            def attend_op(q, kv, layer, meta, scale):
+                if shared:
+                    return ops.shared_prefix_attention(q, kv, layer, meta, scale, check=False)
+                return ops.paged_attention(q, kv, layer, *meta, scale, check=False)
+
+            return (ops.rms_norm, functools.partial(ops.rotary, check=False),
+                    functools.partial(ops.append_kv, check=False), attend_op)
+        dev = self.device
+        if shared:
+            attend = implementation("shared_prefix_attention", "auto", dev)
+        else:
+            paged = implementation("paged_attention", "auto", dev)
+
+            def attend(q, kv, layer, meta, scale):
+                return paged(q, kv, layer, *meta, scale)
+
+        return (implementation("rms_norm", "auto", dev), implementation("rotary", "auto", dev),
+                implementation("append_kv", "auto", dev), attend)
 
     def forward_dense(self, input_ids: torch.Tensor) -> torch.Tensor:
         """The same decoder without a KV cache, differentiable (training, offline scoring):

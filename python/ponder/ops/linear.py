@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -130,29 +131,35 @@ class RowRoute:
     independent of the others. On other devices every row takes ``F.linear``.
     """
 
-    __slots__ = ("single", "multi", "kind")
+    __slots__ = ("single", "multi", "kind", "eligible")
 
     def __init__(self, query_indptr: torch.Tensor, num_rows: int):
         self.single = self.multi = None
+        self.eligible = {}  # id(weight) -> native_eligible(weight), for the forward's lifetime
         if query_indptr.device.type != "cpu" or not native_available() or num_rows == 0:
             self.kind = "torch"
             return
-        lens = query_indptr[1:] - query_indptr[:-1]
+        lens = np.diff(query_indptr.numpy())  # numpy: microseconds, where four tiny torch ops take ~25
         one = lens == 1
         count = int(one.sum())
-        if count == lens.numel():
+        if count == lens.size:
             self.kind = "native"
         elif count == 0:
             self.kind = "torch"
         else:
             self.kind = "split"
-            rows = torch.repeat_interleave(one, lens.to(torch.int64))
+            rows = torch.from_numpy(np.repeat(one, lens))
             self.single = rows.nonzero().flatten()
             self.multi = (~rows).nonzero().flatten()
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if (self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32
-                or (bias is not None and bias.dtype != torch.float32) or _needs_grad(x, bias)):  # fmt: skip
+        if self.kind == "torch":
+            return F.linear(x, weight, bias)
+        native = self.eligible.get(id(weight))
+        if native is None:
+            native = self.eligible[id(weight)] = native_eligible(weight)
+        if (not native or x.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
+                or _needs_grad(x, bias)):  # fmt: skip
             return F.linear(x, weight, bias)
         if self.kind == "native":
             return _native(x, weight, bias)
