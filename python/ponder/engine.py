@@ -204,8 +204,9 @@ class Engine(KVStore):
         keys[:, 2] = batch.child_index[rows]
         keys[:, 3] = batch.lengths[rows]
         temperature, top_k, top_p = self._sampling_columns(n, sampling, logits.device)
+        # check=False: the columns come from a validated SamplingParams
         tokens, logprobs = ops.sample(logits, torch.from_numpy(keys).to(logits.device), temperature, top_k, top_p,
-                                      backend=self.backend)
+                                      backend=self.backend, check=False)
         toks = tokens.cpu().numpy()
         at_leaf = np.zeros(n, dtype=bool)
         if states is not None:
