@@ -131,11 +131,10 @@ class RowRoute:
     independent of the others. On other devices every row takes ``F.linear``.
     """
 
-    __slots__ = ("single", "multi", "kind", "eligible")
+    __slots__ = ("single", "multi", "kind")
 
     def __init__(self, query_indptr: torch.Tensor, num_rows: int):
         self.single = self.multi = None
-        self.eligible = {}  # id(weight) -> native_eligible(weight), for the forward's lifetime
         if query_indptr.device.type != "cpu" or not native_available() or num_rows == 0:
             self.kind = "torch"
             return
@@ -153,13 +152,8 @@ class RowRoute:
             self.multi = (~rows).nonzero().flatten()
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if self.kind == "torch":
-            return F.linear(x, weight, bias)
-        native = self.eligible.get(id(weight))
-        if native is None:
-            native = self.eligible[id(weight)] = native_eligible(weight)
-        if (not native or x.dtype != torch.float32 or (bias is not None and bias.dtype != torch.float32)
-                or _needs_grad(x, bias)):  # fmt: skip
+        if (self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32
+                or (bias is not None and bias.dtype != torch.float32) or _needs_grad(x, bias)):  # fmt: skip
             return F.linear(x, weight, bias)
         if self.kind == "native":
             return _native(x, weight, bias)
