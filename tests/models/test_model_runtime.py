@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 from paged_batch import PagedSequences
 from ponder import ops
 from ponder.models import DecoderLM, ModelConfig
+from ponder.models.llama import zeros_on_first_touch
 
 CFG = ModelConfig(vocab_size=53, hidden_size=30, intermediate_size=44, num_layers=3, num_heads=6,
                   num_kv_heads=2, head_dim=10, max_position_embeddings=64, model_type="llama")
@@ -47,6 +49,33 @@ def test_allocate_kv_cache_and_bytes_per_token(model):
         model.allocate_kv_cache(3, 2.5)
     with pytest.raises(TypeError, match="dtype must be .* got torch.int64"):
         model.allocate_kv_cache(3, 2, dtype=torch.int64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("shape", [(3, 2, 5, 4, 2, 10), (1, 2, 1, 1, 1, 1), (2, 2, 0, 4, 1, 8)])
+def test_zeros_on_first_touch_are_aligned_writable_zeros(dtype, shape):
+    t = zeros_on_first_touch(shape, dtype)
+    assert t.shape == shape and t.dtype == dtype and t.is_contiguous() and t.device.type == "cpu"
+    assert torch.equal(t, torch.zeros(shape, dtype=dtype))
+    if t.numel():
+        assert t.data_ptr() % 64 == 0  # like PyTorch's allocator: page rows start on cache lines
+        t[-1, -1, -1, -1, -1, -1] = 2.0
+        t.view(-1)[0] = 1.0
+        assert float(t.sum()) == 3.0
+
+
+def _resident_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="reads VmRSS from /proc")
+def test_a_large_cpu_pool_becomes_resident_only_where_written(model):
+    before = _resident_kib()
+    kv = model.allocate_kv_cache(100_000, 16)  # 3 layers x 2 x 100k pages x 16 x 2 x 10 fp32 = 768 MB
+    assert _resident_kib() - before < 64 * 1024  # torch.zeros would write (and map) all 768 MB here
+    kv[:, :, :10].fill_(1.0)
+    assert float(kv[:, :, :10].sum()) == kv[:, :, :10].numel() and not kv[:, :, 10:20].any()
 
 
 def test_bf16_cast_keeps_the_rope_table_in_fp32():

@@ -40,7 +40,9 @@ implementation, so they trace under ``torch.compile`` and capture in CUDA graphs
 
 Every wrapper checks shapes, dtypes and devices on each call (metadata only, no device sync).
 Checks of tensor values (index ranges, parameter ranges) need the values on the host: they
-run by default for CPU tensors and otherwise only with ``check=True``.
+run by default for CPU tensors and otherwise only with ``check=True``. ``DecoderLM.forward``
+checks its whole batch once and then, in eager mode, calls the implementations of its layer
+ops directly (``DecoderLM._layer_ops``); under tracing it goes through the custom ops.
 """
 
 from ponder.ops._registry import BACKENDS, available_backends, resolve_backend
