@@ -239,10 +239,12 @@ class Engine(KVStore):
         self.stats.tokens_decoded += rows.size
         batch.lengths[rows] += 1
         done = batch.finish[rows] != RUNNING
-        if done.any():
-            batch.hidden_at[rows[done], 0] = len(batch.hiddens)
-            batch.hidden_at[rows[done], 1] = np.flatnonzero(done)
-            batch.hiddens.append(hidden)
+        if not done.any():  # the usual token: every row goes on and samples from all of hidden
+            self._sample_rows(batch, rows, hidden, rule, sampling, seed, mask)
+            return rows
+        batch.hidden_at[rows[done], 0] = len(batch.hiddens)
+        batch.hidden_at[rows[done], 1] = np.flatnonzero(done)
+        batch.hiddens.append(hidden)
         going = np.flatnonzero(~done)
         if going.size:
             self._sample_rows(batch, rows[going], hidden[torch.from_numpy(going)], rule, sampling, seed, mask)

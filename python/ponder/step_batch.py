@@ -146,12 +146,15 @@ class StepBatch:
     def branches(self, rows: Optional[np.ndarray] = None) -> List[Branch]:
         """Rows as :class:`Branch` records (for the per-token callback, and the commit)."""
         rows = np.arange(len(self)) if rows is None else rows
+        # whole columns to Python at once: per-row numpy scalars and slices cost microseconds each
+        counts = self.counts[rows].tolist()
+        tokens, logprobs = self.tokens[rows].tolist(), self.logprobs[rows].tolist()
+        columns = zip(counts, tokens, logprobs, *(a[rows].tolist() for a in (
+            self.finish, self.parents, self.rng_ids, self.child_index, self.source, self.seqs, self.lengths,
+            self.trie_states)))
         out = []
-        for i in rows.tolist():
-            code = int(self.finish[i])
-            out.append(Branch(parent=int(self.parents[i]), rng_id=int(self.rng_ids[i]),
-                              child_index=int(self.child_index[i]), source=int(self.source[i]), seq=int(self.seqs[i]),
-                              tokens=self.step_tokens(i), logprobs=self.logprobs[i, :self.counts[i]].tolist(),
-                              length=int(self.lengths[i]), finish=None if code == RUNNING else FINISH_REASONS[code - 1],
-                              trie_state=int(self.trie_states[i])))
+        for n, toks, lps, code, parent, rng_id, child, source, seq, length, trie_state in columns:
+            out.append(Branch(parent=parent, rng_id=rng_id, child_index=child, source=source, seq=seq,
+                              tokens=toks[:n], logprobs=lps[:n], length=length,
+                              finish=None if code == RUNNING else FINISH_REASONS[code - 1], trie_state=trie_state))
         return out
