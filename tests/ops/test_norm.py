@@ -2,6 +2,8 @@ import pytest
 import torch
 
 import ponder.ops as ops
+from ponder.ops import norm as norm_ops, reference
+from ponder.ops._registry import host_implementation, implementation
 
 transformers_llama = pytest.importorskip("transformers.models.llama.modeling_llama")
 
@@ -34,6 +36,33 @@ def test_rms_norm_fp32_weight_on_bf16_input_keeps_input_dtype():
     x = torch.randn(4, 8).bfloat16()
     out = ops.rms_norm(x, torch.ones(8), 1e-6)
     assert out.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("weight_dtype", ["same", torch.float32])
+@pytest.mark.parametrize("shape", [(7, 96), (2, 3, 5, 37), (1,), (0, 8), (300, 128)])
+def test_host_rms_norm_gives_the_reference_bits(shape, dtype, weight_dtype):
+    g = torch.Generator().manual_seed(1)
+    x = (torch.randn(shape, generator=g) * 3).to(dtype)
+    w = (torch.randn(shape[-1], generator=g) + 1).to(dtype if weight_dtype == "same" else weight_dtype)
+    before = x.clone()
+    host = host_implementation("rms_norm")
+    assert host is norm_ops._rms_norm_host and implementation("rms_norm", "auto", "cpu") is host
+    out = host(x, w, 1e-5)
+    expected = reference.rms_norm(x, w, 1e-5)
+    assert out.dtype == expected.dtype == dtype and torch.equal(out, expected)
+    assert torch.equal(x, before)  # the in-place steps only touch tensors the call made
+    assert torch.equal(ops.rms_norm(x, w, 1e-5), expected)
+
+
+def test_host_rms_norm_keeps_gradients():
+    x = torch.randn(4, 16, requires_grad=True)
+    w = torch.randn(16, requires_grad=True)
+    out = ops.rms_norm(x, w, 1e-6)
+    out.sum().backward()
+    x2, w2 = x.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()
+    reference.rms_norm(x2, w2, 1e-6).sum().backward()
+    assert torch.equal(x.grad, x2.grad) and torch.equal(w.grad, w2.grad)
 
 
 def test_rms_norm_opcheck():

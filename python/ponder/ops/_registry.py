@@ -3,8 +3,9 @@
 Implementations register per (op, backend). Nothing here raises at import time when a GPU,
 Triton or the CUDA build is missing: availability is checked when an op is resolved.
 
-Host implementations. Some ops also have a native CPU implementation in ``ponder._core``
-(``register_host``). It is not a backend: the device backends "cuda" / "triton" name kernels
+Host implementations. Some ops also have a CPU implementation of their own (``register_host``):
+native code in ``ponder._core``, or for ``rms_norm`` the reference's arithmetic with fewer
+temporaries. It is not a backend: the device backends "cuda" / "triton" name kernels
 for accelerators, and "torch" names the pure-PyTorch reference, which stays the test oracle
 and the benchmark baseline whatever is installed. The host implementation instead refines
 the "torch" choice: it runs exactly when the request is ``"auto"`` (after ``PONDER_BACKEND``),
