@@ -4,11 +4,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <exception>
 #include <functional>
 #include <limits>
+#include <mutex>
 #include <vector>
 
 #include "common.h"
+#include "cpu_threads.h"
 
 namespace ponder {
 
@@ -40,6 +43,11 @@ constexpr int32_t kHeapTopK = 1024;
 
 // Tokens per block of the Gumbel pass: its three scratch arrays (6 KiB) stay in L1.
 constexpr int64_t kBlock = 512;
+
+// Below this many logits a call runs on one thread (a row costs a few ns per logit; starting a
+// helper thread costs ~20-50 us); above it, kPartsPerThread blocks of rows per thread.
+constexpr int64_t kMinParallelLogits = int64_t(1) << 16;
+constexpr int64_t kPartsPerThread = 4;
 
 // The row loops below are written to vectorise (no branches, independent lanes); wheels are
 // built for baseline x86-64, so GCC also emits an AVX2 clone chosen at load time.
@@ -193,8 +201,9 @@ float sampling_uniform(uint32_t row_hash, int64_t v) {
 
 void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_stride, const int64_t* keys,
                 const float* temperature, const int32_t* top_k, const float* top_p, const uint8_t* allowed,
-                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred) {
+                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads) {
   PONDER_CHECK_ARG(batch >= 0, "batch must be >= 0, got ", batch);
+  PONDER_CHECK_ARG(num_threads >= 1, "num_threads must be >= 1, got ", num_threads);
   PONDER_CHECK_ARG(vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(), "vocab must lie in [1, 2**31 - 1], got ",
                    vocab);
   PONDER_CHECK_ARG(row_stride >= vocab, "row_stride (", row_stride, ") must be >= vocab (", vocab, ")");
@@ -216,23 +225,47 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
     PONDER_CHECK_ARG(greedy || top_p[b] == 1.0f || row >= 0, "row ", b, " has top_p = ", top_p[b],
                      " but no allowed mask: nucleus sets come from the caller");
   }
-  Scratch scratch;
-  for (int64_t b = 0; b < batch; ++b) {
-    const float* z = logits + b * row_stride;
-    deferred[b] = 1;
-    bool bad = false;
-    const float z_max = row_max(z, vocab, bad);
-    if (bad || z_max == -kInf) continue;  // NaN / +inf / all -inf: the reference's conventions apply
-    int64_t token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
-    const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
-    const uint8_t* mask = allowed_row && allowed_row[b] >= 0 ? allowed + allowed_row[b] * vocab : nullptr;
-    if (!greedy &&
-        !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b), z_max, scratch, token)) {
-      continue;
+  auto rows = [&](int64_t b0, int64_t b1) {
+    Scratch scratch;
+    for (int64_t b = b0; b < b1; ++b) {
+      const float* z = logits + b * row_stride;
+      deferred[b] = 1;
+      bool bad = false;
+      const float z_max = row_max(z, vocab, bad);
+      if (bad || z_max == -kInf) continue;  // NaN / +inf / all -inf: the reference's conventions apply
+      int64_t token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
+      const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
+      const uint8_t* mask = allowed_row && allowed_row[b] >= 0 ? allowed + allowed_row[b] * vocab : nullptr;
+      if (!greedy && !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b), z_max,
+                               scratch, token)) {
+        continue;
+      }
+      tokens[b] = token;
+      deferred[b] = 0;
     }
-    tokens[b] = token;
-    deferred[b] = 0;
+  };
+  const int64_t threads =
+      std::min<int64_t>({static_cast<int64_t>(num_threads), std::max<int64_t>(1, batch * vocab / kMinParallelLogits),
+                         batch});
+  if (threads <= 1) {
+    rows(0, batch);
+    return;
   }
+  // a few blocks of rows per thread, so that a late helper's share goes to the others; a part
+  // must not throw (cpu_threads.h), so the first error (a failed scratch allocation) is kept and
+  // raised once every part has returned
+  const int64_t parts = std::min<int64_t>(batch, threads * kPartsPerThread);
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  run_parts(parts, static_cast<int>(threads), [&](int64_t i) {
+    try {
+      rows(batch * i / parts, batch * (i + 1) / parts);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  });
+  if (error) std::rethrow_exception(error);
 }
 
 }  // namespace ponder

@@ -35,9 +35,12 @@ float sampling_uniform(uint32_t row_hash, int64_t v);
 //                top_p must be 1 unless the row is greedy); mask rows are used in order
 // Outputs, [batch] each: tokens int64; deferred uint8 (1 = decision too close to call, or a
 // NaN / +inf / all -inf row: the caller must draw this row with the reference; its token is
-// unset). Throws std::invalid_argument for bad shapes or parameter values.
+// unset). num_threads > 1 shares blocks of rows out to the calling thread and up to
+// num_threads - 1 helpers when the batch is large enough to pay for them (cpu_threads.h; a row's
+// draw never depends on the thread that makes it). Throws std::invalid_argument for bad shapes,
+// parameter values or num_threads < 1, before writing anything.
 void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_stride, const int64_t* keys,
                 const float* temperature, const int32_t* top_k, const float* top_p, const uint8_t* allowed,
-                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred);
+                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads = 1);
 
 }  // namespace ponder

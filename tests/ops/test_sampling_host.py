@@ -139,13 +139,13 @@ def test_selection_auto_uses_host_torch_uses_reference(monkeypatch):
     assert _registry.implementation("sample", "torch", "cpu") is reference.sample
 
 
-def _raw_call(B=2, V=8, top_k=0, top_p=1.0, temperature=1.0, allowed_row=None):
+def _raw_call(B=2, V=8, top_k=0, top_p=1.0, temperature=1.0, allowed_row=None, num_threads=1):
     logits, keys = torch.randn(B, V), _keys(B)
     t, k, p = _params(B, temperature, top_k, top_p)
     rows = torch.full((B,), -1, dtype=torch.int64) if allowed_row is None else allowed_row
     out, deferred = torch.empty(B, dtype=torch.int64), torch.empty(B, dtype=torch.uint8)
     _core.sample_cpu(logits.data_ptr(), B, V, V, keys.data_ptr(), t.data_ptr(), k.data_ptr(), p.data_ptr(), 0,
-                     rows.data_ptr(), out.data_ptr(), deferred.data_ptr())
+                     rows.data_ptr(), out.data_ptr(), deferred.data_ptr(), num_threads)
 
 
 @pytest.mark.parametrize("over,match", [
@@ -154,7 +154,45 @@ def _raw_call(B=2, V=8, top_k=0, top_p=1.0, temperature=1.0, allowed_row=None):
     (dict(temperature=-1.0), r"temperature\[0\] = -1 must be a finite value >= 0"),
     (dict(top_p=0.5), "has top_p = 0.5 but no allowed mask"),
     (dict(allowed_row=torch.tensor([0, -1])), r"allowed_row\[0\] = 0 must be -1 or the next mask row"),
+    (dict(num_threads=0), "num_threads must be >= 1, got 0"),
 ])
 def test_native_entry_point_rejects_bad_arguments(over, match):
     with pytest.raises(ValueError, match=match):
         _raw_call(**over)
+
+
+def _native_draw(logits, keys, temperature, top_k, top_p, allowed, allowed_row, num_threads):
+    B, V = logits.shape
+    tokens = torch.full((B,), -7, dtype=torch.int64)
+    deferred = torch.full((B,), 9, dtype=torch.uint8)
+    _core.sample_cpu(logits.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
+                     top_p.data_ptr(), allowed.data_ptr(), allowed_row.data_ptr(), tokens.data_ptr(),
+                     deferred.data_ptr(), num_threads)
+    return tokens, deferred
+
+
+@pytest.mark.parametrize("B,V", [(300, 517), (7, 20000), (2, 70000)])
+def test_threads_share_rows_out_without_changing_a_draw(B, V):
+    """Large calls split their rows over threads; every row's token and deferral stay the same
+    as on one thread. The batch mixes greedy, top-k, masked (nucleus) rows, near-flat rows and
+    NaN rows (deferred), and one thread count above the row count."""
+    g = torch.Generator().manual_seed(B)
+    logits = torch.randn(B, V, generator=g) * torch.rand(B, 1, generator=g) * 4
+    logits[::11, 0] = float("nan")
+    temperature = torch.rand(B, generator=g) * 2
+    temperature[::5] = 0.0
+    top_k = torch.where(torch.arange(B) % 3 == 0, 13, 0).to(torch.int32)
+    top_p = torch.ones(B)
+    allowed_row = torch.full((B,), -1, dtype=torch.int64)
+    masked = torch.arange(B)[(torch.arange(B) % 4 == 1) & (temperature > 0)]
+    allowed_row[masked] = torch.arange(masked.numel())
+    top_p[masked] = 0.9
+    allowed = (torch.rand(max(masked.numel(), 1), V, generator=g) < 0.3).to(torch.uint8).contiguous()
+    args = (logits, _keys(B), temperature, top_k, top_p, allowed, allowed_row)
+    one = _native_draw(*args, 1)
+    assert (one[1] == 0).any() and (one[1] == 1).any()  # both outcomes occur, so both are compared
+    for threads in (2, 3, B + 5):
+        many = _native_draw(*args, threads)
+        assert torch.equal(many[1], one[1])
+        kept = one[1] == 0
+        assert torch.equal(many[0][kept], one[0][kept])

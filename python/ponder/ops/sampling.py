@@ -9,6 +9,7 @@ import torch
 
 from ponder.ops import _checks, reference
 from ponder.ops._registry import direct_call, implementation, register, register_host
+from ponder.ops._threads import native_threads
 
 try:
     from ponder import _core
@@ -73,7 +74,8 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
     native draw only hashes and compares. Rows the native code defers (a Gumbel winner within
     rounding of the runner-up; NaN / inf rows) are drawn by the reference on just those rows,
     exact because each row's draw is independent of the others. Log-probabilities are the
-    reference's ``log_softmax`` gathered at the tokens.
+    reference's ``log_softmax`` gathered at the tokens. Batches of at least 2**16 logits split
+    their rows over ``ops._threads.native_threads()`` threads (the same draws on any count).
     """
     lf = logits.float().contiguous()  # the reference samples logits.float() too
     keys, temperature, top_k, top_p = (t.contiguous() for t in (keys, temperature, top_k, top_p))
@@ -93,7 +95,7 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
     deferred = torch.empty(B, dtype=torch.uint8)
     _core.sample_cpu(lf.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
                      top_p.data_ptr(), 0 if allowed is None else allowed.data_ptr(), allowed_row.data_ptr(),
-                     tokens.data_ptr(), deferred.data_ptr())
+                     tokens.data_ptr(), deferred.data_ptr(), native_threads())
     rows = deferred.nonzero().squeeze(1)
     if rows.numel():
         args = (t.index_select(0, rows) for t in (lf, keys, temperature, top_k, top_p))
