@@ -8,9 +8,10 @@
 // reads every weight exactly once.
 //
 // The tile shape only decides which outputs are computed together, never how one is computed,
-// so AVX-512 (4 x 4 tiles), AVX2 + FMA (2 x 2) and any row count give the same bits. Builds
-// without fused multiply-add (the generic x86-64 path, other compilers) round the products
-// separately and so differ in the last bits from the FMA paths, consistently at every row count.
+// so AVX-512 (4 x 4 tiles), AVX2 + FMA (2 x 2), the baseline (1 x 2) and any row count give the
+// same bits. Builds without fused multiply-add (the generic x86-64 path, other compilers) round
+// the products separately and so differ in the last bits from the FMA paths, consistently at
+// every row count.
 #include "linear_cpu.h"
 
 #include <algorithm>
@@ -48,34 +49,99 @@ constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
 // column chunks per thread of a split product
 constexpr int64_t kChunksPerThread = 4;
 
-PONDER_ALWAYS_INLINE v16 load16(const float* p) {
-  v16 v;
-  std::memcpy(&v, p, sizeof v);
+// A 16-lane vector held as P native registers of 16 / P floats: one zmm (AVX-512), two ymm (AVX2)
+// or four xmm (the baseline). Lane l of part i is lane i * 16 / P + l of the whole, so every lane
+// is computed the same way whatever P is; only the register allocation differs. (GCC keeps a
+// 64-byte vector type in memory where the CPU's registers are narrower, which made the AVX2 path
+// slower than the baseline one.)
+template <int P> struct PartOf;
+template <> struct PartOf<1> { typedef v16 type; };
+template <> struct PartOf<2> { typedef v8 type; };
+template <> struct PartOf<4> { typedef v4 type; };
+
+template <int P>
+struct Vec {
+  typedef typename PartOf<P>::type Part;
+  static constexpr int kWidth = kLanes / P;
+  Part part[P];
+};
+
+template <int P>
+PONDER_ALWAYS_INLINE Vec<P> zero() {
+  Vec<P> v;
+#pragma GCC unroll 4
+  for (int i = 0; i < P; ++i) v.part[i] = typename Vec<P>::Part{};
   return v;
 }
 
+template <int P>
+PONDER_ALWAYS_INLINE Vec<P> load16(const float* p) {
+  Vec<P> v;
+#pragma GCC unroll 4
+  for (int i = 0; i < P; ++i) std::memcpy(&v.part[i], p + i * Vec<P>::kWidth, sizeof v.part[i]);
+  return v;
+}
+
+// acc += x * w lane by lane: the one statement every accumulator goes through, so the compiler
+// fuses (or does not fuse) the multiply-add the same way for every element and every P.
+template <int P>
+PONDER_ALWAYS_INLINE void fma16(Vec<P>& acc, const Vec<P>& x, const Vec<P>& w) {
+#pragma GCC unroll 4
+  for (int i = 0; i < P; ++i) acc.part[i] += x.part[i] * w.part[i];
+}
+
+// Lanes l and l + 8 added (l < 8): the first level of the fixed pairwise tree.
+template <int P>
+PONDER_ALWAYS_INLINE v8 halves(const Vec<P>& a) {
+  if constexpr (P == 1) {
+    return __builtin_shufflevector(a.part[0], a.part[0], 0, 1, 2, 3, 4, 5, 6, 7) +
+           __builtin_shufflevector(a.part[0], a.part[0], 8, 9, 10, 11, 12, 13, 14, 15);
+  } else if constexpr (P == 2) {
+    return a.part[0] + a.part[1];
+  } else {
+    const v4 lo = a.part[0] + a.part[2], hi = a.part[1] + a.part[3];
+    return __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7);
+  }
+}
+
 // The fixed pairwise tree: lanes l and l + 8, then l and l + 4, then (0 + 2) + (1 + 3).
-PONDER_ALWAYS_INLINE float reduce16(v16 a) {
-  const v8 h = __builtin_shufflevector(a, a, 0, 1, 2, 3, 4, 5, 6, 7) +
-               __builtin_shufflevector(a, a, 8, 9, 10, 11, 12, 13, 14, 15);
+template <int P>
+PONDER_ALWAYS_INLINE float reduce16(const Vec<P>& a) {
+  const v8 h = halves(a);
   const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
   return (q[0] + q[2]) + (q[1] + q[3]);
 }
 
-// reduce16 of four accumulators at once: the same additions on the same lanes, shuffled so each
-// step adds two vectors instead of eight pairs; results[j] equals reduce16(a_j) bit for bit.
-PONDER_ALWAYS_INLINE v4 reduce4(v16 a, v16 b, v16 c, v16 d) {
-  const v16 ab = __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(a, b, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  const v16 cd = __builtin_shufflevector(c, d, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
-                 __builtin_shufflevector(c, d, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
-  // lane 4j + l: h_j[l] + h_j[l + 4], l < 4
-  const v16 q = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
-                __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
-  // lane 2j: q_j[0] + q_j[2], lane 2j + 1: q_j[1] + q_j[3]
-  const v8 t = __builtin_shufflevector(q, q, 0, 1, 4, 5, 8, 9, 12, 13) +
-               __builtin_shufflevector(q, q, 2, 3, 6, 7, 10, 11, 14, 15);
-  return __builtin_shufflevector(t, t, 0, 2, 4, 6) + __builtin_shufflevector(t, t, 1, 3, 5, 7);
+// reduce16 of four accumulators at once; results[j] equals reduce16(a_j) bit for bit. With one
+// zmm per accumulator the same additions run shuffled so each step adds two vectors instead of
+// eight pairs; with narrower registers the first level is already vector adds.
+template <int P>
+PONDER_ALWAYS_INLINE v4 reduce4(const Vec<P>& a, const Vec<P>& b, const Vec<P>& c, const Vec<P>& d) {
+  if constexpr (P == 1) {
+    const v16 &a0 = a.part[0], &b0 = b.part[0], &c0 = c.part[0], &d0 = d.part[0];
+    const v16 ab = __builtin_shufflevector(a0, b0, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                   __builtin_shufflevector(a0, b0, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    const v16 cd = __builtin_shufflevector(c0, d0, 0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23) +
+                   __builtin_shufflevector(c0, d0, 8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31);
+    // lane 4j + l: h_j[l] + h_j[l + 4], l < 4
+    const v16 q = __builtin_shufflevector(ab, cd, 0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27) +
+                  __builtin_shufflevector(ab, cd, 4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31);
+    // lane 2j: q_j[0] + q_j[2], lane 2j + 1: q_j[1] + q_j[3]
+    const v8 t = __builtin_shufflevector(q, q, 0, 1, 4, 5, 8, 9, 12, 13) +
+                 __builtin_shufflevector(q, q, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(t, t, 0, 2, 4, 6) + __builtin_shufflevector(t, t, 1, 3, 5, 7);
+  } else {
+    // lane 4j + l of (hab, hcd): h_j[l] + h_j[l + 4], l < 4
+    const v8 ha = halves(a), hb = halves(b), hc = halves(c), hd = halves(d);
+    const v8 qab = __builtin_shufflevector(ha, hb, 0, 1, 2, 3, 8, 9, 10, 11) +
+                   __builtin_shufflevector(ha, hb, 4, 5, 6, 7, 12, 13, 14, 15);
+    const v8 qcd = __builtin_shufflevector(hc, hd, 0, 1, 2, 3, 8, 9, 10, 11) +
+                   __builtin_shufflevector(hc, hd, 4, 5, 6, 7, 12, 13, 14, 15);
+    // lane 2j: q_j[0] + q_j[2], lane 2j + 1: q_j[1] + q_j[3]
+    const v8 t = __builtin_shufflevector(qab, qcd, 0, 1, 4, 5, 8, 9, 12, 13) +
+                 __builtin_shufflevector(qab, qcd, 2, 3, 6, 7, 10, 11, 14, 15);
+    return __builtin_shufflevector(t, t, 0, 2, 4, 6) + __builtin_shufflevector(t, t, 1, 3, 5, 7);
+  }
 }
 
 struct Problem {
@@ -88,45 +154,44 @@ struct Problem {
 };
 
 // acc[i][j] += x[i] * w[j] over 16 columns: x rows x_stride floats apart, w rows w_stride apart.
-// The one statement every accumulator goes through (main loop and tail alike), so the compiler
-// fuses (or does not fuse) the multiply-add the same way for every element.
-template <int MT, int NT, bool PREFETCH = false>
-PONDER_ALWAYS_INLINE void step(v16 (&acc)[MT][NT], const float* x, int64_t x_stride, const float* w,
+// Main loop and tail alike go through it (and fma16).
+template <int P, int MT, int NT, bool PREFETCH = false>
+PONDER_ALWAYS_INLINE void step(Vec<P> (&acc)[MT][NT], const float* x, int64_t x_stride, const float* w,
                                int64_t w_stride) {
   if constexpr (PREFETCH) {  // the same columns of the next NT weight rows (the next strip)
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) __builtin_prefetch(w + (NT + j) * w_stride, 0, 3);
   }
-  v16 wv[NT];
+  Vec<P> wv[NT];
 #pragma GCC unroll 8
-  for (int j = 0; j < NT; ++j) wv[j] = load16(w + j * w_stride);
+  for (int j = 0; j < NT; ++j) wv[j] = load16<P>(w + j * w_stride);
 #pragma GCC unroll 8
   for (int i = 0; i < MT; ++i) {
-    const v16 xv = load16(x + i * x_stride);
+    const Vec<P> xv = load16<P>(x + i * x_stride);
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) acc[i][j] += xv * wv[j];
+    for (int j = 0; j < NT; ++j) fma16(acc[i][j], xv, wv[j]);
   }
 }
 
 // MT rows from m, NT weight rows from n. PREFETCH: also pull the next NT weight rows into the
 // cache, so a strip's weights stream in while the one before it is computed.
-template <int MT, int NT, bool PREFETCH = false>
+template <int P, int MT, int NT, bool PREFETCH = false>
 PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
   const int64_t K = p.in;
   const float* x = p.x + m * p.x_stride;
   const float* w = p.w + n * K;
-  v16 acc[MT][NT];
+  Vec<P> acc[MT][NT];
 #pragma GCC unroll 8
   for (int i = 0; i < MT; ++i)
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) acc[i][j] = v16{};
+    for (int j = 0; j < NT; ++j) acc[i][j] = zero<P>();
   const int64_t whole = K - K % kLanes;
-  for (int64_t k = 0; k < whole; k += kLanes) step<MT, NT, PREFETCH>(acc, x + k, p.x_stride, w + k, K);
+  for (int64_t k = 0; k < whole; k += kLanes) step<P, MT, NT, PREFETCH>(acc, x + k, p.x_stride, w + k, K);
   if (whole < K) {  // the last K % 16 columns, zero-padded: the same step on copies
     float xt[MT][kLanes] = {}, wt[NT][kLanes] = {};
     for (int i = 0; i < MT; ++i) std::memcpy(xt[i], x + i * p.x_stride + whole, (K - whole) * sizeof(float));
     for (int j = 0; j < NT; ++j) std::memcpy(wt[j], w + j * K + whole, (K - whole) * sizeof(float));
-    step<MT, NT>(acc, xt[0], kLanes, wt[0], kLanes);
+    step<P, MT, NT>(acc, xt[0], kLanes, wt[0], kLanes);
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MT; ++i) {
@@ -146,63 +211,65 @@ PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
 }
 
 // tile<count, NT> for a count in [1, MT] (the last rows of a block).
-template <int NT, int MT>
+template <int P, int NT, int MT>
 PONDER_ALWAYS_INLINE void last_rows(const Problem& p, int64_t m, int64_t n, int64_t count) {
   if constexpr (MT > 0) {
     if (count == MT) {
-      tile<MT, NT>(p, m, n);
+      tile<P, MT, NT>(p, m, n);
     } else {
-      last_rows<NT, MT - 1>(p, m, n, count);
+      last_rows<P, NT, MT - 1>(p, m, n, count);
     }
   }
 }
 
 // Rows [m0, m1) of the NT weight rows from n.
-template <int NT, int MT_MAX>
+template <int P, int NT, int MT_MAX>
 PONDER_ALWAYS_INLINE void strip(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
   int64_t m = m0;
   if (m + MT_MAX <= m1) {
-    tile<MT_MAX, NT, kPrefetch>(p, m, n);
+    tile<P, MT_MAX, NT, kPrefetch>(p, m, n);
     m += MT_MAX;
   }
-  for (; m + MT_MAX <= m1; m += MT_MAX) tile<MT_MAX, NT>(p, m, n);
-  last_rows<NT, MT_MAX - 1>(p, m, n, m1 - m);
+  for (; m + MT_MAX <= m1; m += MT_MAX) tile<P, MT_MAX, NT>(p, m, n);
+  last_rows<P, NT, MT_MAX - 1>(p, m, n, m1 - m);
 }
 
 // strip<count, MT_MAX> for a count in [1, NT] (the last weight rows).
-template <int MT_MAX, int NT>
+template <int P, int MT_MAX, int NT>
 PONDER_ALWAYS_INLINE void last_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n, int64_t count) {
   if constexpr (NT > 0) {
     if (count == NT) {
-      strip<NT, MT_MAX>(p, m0, m1, n);
+      strip<P, NT, MT_MAX>(p, m0, m1, n);
     } else {
-      last_strip<MT_MAX, NT - 1>(p, m0, m1, n, count);
+      last_strip<P, MT_MAX, NT - 1>(p, m0, m1, n, count);
     }
   }
 }
 
 // Output columns [n0, n1) of every row, tiles of up to MT_MAX x NT_MAX.
-template <int MT_MAX, int NT_MAX>
+// P: native registers per 16 lanes (see Vec).
+template <int P, int MT_MAX, int NT_MAX>
 PONDER_ALWAYS_INLINE void columns(const Problem& p, int64_t n0, int64_t n1) {
   int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
   block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
   for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
     const int64_t m1 = std::min(p.rows, m0 + block);
     int64_t n = n0;
-    for (; n + NT_MAX <= n1; n += NT_MAX) strip<NT_MAX, MT_MAX>(p, m0, m1, n);
-    last_strip<MT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
+    for (; n + NT_MAX <= n1; n += NT_MAX) strip<P, NT_MAX, MT_MAX>(p, m0, m1, n);
+    last_strip<P, MT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
   }
 }
 
 #if PONDER_LINEAR_X86
 PONDER_TARGET("arch=x86-64-v4") void columns_avx512(const Problem& p, int64_t n0, int64_t n1) {
-  columns<4, 4>(p, n0, n1);
+  columns<1, 4, 4>(p, n0, n1);  // 16 zmm accumulators
 }
 PONDER_TARGET("arch=x86-64-v3") void columns_avx2(const Problem& p, int64_t n0, int64_t n1) {
-  columns<2, 2>(p, n0, n1);
+  columns<2, 2, 2>(p, n0, n1);  // 8 ymm accumulators, 4 for the weights, 2 for x
 }
 #endif
-void columns_generic(const Problem& p, int64_t n0, int64_t n1) { columns<2, 2>(p, n0, n1); }
+// SSE2: 8 xmm accumulators, 4 for the weights, 4 for x (16 on x86-64)
+void columns_generic(const Problem& p, int64_t n0, int64_t n1) { columns<4, 1, 2>(p, n0, n1); }
 
 using ColumnsFn = void (*)(const Problem&, int64_t, int64_t);
 
@@ -263,5 +330,20 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
   auto bounds = [&](int64_t c) { return std::min(out_features, 4 * (quads * c / chunks)); };
   run_parts(chunks, static_cast<int>(threads), [&](int64_t c) { run(p, bounds(c), bounds(c + 1)); });
 }
+
+namespace detail {
+void linear_cpu_baseline_parts(int parts, const float* x, int64_t num_rows, int64_t in_features,
+                               int64_t x_row_stride, const float* w, int64_t out_features, const float* bias,
+                               float* out, int64_t out_row_stride) {
+  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride};
+  switch (parts) {
+    case 1: columns<1, 4, 4>(p, 0, out_features); return;
+    case 2: columns<2, 2, 2>(p, 0, out_features); return;
+    case 4: columns<4, 1, 2>(p, 0, out_features); return;
+    default: throw std::invalid_argument("linear_cpu_baseline_parts: parts must be 1, 2 or 4, got " +
+                                         std::to_string(parts));
+  }
+}
+}  // namespace detail
 
 }  // namespace ponder

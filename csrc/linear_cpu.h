@@ -35,4 +35,14 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
                 int64_t out_features, const float* bias, float* out, int64_t out_row_stride, int num_threads,
                 LinearIsa isa = LinearIsa::kAuto);
 
+namespace detail {
+// For tests: the baseline path (no instruction-set attribute, one thread, no checks) with each
+// 16-lane accumulator held as `parts` native vectors (1, 2 or 4, as the AVX-512 / AVX2 / baseline
+// paths hold it) and that path's tile shape. Every `parts` must give the same bits; throws
+// std::invalid_argument for another value.
+void linear_cpu_baseline_parts(int parts, const float* x, int64_t num_rows, int64_t in_features,
+                               int64_t x_row_stride, const float* w, int64_t out_features, const float* bias,
+                               float* out, int64_t out_row_stride);
+}  // namespace detail
+
 }  // namespace ponder

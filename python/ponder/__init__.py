@@ -31,7 +31,8 @@ del _torch_loaded, _user_policy
 # row's arithmetic fixed (0 of 132 mismatches over 1-300 rows and 1-2 threads, against 132 of
 # 132 without it; 64- and 528-row products as fast, 4-row ones within 15%). MKL reads it at its
 # first call, so it applies when ponder is imported before any matrix product; a value the user
-# set is kept.
+# set is kept. It does not cover products of 1-3 rows on every CPU (AMD EPYC), which is why the
+# model runs short sequences' rows through the native kernel (ops/linear.py).
 os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 from ponder._version import __version__

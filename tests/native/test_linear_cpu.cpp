@@ -83,6 +83,31 @@ PONDER_TEST(linear_cpu_rows_are_batch_invariant) {
   }
 }
 
+// The register layout of an accumulator (one zmm, two ymm or four xmm per 16 lanes) and the tile
+// shape that goes with it never change a result: compared here in the baseline instruction set,
+// where all three layouts run on any x86-64 CPU.
+PONDER_TEST(linear_cpu_register_layouts_give_the_same_bits) {
+  for (auto [M, K, N] : {std::tuple<int64_t, int64_t, int64_t>{23, 203, 71}, {9, 5, 3}, {5, 48, 17}}) {
+    const Dense d = make(M, K, N, 11 + unsigned(K));
+    std::vector<std::vector<float>> outs;
+    for (int parts : {1, 2, 4}) {
+      std::vector<float> out(M * (N + 1), -7.0f);
+      ponder::detail::linear_cpu_baseline_parts(parts, d.x.data(), M, K, K + 3, d.w.data(), N, d.bias.data(),
+                                                out.data(), N + 1);
+      outs.push_back(out);
+    }
+    for (size_t i = 0; i < outs[0].size(); ++i) {
+      CHECK_EQ(outs[1][i], outs[0][i]);
+      CHECK_EQ(outs[2][i], outs[0][i]);
+    }
+    CHECK_EQ(outs[0][N], -7.0f);
+  }
+  std::vector<float> out(4);
+  CHECK_THROWS(ponder::detail::linear_cpu_baseline_parts(3, out.data(), 1, 1, 1, out.data(), 1, nullptr,
+                                                         out.data() + 2, 1),
+               std::invalid_argument);
+}
+
 PONDER_TEST(linear_cpu_splits_large_products_over_threads) {
   const Dense d = make(64, 512, 300, 9);  // 9.8 M multiply-adds: split over the threads
   const std::vector<float> one = run(d, d.M, 0, 1, false);

@@ -136,24 +136,41 @@ def _indptr(lens):
 
 def test_row_route_per_row():
     g = torch.Generator().manual_seed(5)
-    w = torch.randn(1100, 256, generator=g)  # 1.1 MB: eligible
-    lens = [1, 3, 1, 1, 2]
+    w = torch.randn(40, 256, generator=g)  # any size: short sequences' rows go native
+    n = lin.NATIVE_MAX_SEQUENCE_TOKENS
+    lens = [1, n + 1, 1, n, 2]
     x = torch.randn(sum(lens), 256, generator=g)
     route = lin.RowRoute(_indptr(lens), x.shape[0])
     assert route.kind == "split"
     out = route(x, w)
-    single = torch.tensor([0, 4, 5])
-    multi = torch.tensor([1, 2, 3, 6, 7])
+    starts = [0] + list(torch.tensor(lens).cumsum(0))
+    multi = torch.arange(starts[1], starts[2])  # the one sequence of more than n tokens
+    single = torch.tensor([i for i in range(x.shape[0]) if not starts[1] <= i < starts[2]])
     assert torch.equal(out[single], lin.linear(x[single], w, backend="native"))
     assert torch.equal(out[multi], F.linear(x[multi], w))
     assert lin.RowRoute(_indptr([1, 1, 1]), 3).kind == "native"
-    assert lin.RowRoute(_indptr([2, 5]), 7).kind == "torch"
-    small = torch.randn(8, 256, generator=g)
-    assert torch.equal(route(x, small), F.linear(x, small))  # small weights: F.linear for every row
+    assert lin.RowRoute(_indptr([2, n]), n + 2).kind == "native"
+    assert lin.RowRoute(_indptr([n + 1, 40]), n + 41).kind == "torch"
+    xb, wb = x.bfloat16(), w.bfloat16()
+    assert torch.equal(route(xb, wb), F.linear(xb, wb))  # bf16: F.linear
+    trainable = w.clone().requires_grad_()
+    assert torch.equal(route(x, trainable), F.linear(x, trainable))  # autograd: F.linear
+
+
+def test_linear_rows_gives_each_row_the_same_bits_at_any_row_count():
+    g = torch.Generator().manual_seed(6)
+    for n, k in [(40, 128), (7, 33), (300, 64)]:  # small heads included: MKL varies below 4 rows on some CPUs
+        w, b = torch.randn(n, k, generator=g), torch.randn(n, generator=g)
+        x = torch.randn(9, k, generator=g)
+        full = lin.linear_rows(x, w, b)
+        for lo, hi in [(0, 1), (2, 4), (5, 8), (8, 9)]:
+            assert torch.equal(lin.linear_rows(x[lo:hi], w, b), full[lo:hi])
+        torch.testing.assert_close(full, F.linear(x, w, b), rtol=1e-5, atol=1e-5)  # fp32, other sum order
+    assert lin.linear_rows(x.bfloat16(), w.bfloat16()).dtype == torch.bfloat16  # F.linear
 
 
 def _model():
-    # gate_up 2 x 512 x 256 fp32 = 1 MiB: native for decode rows; the other matrices stay in MKL
+    # every matrix takes the native kernel for decode rows, whatever its size
     cfg = ModelConfig(vocab_size=40, hidden_size=256, intermediate_size=512, num_layers=2, num_heads=4,
                       num_kv_heads=2, head_dim=64, max_position_embeddings=64, eos_token_id=0)
     torch.manual_seed(0)
@@ -181,7 +198,7 @@ def _forward(model, kv, seqs, S=8):
 def test_decoder_decode_rows_take_the_native_kernel_and_do_not_depend_on_the_batch():
     model = _model()
     with torch.inference_mode():
-        assert lin.native_eligible(model.layers[0].gate_up_weight)
+        assert all(lin.native_capable(w) for w in (model.layers[0].qkv_weight, model.layers[0].down_weight))
     kv = model.allocate_kv_cache(8, 8)
     prompts = [[3, 4, 5, 6, 7], [8, 9, 10], [11, 12, 13, 14]]
     pages = [[0, 1], [2, 3], [4, 5]]
@@ -197,3 +214,22 @@ def test_decoder_decode_rows_take_the_native_kernel_and_do_not_depend_on_the_bat
         ids = torch.tensor(prompts[0] + [20])
         dense = model.forward_dense(ids[None])[0, -1]
     assert torch.allclose(alone[0], dense, atol=1e-4, rtol=1e-4)  # fp32, 2 layers, different sum orders
+    # the LM head: a row's logits do not depend on the rows beside it either
+    with torch.inference_mode():
+        assert torch.equal(model.logits(together[:1]), model.logits(together)[:1])
+
+
+def test_decoder_prefill_rows_do_not_depend_on_the_batch():
+    model = _model()
+    kv = model.allocate_kv_cache(16, 8)
+    n = lin.NATIVE_MAX_SEQUENCE_TOKENS
+    g = torch.Generator().manual_seed(7)
+    long_a = torch.randint(1, 40, (n + 5,), generator=g).tolist()  # F.linear rows
+    long_b = torch.randint(1, 40, (n + 9,), generator=g).tolist()
+    short = torch.randint(1, 40, (3,), generator=g).tolist()  # native rows
+    pa, pb, ps = [0, 1, 2], [3, 4, 5, 6], [7]
+    alone_a = _forward(model, kv.clone(), [(long_a, 0, pa)])
+    alone_s = _forward(model, kv.clone(), [(short, 0, ps)])
+    together = _forward(model, kv.clone(), [(short, 0, ps), (long_a, 0, pa), (long_b, 0, pb)])
+    assert torch.equal(together[:3], alone_s)
+    assert torch.equal(together[3:3 + len(long_a)], alone_a)

@@ -45,7 +45,9 @@ def test_value_score_norm_matches_rms_norm_then_dot():
     rows = torch.tensor([5, 0, 3])
     depth = torch.ones(3, dtype=torch.int32)
     score, path = ops.value_score(hidden, rows, weight, 1e-5, direction, 0.0, torch.zeros(3), depth, "prod")
-    expected = torch.sigmoid(ops.rms_norm(hidden[rows], weight, 1e-5).float() @ direction)
+    # the dot as value_score defines it: a per-row product and sum (a matrix-vector product may
+    # split the sum differently)
+    expected = torch.sigmoid((ops.rms_norm(hidden[rows], weight, 1e-5).float() * direction).sum(-1))
     assert torch.equal(score, expected) and torch.equal(path, expected)  # depth 1 ignores the parent
 
 

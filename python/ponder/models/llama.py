@@ -22,7 +22,7 @@ from torch import nn
 from ponder import ops
 from ponder.ops import reference
 from ponder.ops._registry import direct_call, implementation
-from ponder.ops.linear import RowRoute, linear
+from ponder.ops.linear import RowRoute, linear_rows
 from ponder.models import inputs
 from ponder.models.config import ModelConfig
 from ponder.models.value_head import ValueHeadModule
@@ -302,7 +302,7 @@ class DecoderLM(nn.Module):
         """hidden ``[B, C]`` (only the rows that need a next-token distribution) -> ``[B, V]`` fp32."""
         self._check_hidden(hidden)
         weight = self.embed if self.lm_head is None else self.lm_head
-        return linear(hidden, weight).float()  # [B, V]; native for large fp32 heads (ops/linear.py)
+        return linear_rows(hidden, weight).float()  # [B, V]; fp32: native, each row alone (ops/linear.py)
 
     @torch.inference_mode()
     def value(self, hidden: torch.Tensor) -> torch.Tensor:

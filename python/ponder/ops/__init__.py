@@ -34,8 +34,9 @@ implementation, so they trace under ``torch.compile`` and capture in CUDA graphs
   ``ponder._core`` for fp32 decode rows and short prefills (the reference stays the oracle)
 - ``norm``: ``rms_norm``;  ``rotary``: ``rotary``, ``rope_cache``
 - ``linear``: ``linear`` (``F.linear``, or on the CPU a native fp32 kernel that reads each
-  weight once per block of rows, for the decode rows of large fp32 models; ``RowRoute`` picks
-  the rows). Not a ``custom_op``: under compilation and autograd it is ``F.linear``
+  weight once per block of rows and gives each row the same bits at any row count; ``RowRoute``
+  picks the model's rows that take it, ``linear_rows`` runs the LM head with it). Not a
+  ``custom_op``: under compilation and autograd it is ``F.linear``
 - ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs)
 
 Every wrapper checks shapes, dtypes and devices on each call (metadata only, no device sync).

@@ -1,20 +1,30 @@
 """Linear layers: ``linear`` (``x · Wᵀ + b``) with a native host kernel for decode rows.
 
 A decode step of a few rows through a model of a few hundred MB reads every weight once and is
-bound by memory bandwidth. On the CPU, PyTorch's BLAS (MKL, with the row-count-independent
-results ``import ponder`` asks for) reads fp32 weights well below the bandwidth for few rows;
-``ponder._core.linear_cpu`` reads each weight once per block of rows. Over SmolLM2-135M's 121
-matrices (``benchmarks/bench_linear.py``, one pass, F.linear time / native time): 1.75x / 2.04x /
-1.87x / 1.53x / 1.25x at 1 / 4 / 8 / 16 / 64 rows on one thread, 2.14x / 1.31x / 0.81x at 1 / 8 /
-64 rows on two, and 0.80x / 0.74x at 528 rows (prefill), where MKL's packed kernels win. So the
-model runs the native kernel on *single-token rows*: the rows of sequences that add one token in
-a forward (every decode row). A row takes the same path whatever else is in its batch, and each
-kernel's result for a row does not depend on the other rows, so a sequence's tokens come out the
-same in any batch.
+bound by memory bandwidth. On the CPU, PyTorch's BLAS (MKL) reads fp32 weights well below the
+bandwidth for few rows; ``ponder._core.linear_cpu`` reads each weight once per block of rows.
+Over SmolLM2-135M's 121 matrices (``benchmarks/bench_linear.py``, one pass, F.linear time /
+native time): 1.75x / 2.04x / 1.87x / 1.53x / 1.25x at 1 / 4 / 8 / 16 / 64 rows on one thread,
+2.14x / 1.31x / 0.81x at 1 / 8 / 64 rows on two, and 0.80x / 0.74x at 528 rows (prefill),
+where MKL's packed kernels win (AVX-512 CPU).
 
-Only fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` go native: smaller matrices fit in
-cache, so there is no weight traffic to save, and they stay with PyTorch's BLAS. bf16 / fp16 weights use PyTorch's kernels (oneDNN's are fast).
-``F.linear`` is the reference the native kernel is tested against.
+A search's tokens must not depend on how its sequences were batched, so a row's fp32 product
+must not depend on the rows beside it. The native kernel computes every output the same way at
+any row count (``csrc/linear_cpu.h``). MKL does not: it takes other kernels for 1-3 rows than
+for more, with different sums, and ``MKL_CBWR`` (which ``import ponder`` sets) makes it
+row-count independent on some CPUs (AVX-512 Intel) but not on others (AMD EPYC with AVX2: rows
+1-3 differ under every setting). So :class:`RowRoute`, the model's rule, sends the rows of every
+sequence that adds at most ``NATIVE_MAX_SEQUENCE_TOKENS`` tokens in a forward (every decode row,
+short appends) through the native kernel, whatever the matrix size, and the rows of longer
+sequences (prefills) through ``F.linear`` together, always at least 16 rows, where MKL's result
+per row was the same at every row count measured (1-2 threads, 11 shapes, up to 400 rows).
+The LM head of :meth:`DecoderLM.logits` takes the native kernel for every fp32 row.
+
+``linear(..., backend="auto")``, the general entry point, is the fast choice instead: native
+only for fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` (smaller matrices fit in cache,
+so there is no weight traffic to save). bf16 / fp16 weights always use PyTorch's kernels
+(oneDNN's are fast), with no such row-count guarantee. ``F.linear`` is the reference the native
+kernel is tested against.
 """
 
 from __future__ import annotations
@@ -33,8 +43,12 @@ try:
 except ImportError:  # a source tree without the built extension
     _core = None
 
-# fp32 weights smaller than this (1 MiB: about half an L2 cache) stay with PyTorch's BLAS
+# backend="auto": fp32 weights smaller than this (1 MiB: about half an L2 cache) stay with
+# PyTorch's BLAS
 NATIVE_MIN_WEIGHT_BYTES = 1 << 20
+# RowRoute: sequences adding at most this many tokens in a forward take the native kernel, so
+# F.linear only ever sees 16 rows or more (MKL's per-row result varies below 4 rows on some CPUs)
+NATIVE_MAX_SEQUENCE_TOKENS = 15
 LINEAR_BACKENDS = ("auto", "torch", "native")
 
 
@@ -43,14 +57,33 @@ def native_available() -> bool:
     return _core is not None and hasattr(_core, "linear_cpu")
 
 
-def native_eligible(weight: torch.Tensor) -> bool:
-    """Whether ``linear(..., backend="auto")`` runs ``weight`` natively: a contiguous fp32 CPU
-    matrix of at least ``NATIVE_MIN_WEIGHT_BYTES``, outside autograd and compilation."""
+def native_capable(weight: torch.Tensor) -> bool:
+    """Whether the native kernel can run ``weight``: a contiguous fp32 CPU matrix, outside
+    autograd and compilation (any size; :class:`RowRoute` and :func:`linear_rows` use it)."""
     return (native_available() and weight.device.type == "cpu" and weight.dtype == torch.float32
             and weight.dim() == 2 and weight.is_contiguous()
-            and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES
             and not (torch.is_grad_enabled() and weight.requires_grad)
             and not torch.compiler.is_compiling())
+
+
+def native_eligible(weight: torch.Tensor) -> bool:
+    """Whether ``linear(..., backend="auto")`` runs ``weight`` natively: :func:`native_capable`
+    and at least ``NATIVE_MIN_WEIGHT_BYTES``."""
+    return native_capable(weight) and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES
+
+
+def _native_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    return (native_capable(weight) and x.dtype == torch.float32 and x.device.type == "cpu"
+            and (bias is None or bias.dtype == torch.float32) and not _needs_grad(x, bias))
+
+
+def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x · weightᵀ + bias`` with each row's result independent of the other rows: the native
+    kernel whenever it can run (fp32 CPU tensors, nothing needing a gradient, any weight size),
+    else ``F.linear``. Shapes are not checked here (the model's own calls are well-formed)."""
+    if _native_ok(x, weight, bias):
+        return _native(x, weight, bias)
+    return F.linear(x, weight, bias)
 
 
 def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -123,12 +156,14 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] =
 
 
 class RowRoute:
-    """Which rows of one forward take the native kernel: the rows of sequences with one new token.
+    """Which rows of one forward take the native kernel: the rows of sequences that add at most
+    ``NATIVE_MAX_SEQUENCE_TOKENS`` tokens (every decode row).
 
     Built once per forward from ``query_indptr`` ``[B+1]`` (CPU int32 / int64); ``route(x, w, b)``
-    then runs one linear layer over all ``T`` rows of ``x [T, K]``: single-token rows through
-    :func:`linear` ``backend="auto"``, the rest through ``F.linear``, each row's result
-    independent of the others. On other devices every row takes ``F.linear``.
+    then runs one linear layer over all ``T`` rows of ``x [T, K]``: those rows through the native
+    kernel for any fp32 weight, the rest through one ``F.linear`` call (at least 16 rows), so a
+    row takes the same path and gets the same bits whatever else is in its batch. bf16 / fp16
+    weights, autograd and other devices take ``F.linear`` for every row.
     """
 
     __slots__ = ("single", "multi", "kind")
@@ -139,21 +174,20 @@ class RowRoute:
             self.kind = "torch"
             return
         lens = np.diff(query_indptr.numpy())  # numpy: microseconds, where four tiny torch ops take ~25
-        one = lens == 1
-        count = int(one.sum())
+        short = lens <= NATIVE_MAX_SEQUENCE_TOKENS
+        count = int(short.sum())
         if count == lens.size:
             self.kind = "native"
         elif count == 0:
             self.kind = "torch"
         else:
             self.kind = "split"
-            rows = torch.from_numpy(np.repeat(one, lens))
+            rows = torch.from_numpy(np.repeat(short, lens))
             self.single = rows.nonzero().flatten()
             self.multi = (~rows).nonzero().flatten()
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-        if (self.kind == "torch" or not native_eligible(weight) or x.dtype != torch.float32
-                or (bias is not None and bias.dtype != torch.float32) or _needs_grad(x, bias)):  # fmt: skip
+        if self.kind == "torch" or not _native_ok(x, weight, bias):
             return F.linear(x, weight, bias)
         if self.kind == "native":
             return _native(x, weight, bias)
