@@ -374,9 +374,11 @@ def _drive(machine, examples, steps, min_ops):
     assert ran >= min_ops, f"only {ran} operations ran"
 
 
-# The two tests together drive at least 50,000 operations (about 40 s of CPU time).
+# The two tests together drive at least 46,000 operations (about 40 s of CPU time). Hypothesis
+# ends many runs early, so the count varies by chance: 36,996 to 40,010 model operations and
+# 15,240 to 17,363 collision operations in five runs; the floors leave room for that.
 def test_page_table_matches_model():
-    _drive(ModelMachine, examples=500, steps=100, min_ops=37_000)
+    _drive(ModelMachine, examples=500, steps=100, min_ops=33_000)
 
 
 def test_hash_collisions_never_serve_wrong_kv():

@@ -302,7 +302,7 @@ class DecoderLM(nn.Module):
         """hidden ``[B, C]`` (only the rows that need a next-token distribution) -> ``[B, V]`` fp32."""
         self._check_hidden(hidden)
         weight = self.embed if self.lm_head is None else self.lm_head
-        return linear_rows(hidden, weight).float()  # [B, V]; fp32: native, each row alone (ops/linear.py)
+        return linear_rows(hidden, weight).float()  # [B, V]; fp32: each row's bits alone (ops/linear.py)
 
     @torch.inference_mode()
     def value(self, hidden: torch.Tensor) -> torch.Tensor:

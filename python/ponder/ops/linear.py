@@ -13,17 +13,20 @@ must not depend on the rows beside it. The native kernel computes every output t
 any row count (``csrc/linear_cpu.h``). MKL does not: it takes other kernels for 1-3 rows than
 for more, with different sums, and ``MKL_CBWR`` (which ``import ponder`` sets) makes it
 row-count independent on some CPUs (AVX-512 Intel) but not on others (AMD EPYC with AVX2: rows
-1-3 differ under every setting). So :class:`RowRoute`, the model's rule, sends the rows of every
-sequence that adds at most ``NATIVE_MAX_SEQUENCE_TOKENS`` tokens in a forward (every decode row,
-short appends) through the native kernel, whatever the matrix size, and the rows of longer
-sequences (prefills) through ``F.linear`` together, always at least 16 rows, where MKL's result
-per row was the same at every row count measured (1-2 threads, 11 shapes, up to 400 rows).
-The LM head of :meth:`DecoderLM.logits` takes the native kernel for every fp32 row.
+1-3 differ under every setting). From 16 rows up MKL's result per row was the same at every row
+count measured (1-2 threads, 11 shapes, up to 400 rows, both CPUs). So :class:`RowRoute`, the
+model's rule, sends the rows of every sequence that adds at most ``NATIVE_MAX_SEQUENCE_TOKENS``
+tokens in a forward (every decode row, short appends) through the native kernel for matrices of
+at least ``NATIVE_MIN_WEIGHT_BYTES``, and every other fp32 CPU product through ``F.linear`` with
+at least ``MIN_BLAS_ROWS`` rows (zero rows appended when there are fewer, then dropped): small
+matrices, where MKL is faster than the native kernel at many rows (a 2-layer model with hidden
+size 256, 256 decode rows: 32.6 ms per step against 43.4 ms native, AMD EPYC, 1 thread), and
+long sequences' rows (prefill). :func:`linear_rows` applies the same rule to the LM head.
 
-``linear(..., backend="auto")``, the general entry point, is the fast choice instead: native
-only for fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES`` (smaller matrices fit in cache,
-so there is no weight traffic to save). bf16 / fp16 weights always use PyTorch's kernels
-(oneDNN's are fast), with no such row-count guarantee. ``F.linear`` is the reference the native
+``linear(..., backend="auto")``, the general entry point, takes the native kernel by the same
+size rule (smaller matrices fit in cache, so there is no weight traffic to save) for all its
+rows, and ``F.linear`` as it is otherwise. bf16 / fp16 weights always use PyTorch's kernels
+(oneDNN's are fast), with no row-count guarantee. ``F.linear`` is the reference the native
 kernel is tested against.
 """
 
@@ -46,9 +49,11 @@ except ImportError:  # a source tree without the built extension
 # backend="auto": fp32 weights smaller than this (1 MiB: about half an L2 cache) stay with
 # PyTorch's BLAS
 NATIVE_MIN_WEIGHT_BYTES = 1 << 20
-# RowRoute: sequences adding at most this many tokens in a forward take the native kernel, so
-# F.linear only ever sees 16 rows or more (MKL's per-row result varies below 4 rows on some CPUs)
+# RowRoute: sequences adding at most this many tokens in a forward take the native kernel
 NATIVE_MAX_SEQUENCE_TOKENS = 15
+# RowRoute / linear_rows: fp32 CPU products through F.linear get at least this many rows (MKL's
+# per-row result varies with the row count below 4 rows on some CPUs)
+MIN_BLAS_ROWS = 16
 LINEAR_BACKENDS = ("auto", "torch", "native")
 
 
@@ -59,7 +64,7 @@ def native_available() -> bool:
 
 def native_capable(weight: torch.Tensor) -> bool:
     """Whether the native kernel can run ``weight``: a contiguous fp32 CPU matrix, outside
-    autograd and compilation (any size; :class:`RowRoute` and :func:`linear_rows` use it)."""
+    autograd and compilation (any size)."""
     return (native_available() and weight.device.type == "cpu" and weight.dtype == torch.float32
             and weight.dim() == 2 and weight.is_contiguous()
             and not (torch.is_grad_enabled() and weight.requires_grad)
@@ -73,17 +78,32 @@ def native_eligible(weight: torch.Tensor) -> bool:
 
 
 def _native_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    return (native_capable(weight) and x.dtype == torch.float32 and x.device.type == "cpu"
+    """The model's rule for the native kernel: an eligible weight, fp32 x and bias, no gradient."""
+    return (native_eligible(weight) and x.dtype == torch.float32 and x.device.type == "cpu"
             and (bias is None or bias.dtype == torch.float32) and not _needs_grad(x, bias))
 
 
+def _blas_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
+    """``F.linear`` of the rows of x ``[M, K]``; an fp32 CPU product of 1 to MIN_BLAS_ROWS - 1
+    rows runs on MIN_BLAS_ROWS rows (x's, then zeros), so each row takes the kernel it would
+    take in a larger batch."""
+    M = x.shape[0]
+    if 0 < M < MIN_BLAS_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 \
+            and weight.dtype == torch.float32:
+        padded = x.new_zeros(MIN_BLAS_ROWS, x.shape[1])
+        padded[:M] = x
+        return F.linear(padded, weight, bias)[:M]
+    return F.linear(x, weight, bias)
+
+
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``x · weightᵀ + bias`` with each row's result independent of the other rows: the native
-    kernel whenever it can run (fp32 CPU tensors, nothing needing a gradient, any weight size),
-    else ``F.linear``. Shapes are not checked here (the model's own calls are well-formed)."""
+    """``x [M, K] · weightᵀ + bias`` with each fp32 row's result independent of the other rows
+    (the LM head's rule; see the module docstring): the native kernel for fp32 CPU weights of at
+    least ``NATIVE_MIN_WEIGHT_BYTES`` when nothing needs a gradient, else ``F.linear`` on at
+    least ``MIN_BLAS_ROWS`` rows. Shapes are not checked here (the model's calls are well-formed)."""
     if _native_ok(x, weight, bias):
         return _native(x, weight, bias)
-    return F.linear(x, weight, bias)
+    return _blas_rows(x, weight, bias)
 
 
 def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -161,9 +181,10 @@ class RowRoute:
 
     Built once per forward from ``query_indptr`` ``[B+1]`` (CPU int32 / int64); ``route(x, w, b)``
     then runs one linear layer over all ``T`` rows of ``x [T, K]``: those rows through the native
-    kernel for any fp32 weight, the rest through one ``F.linear`` call (at least 16 rows), so a
-    row takes the same path and gets the same bits whatever else is in its batch. bf16 / fp16
-    weights, autograd and other devices take ``F.linear`` for every row.
+    kernel for fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES``, the rest (or, for smaller
+    weights, all rows) through one ``F.linear`` call of at least ``MIN_BLAS_ROWS`` rows, so a row
+    takes the same path and gets the same bits whatever else is in its batch. bf16 / fp16
+    weights, autograd and other devices take plain ``F.linear``.
     """
 
     __slots__ = ("single", "multi", "kind")
@@ -188,10 +209,10 @@ class RowRoute:
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.kind == "torch" or not _native_ok(x, weight, bias):
-            return F.linear(x, weight, bias)
+            return _blas_rows(x, weight, bias)
         if self.kind == "native":
             return _native(x, weight, bias)
         out = torch.empty(x.shape[0], weight.shape[0], dtype=x.dtype)
         out[self.single] = _native(x[self.single], weight, bias)
-        out[self.multi] = F.linear(x[self.multi], weight, bias)
+        out[self.multi] = _blas_rows(x[self.multi], weight, bias)
         return out
