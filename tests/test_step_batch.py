@@ -97,3 +97,39 @@ def test_candidates_are_cached_per_tokenizer_and_strings():
     b = cached_stop_string_candidates(tok, ("x.",), len(PIECES))
     assert b is not a and b[PIECES.index("x.")] and not a[PIECES.index("x.")]
     assert cached_stop_string_candidates(Pieces(PIECES), ("\n",), len(PIECES)) is not a  # another tokenizer
+
+
+def _batch(source):
+    from ponder.step_batch import StepBatch
+    n = len(source)
+    z = np.zeros(n, dtype=np.int64)
+    return StepBatch(parents=np.asarray(source, dtype=np.int64), source=np.asarray(source), rng_ids=z,
+                     child_index=np.arange(n), seqs=np.arange(n, dtype=np.int32), lengths=z.copy(),
+                     trie_states=np.full(n, -1, np.int32), max_tokens=4)
+
+
+def _partition(rows, groups):
+    """The rows grouped together, as a set of frozensets (labels do not matter)."""
+    if groups is None:
+        return {frozenset([r]) for r in rows.tolist()}
+    firsts, of_row = groups
+    assert np.array_equal(of_row[firsts], np.arange(firsts.size))
+    return {frozenset(rows[of_row == g].tolist()) for g in range(firsts.size)}
+
+
+def test_row_groups_follow_parent_and_tokens_and_only_split():
+    b = _batch([0, 0, 0, 1, 1, 2])
+    rows = np.arange(6)
+    assert _partition(rows, b.groups_of(rows)) == {frozenset({0, 1, 2}), frozenset({3, 4}), frozenset({5})}
+    # same parent and same token stay together; the same token on another parent does not join
+    groups = b.regroup(rows, np.array([7, 7, 8, 7, 7, 7]), vocab_size=10)
+    assert _partition(rows, groups) == {frozenset({0, 1}), frozenset({2}), frozenset({3, 4}), frozenset({5})}
+    assert _partition(rows, b.groups_of(rows)) == _partition(rows, groups)
+    # rows 2 and 5 left; rows 0 and 1 part; groups never merge again
+    rows = np.array([0, 1, 3, 4])
+    groups = b.regroup(rows, np.array([1, 2, 5, 5]), vocab_size=10)
+    assert _partition(rows, groups) == {frozenset({0}), frozenset({1}), frozenset({3, 4})}
+    assert _partition(rows[2:], b.groups_of(rows[2:])) == {frozenset({3, 4})}
+    b.ungroup(rows)
+    assert b.groups_of(rows) is None and b.regroup(rows, np.array([5, 5, 5, 5]), vocab_size=10) is None
+    assert b.regroup(rows[:1], np.array([5]), vocab_size=10) is None  # a lone row

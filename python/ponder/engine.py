@@ -191,8 +191,13 @@ class Engine(KVStore):
         ``mask`` is (allowed_tokens callback or None, step TokenTrie or None)."""
         allowed_tokens, trie = mask
         states = None if trie is None else batch.trie_states[rows]
+        groups = batch.groups_of(rows) if self.dedup_rows else None
         with torch.inference_mode():
-            logits = self.model.logits(hidden)
+            if groups is None:
+                logits = self.model.logits(hidden)
+            else:  # rows of a group have the same hidden state: one LM-head row each
+                firsts, of_row = (torch.from_numpy(a).to(hidden.device) for a in groups)
+                logits = self.model.logits(hidden[firsts])[of_row]
             if allowed_tokens is not None:
                 logits = constrain_logits(batch.branches(rows), logits, allowed_tokens)
             if states is not None and (states >= 0).any():
@@ -235,7 +240,13 @@ class Engine(KVStore):
         """Feed each of ``rows`` its last sampled token in one forward; rows whose step ended keep
         the hidden state, the others sample their next token. Returns the rows still running."""
         toks = batch.tokens[rows, batch.counts[rows] - 1]
-        hidden = self.decode_forward(batch.seqs[rows], toks, "decoding", evict)
+        groups = batch.regroup(rows, toks, self.vocab_size) if self.dedup_rows else None
+        hidden = self.decode_forward(batch.seqs[rows], toks, "decoding", evict, groups)
+        if groups is not None:
+            if self.last_decode_grouped:
+                self.stats.decode_rows_shared += rows.size - groups[0].size
+            else:  # every row ran on its own and may round differently: no more shared rows
+                batch.ungroup(rows)
         self.stats.tokens_decoded += rows.size
         batch.lengths[rows] += 1
         done = batch.finish[rows] != RUNNING

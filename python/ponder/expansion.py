@@ -125,6 +125,8 @@ class Expansion:
 class EngineStats:
     tokens_prefilled: int = 0
     tokens_decoded: int = 0
+    # decode rows whose model work another row of the same group did (``dedup_rows``)
+    decode_rows_shared: int = 0
     model_calls: int = 0
     pages_peak: int = 0
     evicted_sequences: int = 0

@@ -14,6 +14,7 @@ when it is next extended, with the prefix cache picking up whatever pages surviv
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -31,6 +32,14 @@ from ponder.sequences import NO_PAGES, SeqRecord, SeqTable
 __all__ = ["EvictFn", "KVStore", "int_list"]
 
 logger = logging.getLogger(__name__)
+
+def _takes_row_groups(model) -> bool:
+    """Whether ``model.forward`` has a ``row_groups`` parameter."""
+    try:
+        return "row_groups" in inspect.signature(model.forward).parameters
+    except (AttributeError, TypeError, ValueError):  # no forward, or one inspect cannot read
+        return False
+
 
 class KVStore:
     """Owns one model's KV cache, its PageTable and the sequence records.
@@ -55,13 +64,19 @@ class KVStore:
             enough KV (``SHARED_PREFIX_MIN_SAVING`` token reads) builds one attention plan for the
             batch and every layer reads each shared segment once (``ops.shared_prefix_attention``);
             ``"paged"``: every sequence always reads its whole KV (``ops.paged_attention``).
+        dedup_rows: in a decode step of ``Engine.expand``, rows that are sure to give the same
+            result (siblings that have drawn the same tokens so far: same token, position and
+            cached context) run the model's row-wise work and the LM head once per group
+            (``DecoderLM.forward(row_groups=...)``); every row still writes its own KV and
+            samples with its own key, so results are the same bits either way. None (default):
+            on when the model's ``forward`` takes ``row_groups``; True requires that.
     """
 
     def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
                  max_kv_bytes: Optional[int] = None, prefix_cache: bool = True,
                  eos_token_ids: Optional[Sequence[int]] = None, max_batch_tokens: int = 4096,
                  evict: Optional[EvictFn] = None, backend: str = "auto", decode_attention: str = "shared_prefix",
-                 chat_template: bool = True):
+                 chat_template: bool = True, dedup_rows: Optional[bool] = None):
         for name in ("kv_bytes_per_token", "config", "allocate_kv_cache"):
             if not hasattr(model, name):
                 raise TypeError(f"model must be a ponder.models.DecoderLM (or have its interface), "
@@ -71,6 +86,13 @@ class KVStore:
         if decode_attention not in DECODE_ATTENTION:
             raise ValueError(f"decode_attention must be one of {DECODE_ATTENTION}, got {decode_attention!r}")
         ops.resolve_backend(backend)  # validates the name now rather than mid-search
+        takes_groups = _takes_row_groups(model)
+        if dedup_rows is not None and not isinstance(dedup_rows, (bool, np.bool_)):
+            raise TypeError(f"dedup_rows must be None, True or False, got {dedup_rows!r}")
+        if dedup_rows and not takes_groups:
+            raise TypeError(f"dedup_rows=True needs a model whose forward takes row_groups (like "
+                            f"ponder.models.DecoderLM); {type(model).__name__}.forward does not")
+        self.dedup_rows = takes_groups if dedup_rows is None else bool(dedup_rows)
         self.decode_attention = decode_attention
         self.chat_template = bool(chat_template)
         self.model, self.tokenizer, self.page_size = model, tokenizer, page_size
@@ -87,6 +109,7 @@ class KVStore:
         self.seqs = SeqTable()
         self.protected: set = set()  # handles whose KV this call needs (never evicted meanwhile)
         self._plan_options: Optional[dict] = None  # attention-plan item shapes for the backend
+        self.last_decode_grouped = False  # whether the last decode_forward ran its row groups
 
     # ---------------------------------------------------------------- accounting
     @property
@@ -228,10 +251,15 @@ class KVStore:
                                                         backend=self.backend)
         return self._run_model(input_ids, positions, slots, tables, lens, indptr, plan)
 
-    def decode_forward(self, pages: np.ndarray, tokens: np.ndarray, what: str, evict: Optional[EvictFn]) -> torch.Tensor:
+    def decode_forward(self, pages: np.ndarray, tokens: np.ndarray, what: str, evict: Optional[EvictFn],
+                       row_groups: Optional[Tuple[np.ndarray, np.ndarray]] = None) -> torch.Tensor:
         """Feed ``tokens[i]`` to page sequence ``pages[i]`` (distinct) in one forward; returns the
         hidden rows ``[B, C]``. One native call (``PageTable.decode_step``) appends the tokens and
-        returns the step's positions, slots, copy-on-write list, block tables and attention plan."""
+        returns the step's positions, slots, copy-on-write list, block tables and attention plan.
+        ``row_groups``: (firsts, groups) int64 arrays of rows known to give the same result
+        (``DecoderLM.forward``); only given when ``dedup_rows`` is on. A step that builds an
+        attention plan runs every row, and sets ``last_decode_grouped`` False: its rows' results
+        may then differ in rounding, so their groups must be split."""
         B = len(pages)
         min_saving = SHARED_PREFIX_MIN_SAVING if self.decode_attention == "shared_prefix" else -1
         if self._plan_options is None:
@@ -246,11 +274,17 @@ class KVStore:
                            torch.from_numpy(step.copy_dst).to(self.device), backend=self.backend)
         self._note_usage()
         plan = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size).to(self.device)
+        if plan is not None:
+            row_groups = None
+        self.last_decode_grouped = row_groups is not None
         return self._run_model(tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
-                               np.arange(B + 1, dtype=np.int32), plan)
+                               np.arange(B + 1, dtype=np.int32), plan, row_groups)
 
-    def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan) -> torch.Tensor:
+    def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan, row_groups=None) -> torch.Tensor:
         dev = self.device
+        extra = {}
+        if row_groups is not None:
+            extra["row_groups"] = tuple(torch.from_numpy(a).to(dev) for a in row_groups)
         with torch.inference_mode():
             hidden = self.model(
                 torch.as_tensor(np.asarray(input_ids, dtype=np.int64), device=dev),
@@ -262,6 +296,7 @@ class KVStore:
                 torch.as_tensor(indptr, device=dev),
                 check=False,  # the page table builds consistent metadata; skip per-step value checks
                 decode_plan=plan,
+                **extra,
             )
         self.stats.model_calls += 1
         return hidden

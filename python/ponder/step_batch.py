@@ -129,6 +129,9 @@ class StepBatch:
         self.finish = np.zeros(n, dtype=np.int8)
         self.hiddens: List[torch.Tensor] = []  # hidden states of decode steps where some row finished
         self.hidden_at = np.full((n, 2), -1, dtype=np.int64)  # (index into hiddens, row) of a finished row
+        # rows with the same group have the same parent and the same step tokens so far, hence
+        # the same KV context and hidden state; ids are only compared among rows still running
+        self.group = source.astype(np.int64)
 
     def __len__(self) -> int:
         return int(self.parents.size)
@@ -139,6 +142,33 @@ class StepBatch:
         self.tokens[rows, at] = tokens
         self.logprobs[rows, at] = logprobs
         self.counts[rows] = at + 1
+
+    def regroup(self, rows: np.ndarray, tokens: np.ndarray, vocab_size: int
+                ) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """Split ``rows``' groups by the token each is about to feed (``tokens``, in
+        ``[0, vocab_size)``); returns :meth:`groups_of` of the new groups."""
+        if rows.size < 2:
+            return None
+        _, firsts, of_row = np.unique(self.group[rows] * vocab_size + tokens, return_index=True,
+                                      return_inverse=True)
+        self.group[rows] = of_row
+        if firsts.size == rows.size:
+            return None
+        return firsts.astype(np.int64), of_row.reshape(-1).astype(np.int64)
+
+    def ungroup(self, rows: np.ndarray) -> None:
+        """Put each of ``rows`` in a group of its own."""
+        self.group[rows] = np.arange(rows.size)
+
+    def groups_of(self, rows: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
+        """``(firsts, of_row)``: ``rows[firsts[g]]`` is the first of ``rows`` in group g and
+        ``of_row[i]`` is row ``rows[i]``'s group; None when every row is alone in its group."""
+        if rows.size < 2:
+            return None
+        _, firsts, of_row = np.unique(self.group[rows], return_index=True, return_inverse=True)
+        if firsts.size == rows.size:
+            return None
+        return firsts.astype(np.int64), of_row.reshape(-1).astype(np.int64)
 
     def step_tokens(self, i: int) -> List[int]:
         return self.tokens[i, :self.counts[i]].tolist()

@@ -98,3 +98,51 @@ def check_values(cfg: ModelConfig, input_ids, positions, kv_cache, slot_mapping,
         slot = int(unique[counts > 1][0])
         raise ValueError(f"slot_mapping writes slot {slot} more than once: sequences share the page "
                          f"{slot // S} they append to (copy it on write first)")
+
+
+def check_row_groups(row_groups, input_ids, positions, block_tables, query_indptr, check_values: bool):
+    """``(firsts, groups)`` of ``DecoderLM.forward(row_groups=...)``, checked: metadata always,
+    values (index ranges, ``groups[firsts] == arange(U)``, one row per sequence, equal tokens and
+    positions within a group) when ``check_values``."""
+    if not isinstance(row_groups, (tuple, list)) or len(row_groups) != 2:
+        raise TypeError(f"row_groups must be a pair (firsts, groups) of int64 tensors, got "
+                        f"{type(row_groups).__name__}")
+    firsts, groups = row_groups
+    T = input_ids.shape[0]
+    for name, t in (("row_groups[0] (firsts)", firsts), ("row_groups[1] (groups)", groups)):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.int64 or t.dim() != 1:
+            raise TypeError(f"{name} must be a 1-D torch.int64 tensor, got {_describe(t)}")
+        if t.device != input_ids.device:
+            raise ValueError(f"{name} is on {t.device} but input_ids is on {input_ids.device}")
+    if groups.shape[0] != T:
+        raise ValueError(f"row_groups[1] (groups) must have T={T} entries, one per row, got {groups.shape[0]}")
+    U = firsts.shape[0]
+    if not 1 <= U <= T:
+        raise ValueError(f"row_groups[0] (firsts) must hold 1 to T={T} rows, got {U}")
+    if block_tables.shape[0] != T:
+        raise ValueError(f"row_groups serves decode batches (one new token per sequence); got {T} tokens for "
+                         f"{block_tables.shape[0]} sequences")
+    if not check_values:
+        return firsts, groups
+    if bool((query_indptr.long() != torch.arange(T + 1, device=query_indptr.device)).any()):
+        raise ValueError(f"row_groups serves decode batches: query_indptr must be 0, 1, ..., {T}, "
+                         f"got {query_indptr.tolist()}")
+    lo, hi = torch.stack(torch.aminmax(firsts)).tolist()
+    if lo < 0 or hi >= T:
+        raise ValueError(f"row_groups[0] (firsts) must hold row indices in [0, {T}), got values in [{lo}, {hi}]")
+    lo, hi = torch.stack(torch.aminmax(groups)).tolist()
+    if lo < 0 or hi >= U:
+        raise ValueError(f"row_groups[1] (groups) must hold group ids in [0, {U}), got values in [{lo}, {hi}]")
+    bad = (groups[firsts] != torch.arange(U, device=groups.device)).nonzero()
+    if bad.numel():
+        g = int(bad[0])
+        raise ValueError(f"row_groups[0][{g}] = {int(firsts[g])} is not a row of group {g}: "
+                         f"groups[{int(firsts[g])}] = {int(groups[firsts[g]])}")
+    for name, t in (("input_ids", input_ids), ("positions", positions)):
+        bad = (t != t[firsts][groups]).nonzero()
+        if bad.numel():
+            r = int(bad[0])
+            g = int(groups[r])
+            raise ValueError(f"row_groups puts row {r} in group {g}, but {name}[{r}] = {int(t[r])} differs from "
+                             f"{name}[{int(firsts[g])}] = {int(t[firsts[g]])} of the group's first row")
+    return firsts, groups

@@ -172,7 +172,8 @@ class DecoderLM(nn.Module):
     @torch.inference_mode()
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 slot_mapping: torch.Tensor, block_tables: torch.Tensor, seq_lens: torch.Tensor,
-                query_indptr: torch.Tensor, *, check: Optional[bool] = None, decode_plan=None) -> torch.Tensor:
+                query_indptr: torch.Tensor, *, check: Optional[bool] = None, decode_plan=None,
+                row_groups=None) -> torch.Tensor:
         """Run ``T`` new tokens of ``B`` sequences; returns the final-normed hidden ``[T, C]``.
 
         input_ids ``[T]`` int64; positions ``[T]`` int64 (absolute position of each token);
@@ -187,6 +188,17 @@ class DecoderLM(nn.Module):
         :class:`~ponder.attention_plan.DeviceAttentionPlan` from ``ops.plan_shared_prefix_attention``
         over the same block tables and lengths; every layer then runs
         ``ops.shared_prefix_attention``, reading each KV segment shared by several sequences once.
+        row_groups: for a decode batch, ``(firsts [U], groups [T])`` int64 marking rows whose
+        results are the same: rows with equal ``groups`` feed the same token at the same position
+        on the same cached context (the same K/V values), and ``firsts[g]`` is a row of group
+        ``g`` (``groups[firsts] == arange(U)``). Only the ``U`` first rows run (embedding, norms,
+        projections, rotary, attention over their own pages, MLP); every row still writes its
+        own K/V slot. The result is the same bits as without ``row_groups``: the linears give a
+        row the same bits whatever its batch (``ops/linear.py``), and per-sequence attention
+        reads a row's own keys and values alone. Not with ``decode_plan``: a plan's items
+        depend on which pages rows share, so rows with the same keys can round differently.
+        The caller vouches for the shared context: values checks cover the tokens, positions
+        and index ranges, not the cache contents.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
@@ -207,25 +219,47 @@ class DecoderLM(nn.Module):
             return torch.empty(0, cfg.hidden_size, dtype=self.dtype, device=self.device)
         H, Hk, D = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
         scale = 1.0 / math.sqrt(D)
+        firsts = groups = None
+        if row_groups is not None:
+            if decode_plan is not None:
+                raise ValueError("row_groups and decode_plan do not go together: under a plan, rows with the same "
+                                 "keys can round differently (a row's items depend on the pages it shares)")
+            firsts, groups = inputs.check_row_groups(row_groups, input_ids, positions, block_tables, query_indptr,
+                                                     self.device.type == "cpu" if check is None else check)
+            if firsts.shape[0] == T:  # every row its own group
+                firsts = groups = None
         norm, rotate, append, attend = self._layer_ops(decode_plan is not None, input_ids, kv_cache)
         meta = decode_plan if decode_plan is not None else (block_tables, seq_lens, query_indptr)
-        route = RowRoute(query_indptr, T)  # decode rows: the native linear kernel (ops/linear.py)
-        x = F.embedding(input_ids, self.embed)  # [T, C]
+        if firsts is None:
+            route = RowRoute(query_indptr, T)  # decode rows: the native linear kernel (ops/linear.py)
+            U = T
+            x = F.embedding(input_ids, self.embed)  # [T, C]
+        else:  # a decode batch: U distinct rows, each a sequence of one new token
+            U = firsts.shape[0]
+            route = RowRoute(query_indptr[:U + 1], U)
+            x = F.embedding(input_ids[firsts], self.embed)  # [U, C]
+            positions = positions[firsts]  # [U]
+            # per-sequence attention: a row's output depends on its own keys and values alone,
+            # and a group's rows hold the same ones, so the first row attends for all
+            meta = (block_tables[firsts], seq_lens[firsts], query_indptr[:U + 1])
         for i, layer in enumerate(self.layers):
-            h = norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [T, C]
-            qkv = route(h, layer.qkv_weight, layer.qkv_bias)  # [T, (H + 2Hk) * D]
-            q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [T, H*D], [T, Hk*D], [T, Hk*D]
-            q = q.reshape(T, H, D)  # [T, H, D]
-            k = k.reshape(T, Hk, D)  # [T, Hk, D]
-            v = v.reshape(T, Hk, D)  # [T, Hk, D]
-            q, k = rotate(q, k, positions, self.cos_sin)  # [T, H, D], [T, Hk, D]
+            h = norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [U, C]
+            qkv = route(h, layer.qkv_weight, layer.qkv_bias)  # [U, (H + 2Hk) * D]
+            q, k, v = qkv.split([H * D, Hk * D, Hk * D], dim=-1)  # [U, H*D], [U, Hk*D], [U, Hk*D]
+            q = q.reshape(U, H, D)  # [U, H, D]
+            k = k.reshape(U, Hk, D)  # [U, Hk, D]
+            v = v.reshape(U, Hk, D)  # [U, Hk, D]
+            q, k = rotate(q, k, positions, self.cos_sin)  # [U, H, D], [U, Hk, D]
+            if groups is not None:  # every row writes its own K/V slot
+                k, v = k[groups], v[groups]  # [T, Hk, D] each
             append(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping)
-            attn = attend(q, kv_cache, i, meta, scale)  # [T, H, D]
-            x = x + route(attn.reshape(T, H * D), layer.o_weight, layer.o_bias)  # [T, C]
-            h = norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [T, C]
-            gate, up = route(h, layer.gate_up_weight).chunk(2, dim=-1)  # [T, I] each
-            x = x + route(F.silu(gate) * up, layer.down_weight)  # [T, C]
-        return norm(x, self.norm, cfg.rms_norm_eps)  # [T, C]
+            attn = attend(q, kv_cache, i, meta, scale)  # [U, H, D]
+            x = x + route(attn.reshape(U, H * D), layer.o_weight, layer.o_bias)  # [U, C]
+            h = norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [U, C]
+            gate, up = route(h, layer.gate_up_weight).chunk(2, dim=-1)  # [U, I] each
+            x = x + route(F.silu(gate) * up, layer.down_weight)  # [U, C]
+        out = norm(x, self.norm, cfg.rms_norm_eps)  # [U, C]
+        return out if groups is None else out[groups]  # [T, C]
 
     def _layer_ops(self, shared: bool, *tensors: torch.Tensor):
         """The four per-layer ops of :meth:`forward` as ``(rms_norm, rotary, append_kv, attend)``.

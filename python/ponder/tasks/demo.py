@@ -214,19 +214,24 @@ def strategies(quick: bool = False) -> List[Strategy]:
 
 
 def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy, seed: int = 0,
-                 progress: bool = False, constrained: bool = True, chunk: int = 50):
+                 progress: bool = False, constrained: bool = True, chunk: int = 50,
+                 engine_options: Optional[Dict] = None):
     """Run strategy ``s`` on ``problems``, ``chunk`` problems per search call (a tree does not
-    depend on the batch it is searched in, so chunking only bounds the KV memory)."""
+    depend on the batch it is searched in, so chunking only bounds the KV memory).
+    ``engine_options``: extra ``ponder.Engine`` arguments (e.g. ``dedup_rows=False``). The
+    result's ``engine_stats`` sums the engines' counters over the chunks."""
     # Temperatures above 1 only widen the draws among legal steps; free decoding at 3 would
     # write noise, so without the constraint the searches sample at (at most) 1.
     temperature = s.temperature if constrained else min(s.temperature, 1.0)
     t0 = time.perf_counter()
     results = []
+    counters: Dict[str, int] = {}
     for i in range(0, len(problems), chunk):
         part = problems[i:i + chunk]
         # MCTS at 64 expansions peaks near 100 pages per 4-number problem (3,800 for 40): a few
         # problems get a quarter of the pool, which is cheaper to allocate and zero
-        eng = ponder.Engine(model, tok, num_pages=8192 if len(part) > 8 else 2048, page_size=16)
+        eng = ponder.Engine(model, tok, num_pages=8192 if len(part) > 8 else 2048, page_size=16,
+                            **(engine_options or {}))
         found = ponder.search([p.prompt() for p in part], eng, scorer="value", algorithm=s.algorithm,
                               budget=s.budget, seed=seed, verifier=verifier(part), stop=STEP_STOP,
                               sampling=ponder.SamplingParams(temperature=temperature), progress=progress,
@@ -235,11 +240,14 @@ def run_strategy(model, tok, problems: Sequence[countdown.Problem], s: Strategy,
         for r in found:
             r.release()  # no resume here: the results keep their snapshot, the KV goes
         results += found
+        for name in ("tokens_decoded", "decode_rows_shared", "model_calls"):
+            counters[name] = counters.get(name, 0) + getattr(eng.stats, name)
     wall = time.perf_counter() - t0
     solved = [countdown.check(p, r.answer).ok for p, r in zip(problems, results)]
     tokens = sum(r.stats["tokens_generated"] for r in results)
     return {"strategy": s.name, "budget": s.label, "solved": sum(solved) / len(problems),
-            "tokens_per_problem": tokens / len(problems), "wall_s": wall, "results": results}
+            "tokens_per_problem": tokens / len(problems), "wall_s": wall, "results": results,
+            "engine_stats": counters}
 
 
 def print_table(rows, file=None) -> None:

@@ -1,0 +1,71 @@
+"""Shared sibling rows on and off: the demo's searches with ``Engine(dedup_rows=True)`` (the
+default) against ``dedup_rows=False``, side by side in one process.
+
+With ``dedup_rows`` a decode step runs the model once per group of siblings that have drawn the
+same tokens so far (same KV, same hidden state); every row still writes its own KV and samples
+with its own key, so both runs must give the same trees. The benchmark checks that (every
+problem's answer, token count and score) and reports, per strategy: wall and CPU time of each
+run, their ratio, and the share of decode rows a group's first row ran for. The two runs of a
+strategy alternate in order from repeat to repeat; the best time of each is kept.
+
+    python benchmarks/bench_dedup.py [--problems 40] [--only mcts] [--repeats 2] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import ponder  # (first, before torch loads: passive OpenMP waiting, MKL_CBWR; see ponder/__init__.py)
+import torch
+
+from ponder.tasks import demo
+
+
+def _signature(out):
+    """What must not change: each problem's answer, token count and score."""
+    return [(r.answer, r.stats["tokens_generated"], r.score) for r in out["results"]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--problems", type=int, default=40, help="held-out 4-number problems (the demo's 40)")
+    ap.add_argument("--only", default=None, help="run only strategies whose name contains this (e.g. mcts)")
+    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (the demo runs on 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    model, tok = demo.load_model()
+    problems = demo.held_out_problems(args.problems, 4, False)
+    print(f"{args.problems} problems, torch threads {torch.get_num_threads()}, best of {args.repeats}")
+    print(f"{'strategy':<26} {'rows shared':>11} {'off wall/CPU s':>15} {'on wall/CPU s':>15} {'wall ratio':>10}")
+    totals = {False: [0.0, 0.0], True: [0.0, 0.0]}
+    for s in demo.strategies():
+        if args.only and args.only not in s.name:
+            continue
+        best = {False: (float("inf"), 0.0), True: (float("inf"), 0.0)}
+        sigs, stats = {}, {}
+        for rep in range(args.repeats):
+            for dedup in ((False, True) if rep % 2 == 0 else (True, False)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = demo.run_strategy(model, tok, problems, s, engine_options=dict(dedup_rows=dedup))
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if wall < best[dedup][0]:
+                    best[dedup] = (wall, cpu)
+                sigs[dedup], stats[dedup] = _signature(out), out["engine_stats"]
+        if sigs[False] != sigs[True]:
+            raise SystemExit(f"{s.name} {s.label}: dedup_rows changed the results")
+        shared = stats[True]["decode_rows_shared"] / max(1, stats[True]["tokens_decoded"])
+        (w0, c0), (w1, c1) = best[False], best[True]
+        for k, (w, c) in ((False, best[False]), (True, best[True])):
+            totals[k][0] += w
+            totals[k][1] += c
+        print(f"{s.name + ' ' + s.label:<26} {shared:>10.1%} {w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} "
+              f"{w0 / w1:>9.2f}x", flush=True)
+    (w0, c0), (w1, c1) = totals[False], totals[True]
+    print(f"{'all':<26} {'':>11} {w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} {w0 / w1:>9.2f}x")
+    print("same answers, token counts and scores with and without dedup_rows")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,133 @@
+"""``Engine(dedup_rows=...)``: siblings that have drawn the same tokens so far run the model
+once per group, with the same results to the bit as running every row."""
+
+import numpy as np
+import pytest
+import torch
+
+from ponder import kv_store
+from ponder.engine import SamplingParams, StepStop
+from test_engine import ALPHABET, PROMPTS, make_engine, tiny_model
+
+STOP = StepStop(strings=("\n",), max_step_tokens=10)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_model(max_pos=512)
+
+
+def _three_levels(eng, prompts, sampling, allowed=None, distinct=False):
+    """Expand the prompts, then up to 6 live children, then up to 8 grandchildren."""
+    out = []
+    parents = eng.prefill(prompts)
+    for width, seed in ((6, 11), (3, 12), (2, 13)):
+        steps = None if allowed is None else [allowed] * len(parents)
+        exp = eng.expand(parents, width, stop=STOP, sampling=sampling, seed=seed, distinct=distinct,
+                         allowed_steps=steps)
+        out.append(exp)
+        parents = exp.children[~exp.terminal][:8]
+        if not parents.size:
+            break
+    return out
+
+
+def _assert_same(a, b):
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert [t.tolist() for t in x.tokens] == [t.tolist() for t in y.tokens]
+        for p, q in zip(x.logprobs, y.logprobs):
+            assert np.array_equal(p, q)
+        assert torch.equal(x.hidden, y.hidden)
+        assert x.finish_reasons == y.finish_reasons
+        assert np.array_equal(x.priors, y.priors)
+        assert x.discarded_tokens == y.discarded_tokens
+
+
+STEPS = [[ALPHABET.index(c) for c in s] for s in ("ab\n", "abc\n", "ad\n", "b\n", "bb\n", "ba\n")]
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.7, 3.0])
+@pytest.mark.parametrize("constrained", [False, True], ids=["free", "allowed_steps"])
+def test_dedup_gives_the_same_expansions_as_every_row(model, temperature, constrained):
+    sampling = SamplingParams(temperature=temperature)
+    allowed = STEPS if constrained else None
+    plain = make_engine(model, num_pages=256, dedup_rows=False)
+    deduped = make_engine(model, num_pages=256)
+    assert deduped.dedup_rows and not plain.dedup_rows
+    a = _three_levels(plain, PROMPTS, sampling, allowed, distinct=temperature > 0)
+    b = _three_levels(deduped, PROMPTS, sampling, allowed, distinct=temperature > 0)
+    _assert_same(a, b)
+    assert plain.stats.decode_rows_shared == 0
+    assert deduped.stats.decode_rows_shared > 0  # siblings really shared rows
+    assert deduped.stats.tokens_decoded == plain.stats.tokens_decoded
+    assert deduped.stats.model_calls == plain.stats.model_calls
+
+
+def test_a_step_through_an_attention_plan_splits_the_groups(model, monkeypatch):
+    """A step whose batch builds an attention plan runs every row (a plan's items depend on the
+    pages rows share, so equal rows can round differently); their groups are split for the rest
+    of the expand call, and the results are still those of the plain engine."""
+    marks = []  # per forward: "P" plan, "g" row groups, "." neither; "|" starts an expand call
+    real = model.forward
+
+    def spy(*args, decode_plan=None, row_groups=None, **kw):
+        marks.append("P" if decode_plan is not None else "g" if row_groups is not None else ".")
+        return real(*args, decode_plan=decode_plan, row_groups=row_groups, **kw)
+
+    monkeypatch.setattr(model, "forward", spy)
+    sampling = SamplingParams(temperature=0.3)
+    prompt = ["what is 3+4? think step by step, then answer.\n" * 3]
+    results = []
+    for dedup in (False, True):
+        eng = make_engine(model, num_pages=256, dedup_rows=dedup)
+        expand, decode_step = eng.expand, eng.page_table.decode_step
+
+        def expand_marked(*args, **kw):
+            marks.append("|")
+            return expand(*args, **kw)
+
+        def plan_first_step_only(seqs, tokens, min_saving, **kw):
+            # the first decode step of each expand call builds a plan, the others do not
+            return decode_step(seqs, tokens, 0 if marks[-1] == "|" else -1, **kw)
+
+        monkeypatch.setattr(eng, "expand", expand_marked)
+        monkeypatch.setattr(eng.page_table, "decode_step", plan_first_step_only)
+        marks.clear()
+        results.append(_three_levels(eng, prompt, sampling))
+    _assert_same(*results)
+    calls = "".join(marks).split("|")[1:]
+    assert all(c.startswith("P") for c in calls) and all("g" not in c for c in calls)
+    assert eng.stats.decode_rows_shared == 0
+
+
+def test_dedup_rows_option_is_checked(model):
+    class NoGroups(torch.nn.Module):  # the model interface without row_groups
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+            self.config = inner.config
+
+        @property
+        def kv_bytes_per_token(self):
+            return self.inner.kv_bytes_per_token
+
+        def allocate_kv_cache(self, *a, **k):
+            return self.inner.allocate_kv_cache(*a, **k)
+
+        def logits(self, hidden):
+            return self.inner.logits(hidden)
+
+        def forward(self, *args, decode_plan=None, **kw):
+            return self.inner(*args, decode_plan=decode_plan, **kw)
+
+    wrapped = NoGroups(model)
+    assert not make_engine(wrapped).dedup_rows  # default: on only where the model can
+    with pytest.raises(TypeError, match="dedup_rows=True needs a model whose forward takes row_groups"):
+        make_engine(wrapped, dedup_rows=True)
+    with pytest.raises(TypeError, match="dedup_rows must be None, True or False, got 'yes'"):
+        make_engine(model, dedup_rows="yes")
+    # the wrapped model still expands, row by row
+    eng = make_engine(wrapped)
+    exp = eng.expand(eng.prefill(PROMPTS[:1]), 3, stop=STOP, sampling=SamplingParams(temperature=0.0))
+    assert exp.tokens[0].tolist() == exp.tokens[1].tolist() and eng.stats.decode_rows_shared == 0
