@@ -64,16 +64,22 @@ def test_dedup_gives_the_same_expansions_as_every_row(model, temperature, constr
     assert deduped.stats.model_calls == plain.stats.model_calls
 
 
-def test_a_step_through_an_attention_plan_splits_the_groups(model, monkeypatch):
+@pytest.mark.parametrize("perturb", [False, True], ids=["equal-rounding", "row-1-rounds-apart"])
+def test_a_step_through_an_attention_plan_keeps_only_equal_rows_together(model, monkeypatch, perturb):
     """A step whose batch builds an attention plan runs every row (a plan's items depend on the
-    pages rows share, so equal rows can round differently); their groups are split for the rest
-    of the expand call, and the results are still those of the plain engine."""
+    pages rows share, so equal rows can round differently). Rows whose hidden state and K/V
+    still equal their group's first row's stay in the group; the others leave it. Here the
+    first step of every expand call goes through a plan, and with ``perturb`` row 1 of every
+    such step gets another hidden state (in both engines), as another rounding would give it."""
     marks = []  # per forward: "P" plan, "g" row groups, "." neither; "|" starts an expand call
     real = model.forward
 
     def spy(*args, decode_plan=None, row_groups=None, **kw):
         marks.append("P" if decode_plan is not None else "g" if row_groups is not None else ".")
-        return real(*args, decode_plan=decode_plan, row_groups=row_groups, **kw)
+        out = real(*args, decode_plan=decode_plan, row_groups=row_groups, **kw)
+        if perturb and decode_plan is not None and out.shape[0] > 1:
+            out[1] *= 1.01
+        return out
 
     monkeypatch.setattr(model, "forward", spy)
     sampling = SamplingParams(temperature=0.3)
@@ -88,7 +94,6 @@ def test_a_step_through_an_attention_plan_splits_the_groups(model, monkeypatch):
             return expand(*args, **kw)
 
         def plan_first_step_only(seqs, tokens, min_saving, **kw):
-            # the first decode step of each expand call builds a plan, the others do not
             return decode_step(seqs, tokens, 0 if marks[-1] == "|" else -1, **kw)
 
         monkeypatch.setattr(eng, "expand", expand_marked)
@@ -97,8 +102,37 @@ def test_a_step_through_an_attention_plan_splits_the_groups(model, monkeypatch):
         results.append(_three_levels(eng, prompt, sampling))
     _assert_same(*results)
     calls = "".join(marks).split("|")[1:]
-    assert all(c.startswith("P") for c in calls) and all("g" not in c for c in calls)
-    assert eng.stats.decode_rows_shared == 0
+    assert all(c.startswith("P") for c in calls)
+    assert any(c.startswith("Pg") for c in calls)  # equal rows stay grouped after the plan step
+    assert eng.stats.decode_rows_shared > 0
+
+
+def test_rows_apart_finds_any_differing_bit():
+    from ponder.kv_store import rows_apart
+
+    torch.manual_seed(0)
+    L, P, S, Hk, D, C = 3, 4, 4, 2, 5, 7
+    kv = torch.randn(L, 2, P, S, Hk, D)
+    slots = np.array([1, 6, 9, 14, 3])  # five rows, their K/V slots (page * S + offset)
+    flat = kv.view(L, 2, P * S, Hk, D)
+    flat[:, :, 6] = flat[:, :, 1]  # rows 0, 1, 3 form a group with equal K/V; rows 2, 4 another
+    flat[:, :, 14] = flat[:, :, 1]
+    flat[:, :, 3] = flat[:, :, 9]
+    hidden = torch.randn(5, C)
+    hidden[1] = hidden[3] = hidden[0]
+    hidden[4] = hidden[2]
+    groups = (np.array([0, 2]), np.array([0, 0, 1, 0, 1]))
+    assert rows_apart(hidden, kv, slots, groups).tolist() == []
+    h = hidden.clone()
+    h[3, 6] = torch.nextafter(h[3, 6], torch.tensor(9.0))  # one ulp
+    assert rows_apart(h, kv, slots, groups).tolist() == [3]
+    for layer, kind in ((0, 0), (2, 1)):  # a K in the first layer, a V in the last
+        k = kv.clone()
+        k.view(L, 2, P * S, Hk, D)[layer, kind, 3, 1, 4] += 1e-6
+        assert rows_apart(hidden, k, slots, groups).tolist() == [4]
+    h = hidden.clone()
+    h[[0, 1], 2] = float("nan")  # NaN never equals itself; a group's first row always stays
+    assert rows_apart(h, kv, slots, groups).tolist() == [1, 3]
 
 
 def test_dedup_rows_option_is_checked(model):

@@ -243,10 +243,11 @@ class Engine(KVStore):
         groups = batch.regroup(rows, toks, self.vocab_size) if self.dedup_rows else None
         hidden = self.decode_forward(batch.seqs[rows], toks, "decoding", evict, groups)
         if groups is not None:
-            if self.last_decode_grouped:
+            apart = self.last_decode_apart
+            if apart is None:
                 self.stats.decode_rows_shared += rows.size - groups[0].size
-            else:  # every row ran on its own and may round differently: no more shared rows
-                batch.ungroup(rows)
+            elif apart.size:  # a step through a plan ran every row; some came out different
+                batch.part(rows, apart)
         self.stats.tokens_decoded += rows.size
         batch.lengths[rows] += 1
         done = batch.finish[rows] != RUNNING

@@ -41,6 +41,23 @@ def _takes_row_groups(model) -> bool:
         return False
 
 
+def rows_apart(hidden: torch.Tensor, kv_cache: torch.Tensor, slots: np.ndarray,
+               row_groups: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The rows of a decode step (run row by row) whose results differ in any bit from their
+    group's first row: the hidden state ``hidden [T, C]``, or the K/V any layer wrote at the
+    row's slot (``slots [T]`` into ``kv_cache [L, 2, P, S, Hk, D]``). ``row_groups`` is
+    ``(firsts [U], groups [T])``. Returns sorted row indices (int64), never a first row."""
+    firsts, groups = row_groups
+    dev = hidden.device
+    lead = torch.from_numpy(firsts[groups]).to(dev)  # [T] each row's group's first row
+    differ = (hidden != hidden[lead]).any(dim=1)  # [T]; NaN counts as different
+    L, two, P, S = kv_cache.shape[:4]
+    written = kv_cache.reshape(L, two, P * S, -1)[:, :, torch.from_numpy(np.asarray(slots, np.int64)).to(dev)]
+    differ |= (written != written[:, :, lead]).any(dim=3).any(dim=1).any(dim=0)
+    differ[torch.from_numpy(firsts).to(dev)] = False  # a first row stays (even a NaN one)
+    return np.flatnonzero(differ.cpu().numpy()).astype(np.int64)
+
+
 class KVStore:
     """Owns one model's KV cache, its PageTable and the sequence records.
 
@@ -66,10 +83,12 @@ class KVStore:
             ``"paged"``: every sequence always reads its whole KV (``ops.paged_attention``).
         dedup_rows: in a decode step of ``Engine.expand``, rows that are sure to give the same
             result (siblings that have drawn the same tokens so far: same token, position and
-            cached context) run the model's row-wise work and the LM head once per group
+            cached context) run the model and the LM head once per group
             (``DecoderLM.forward(row_groups=...)``); every row still writes its own KV and
-            samples with its own key, so results are the same bits either way. None (default):
-            on when the model's ``forward`` takes ``row_groups``; True requires that.
+            samples with its own key, so results are the same bits either way. A step through
+            a shared-prefix plan runs every row and keeps together only rows whose results are
+            equal to the bit (see ``decode_forward``). None (default): on when the model's
+            ``forward`` takes ``row_groups``; True requires that.
     """
 
     def __init__(self, model, tokenizer=None, *, num_pages: Optional[int] = None, page_size: int = 16,
@@ -109,7 +128,7 @@ class KVStore:
         self.seqs = SeqTable()
         self.protected: set = set()  # handles whose KV this call needs (never evicted meanwhile)
         self._plan_options: Optional[dict] = None  # attention-plan item shapes for the backend
-        self.last_decode_grouped = False  # whether the last decode_forward ran its row groups
+        self.last_decode_apart: Optional[np.ndarray] = None  # see decode_forward
 
     # ---------------------------------------------------------------- accounting
     @property
@@ -257,9 +276,12 @@ class KVStore:
         hidden rows ``[B, C]``. One native call (``PageTable.decode_step``) appends the tokens and
         returns the step's positions, slots, copy-on-write list, block tables and attention plan.
         ``row_groups``: (firsts, groups) int64 arrays of rows known to give the same result
-        (``DecoderLM.forward``); only given when ``dedup_rows`` is on. A step that builds an
-        attention plan runs every row, and sets ``last_decode_grouped`` False: its rows' results
-        may then differ in rounding, so their groups must be split."""
+        (``DecoderLM.forward``); only given when ``dedup_rows`` is on. ``last_decode_apart`` is
+        then None when the groups ran as groups. A step that builds an attention plan runs every
+        row instead (a plan's items depend on the pages rows share, so equal rows can round
+        differently); ``last_decode_apart`` then lists the rows whose hidden state or K/V came
+        out different from their group's first row's (:func:`rows_apart`): they must leave
+        their groups."""
         B = len(pages)
         min_saving = SHARED_PREFIX_MIN_SAVING if self.decode_attention == "shared_prefix" else -1
         if self._plan_options is None:
@@ -274,11 +296,14 @@ class KVStore:
                            torch.from_numpy(step.copy_dst).to(self.device), backend=self.backend)
         self._note_usage()
         plan = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size).to(self.device)
-        if plan is not None:
-            row_groups = None
-        self.last_decode_grouped = row_groups is not None
-        return self._run_model(tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
-                               np.arange(B + 1, dtype=np.int32), plan, row_groups)
+        self.last_decode_apart = None
+        args = (tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
+                np.arange(B + 1, dtype=np.int32), plan)
+        if plan is None or row_groups is None:
+            return self._run_model(*args, row_groups)
+        hidden = self._run_model(*args)
+        self.last_decode_apart = rows_apart(hidden, self.kv_cache, step.slot_mapping, row_groups)
+        return hidden
 
     def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan, row_groups=None) -> torch.Tensor:
         dev = self.device

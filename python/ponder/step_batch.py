@@ -156,9 +156,9 @@ class StepBatch:
             return None
         return firsts.astype(np.int64), of_row.reshape(-1).astype(np.int64)
 
-    def ungroup(self, rows: np.ndarray) -> None:
-        """Put each of ``rows`` in a group of its own."""
-        self.group[rows] = np.arange(rows.size)
+    def part(self, rows: np.ndarray, apart: np.ndarray) -> None:
+        """Give each of ``rows[apart]`` a group of its own (``rows`` are all the running rows)."""
+        self.group[rows[apart]] = self.group[rows].max() + 1 + np.arange(apart.size)
 
     def groups_of(self, rows: np.ndarray) -> Optional[Tuple[np.ndarray, np.ndarray]]:
         """``(firsts, of_row)``: ``rows[firsts[g]]`` is the first of ``rows`` in group g and
