@@ -244,10 +244,9 @@ class Engine(KVStore):
         hidden = self.decode_forward(batch.seqs[rows], toks, "decoding", evict, groups)
         if groups is not None:
             apart = self.last_decode_apart
-            if apart is None:
-                self.stats.decode_rows_shared += rows.size - groups[0].size
-            elif apart.size:  # a step through a plan ran every row; some came out different
+            if apart is not None and apart.size:  # through a plan, some rows came out different
                 batch.part(rows, apart)
+            self.stats.decode_rows_shared += rows.size - groups[0].size - (0 if apart is None else apart.size)
         self.stats.tokens_decoded += rows.size
         batch.lengths[rows] += 1
         done = batch.finish[rows] != RUNNING

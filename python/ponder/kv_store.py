@@ -43,7 +43,7 @@ def _takes_row_groups(model) -> bool:
 
 def rows_apart(hidden: torch.Tensor, kv_cache: torch.Tensor, slots: np.ndarray,
                row_groups: Tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """The rows of a decode step (run row by row) whose results differ in any bit from their
+    """The rows of a decode step whose results differ in any bit from their
     group's first row: the hidden state ``hidden [T, C]``, or the K/V any layer wrote at the
     row's slot (``slots [T]`` into ``kv_cache [L, 2, P, S, Hk, D]``). ``row_groups`` is
     ``(firsts [U], groups [T])``. Returns sorted row indices (int64), never a first row."""
@@ -277,11 +277,12 @@ class KVStore:
         returns the step's positions, slots, copy-on-write list, block tables and attention plan.
         ``row_groups``: (firsts, groups) int64 arrays of rows known to give the same result
         (``DecoderLM.forward``); only given when ``dedup_rows`` is on. ``last_decode_apart`` is
-        then None when the groups ran as groups. A step that builds an attention plan runs every
-        row instead (a plan's items depend on the pages rows share, so equal rows can round
-        differently); ``last_decode_apart`` then lists the rows whose hidden state or K/V came
-        out different from their group's first row's (:func:`rows_apart`): they must leave
-        their groups."""
+        then None when the groups ran as groups throughout. In a step through an attention
+        plan every row attends (a plan's items depend on the pages rows share, so equal rows
+        can round differently) and a row whose attention output differs from its group's first
+        row's goes on alone; ``last_decode_apart`` then lists the rows whose hidden state or
+        K/V came out different from their group's first row's (:func:`rows_apart`): they must
+        leave their groups."""
         B = len(pages)
         min_saving = SHARED_PREFIX_MIN_SAVING if self.decode_attention == "shared_prefix" else -1
         if self._plan_options is None:
@@ -296,13 +297,11 @@ class KVStore:
                            torch.from_numpy(step.copy_dst).to(self.device), backend=self.backend)
         self._note_usage()
         plan = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size).to(self.device)
+        hidden = self._run_model(tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
+                                 np.arange(B + 1, dtype=np.int32), plan, row_groups)
         self.last_decode_apart = None
-        args = (tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
-                np.arange(B + 1, dtype=np.int32), plan)
-        if plan is None or row_groups is None:
-            return self._run_model(*args, row_groups)
-        hidden = self._run_model(*args)
-        self.last_decode_apart = rows_apart(hidden, self.kv_cache, step.slot_mapping, row_groups)
+        if plan is not None and row_groups is not None:
+            self.last_decode_apart = rows_apart(hidden, self.kv_cache, step.slot_mapping, row_groups)
         return hidden
 
     def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan, row_groups=None) -> torch.Tensor:

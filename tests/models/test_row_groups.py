@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from paged_batch import PagedSequences
+from ponder import ops
 from ponder.models import DecoderLM, ModelConfig
 
 SMALL = ModelConfig(vocab_size=53, hidden_size=30, intermediate_size=44, num_layers=3, num_heads=6,
@@ -35,11 +36,12 @@ def _groups_of(keys):
     return torch.from_numpy(firsts[order].astype(np.int64)), torch.from_numpy(rank[groups.reshape(-1)].astype(np.int64))
 
 
-def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int = 7):
+def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int = 7, plan: bool = False):
     """Two prompts, each forked into several branches (and some branches forked again) that decode
     ``steps`` tokens each. Branch tokens come from a few choices, so many branches stay identical
     (same parent, same tokens so far) for a while and then part. Returns the hidden rows of every
-    step and the final cache; ``shared_rows[0]`` counts the rows a group's first row ran for."""
+    step and the final cache; ``shared_rows[0]`` counts the rows a group's first row ran for.
+    ``plan``: every decode step goes through a shared-prefix attention plan."""
     cfg = model.config
     rng = random.Random(seed)
     seqs = PagedSequences(num_pages=400, page_size=4, seed=seed)
@@ -68,17 +70,24 @@ def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int
         groups = _groups_of([hash(k) for _, k in branches]) if use_groups else None
         if groups is not None:
             shared_rows[0] += len(branches) - groups[0].shape[0]
-        outs.append(model(kv_cache=kv, **batch, row_groups=groups))
+        decode_plan = None
+        if plan:
+            decode_plan = ops.plan_shared_prefix_attention(batch["block_tables"], batch["seq_lens"], kv,
+                                                           cfg.num_heads)
+        outs.append(model(kv_cache=kv, **batch, row_groups=groups, decode_plan=decode_plan))
     return outs, kv
 
 
 @pytest.mark.parametrize("cfg", [SMALL, LARGE], ids=["small", "native-linears"])
+@pytest.mark.parametrize("plan", [False, True], ids=["paged", "decode_plan"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
-def test_row_groups_give_the_same_bits_as_every_row(cfg, seed):
+def test_row_groups_give_the_same_bits_as_every_row(cfg, plan, seed):
+    """Through a plan, forked branches hold the same keys in pages shared differently, so they
+    can round apart: such a row leaves its group mid-forward and the result stays exact."""
     model = _model(cfg)
-    plain, kv_plain = _search_like_run(model, False, seed, [0])
+    plain, kv_plain = _search_like_run(model, False, seed, [0], plan=plan)
     shared_rows = [0]
-    grouped, kv_grouped = _search_like_run(model, True, seed, shared_rows)
+    grouped, kv_grouped = _search_like_run(model, True, seed, shared_rows, plan=plan)
     assert shared_rows[0] > 20  # the test really groups rows
     assert len(plain) == len(grouped)
     for a, b in zip(plain, grouped):
@@ -140,15 +149,19 @@ def test_bad_row_groups_raise_before_touching_the_cache(row_groups, error, match
     assert model(kv_cache=kv, **batch, row_groups=OK).shape == (3, 30)  # still usable
 
 
-def test_row_groups_refuse_a_decode_plan():
-    """Under a plan, rows with the same keys can round differently (their items depend on the
-    pages they share), so one row cannot stand for another."""
-    from ponder import ops
-    model, kv, before, batch = _decode_batch()
-    plan = ops.plan_shared_prefix_attention(batch["block_tables"], batch["seq_lens"], kv, SMALL.num_heads)
-    with pytest.raises(ValueError, match="row_groups and decode_plan do not go together"):
-        model(kv_cache=kv, **batch, decode_plan=plan, row_groups=OK)
-    assert torch.equal(kv, before)
+def test_a_row_that_attends_apart_leaves_its_group():
+    """_split_groups: a row whose values differ in any bit from its group's first row's becomes a
+    group of its own, carrying its group's residual row."""
+    from ponder.models.llama import _split_groups
+
+    rows = torch.tensor([[1.0, 2.0], [1.0, 2.0], [5.0, 6.0], [1.0, 2.0000002], [5.0, 6.0]])
+    firsts, groups = G([0, 2]), G([0, 0, 1, 0, 1])
+    x = torch.tensor([[10.0], [20.0]])
+    f, g, x2 = _split_groups(rows, firsts, groups, x)
+    assert f.tolist() == [0, 2, 3] and g.tolist() == [0, 0, 1, 2, 1] and x2.tolist() == [[10.0], [20.0], [10.0]]
+    assert groups.tolist() == [0, 0, 1, 0, 1]  # the caller's groups are left alone
+    f, g, x2 = _split_groups(rows[[0, 1, 2, 1, 4]], firsts, groups, x)
+    assert f is firsts and g is groups and x2 is x  # nothing apart: the same objects back
 
 
 def test_row_groups_need_a_decode_batch():

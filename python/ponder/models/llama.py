@@ -51,6 +51,23 @@ def zeros_on_first_touch(shape, dtype: torch.dtype) -> torch.Tensor:
     return torch.from_numpy(raw[start:start + nbytes]).view(dtype).view(shape)
 
 
+def _split_groups(rows: torch.Tensor, firsts: torch.Tensor, groups: torch.Tensor, x: torch.Tensor):
+    """Rows ``rows [T, ...]`` of a step's groups (``firsts [U]``, ``groups [T]``): each row whose
+    values differ in any bit from its group's first row's becomes a group of its own, with a
+    copy of its group's row of ``x [U, C]`` (equal until now). Returns (firsts, groups, x)."""
+    lead = firsts[groups]  # [T]
+    apart = (rows != rows[lead]).reshape(rows.shape[0], -1).any(dim=1)  # [T]; NaN counts as different
+    apart[firsts] = False
+    idx = apart.nonzero().flatten()
+    if idx.numel() == 0:
+        return firsts, groups, x
+    U = firsts.shape[0]
+    x = torch.cat([x, x[groups[idx]]])
+    groups = groups.clone()
+    groups[idx] = torch.arange(U, U + idx.numel(), dtype=groups.dtype, device=groups.device)
+    return torch.cat([firsts, idx]), groups, x
+
+
 class DecoderLayer(nn.Module):
     """Weights of one block. q/k/v and gate/up are stored fused: one matmul each instead of
     three / two (the loaders concatenate the Hugging Face tensors)."""
@@ -193,12 +210,14 @@ class DecoderLM(nn.Module):
         on the same cached context (the same K/V values), and ``firsts[g]`` is a row of group
         ``g`` (``groups[firsts] == arange(U)``). Only the ``U`` first rows run (embedding, norms,
         projections, rotary, attention over their own pages, MLP); every row still writes its
-        own K/V slot. The result is the same bits as without ``row_groups``: the linears give a
-        row the same bits whatever its batch (``ops/linear.py``), and per-sequence attention
-        reads a row's own keys and values alone. Not with ``decode_plan``: a plan's items
-        depend on which pages rows share, so rows with the same keys can round differently.
-        The caller vouches for the shared context: values checks cover the tokens, positions
-        and index ranges, not the cache contents.
+        own K/V slot. With ``decode_plan`` every row attends instead (a plan's items depend on
+        which pages rows share, so rows with the same keys can round differently), and a row
+        whose attention output differs in any bit from its group's first row's goes on as a
+        group of its own. The result is the same bits as without ``row_groups``: the linears
+        give a row the same bits whatever its batch (``ops/linear.py``), and per-sequence
+        attention reads a row's own keys and values alone. The caller vouches for the shared
+        context: values checks cover the tokens, positions and index ranges, not the cache
+        contents.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
@@ -221,15 +240,13 @@ class DecoderLM(nn.Module):
         scale = 1.0 / math.sqrt(D)
         firsts = groups = None
         if row_groups is not None:
-            if decode_plan is not None:
-                raise ValueError("row_groups and decode_plan do not go together: under a plan, rows with the same "
-                                 "keys can round differently (a row's items depend on the pages it shares)")
             firsts, groups = inputs.check_row_groups(row_groups, input_ids, positions, block_tables, query_indptr,
                                                      self.device.type == "cpu" if check is None else check)
             if firsts.shape[0] == T:  # every row its own group
                 firsts = groups = None
         norm, rotate, append, attend = self._layer_ops(decode_plan is not None, input_ids, kv_cache)
         meta = decode_plan if decode_plan is not None else (block_tables, seq_lens, query_indptr)
+        all_positions = positions
         if firsts is None:
             route = RowRoute(query_indptr, T)  # decode rows: the native linear kernel (ops/linear.py)
             U = T
@@ -239,9 +256,10 @@ class DecoderLM(nn.Module):
             route = RowRoute(query_indptr[:U + 1], U)
             x = F.embedding(input_ids[firsts], self.embed)  # [U, C]
             positions = positions[firsts]  # [U]
-            # per-sequence attention: a row's output depends on its own keys and values alone,
-            # and a group's rows hold the same ones, so the first row attends for all
-            meta = (block_tables[firsts], seq_lens[firsts], query_indptr[:U + 1])
+            if decode_plan is None:
+                # per-sequence attention: a row's output depends on its own keys and values
+                # alone, and a group's rows hold the same ones, so the first row attends for all
+                meta = (block_tables[firsts], seq_lens[firsts], query_indptr[:U + 1])
         for i, layer in enumerate(self.layers):
             h = norm(x, layer.attn_norm, cfg.rms_norm_eps)  # [U, C]
             qkv = route(h, layer.qkv_weight, layer.qkv_bias)  # [U, (H + 2Hk) * D]
@@ -253,7 +271,19 @@ class DecoderLM(nn.Module):
             if groups is not None:  # every row writes its own K/V slot
                 k, v = k[groups], v[groups]  # [T, Hk, D] each
             append(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping)
-            attn = attend(q, kv_cache, i, meta, scale)  # [U, H, D]
+            if groups is None or decode_plan is None:
+                attn = attend(q, kv_cache, i, meta, scale)  # [U, H, D]
+            else:
+                # through the plan every row attends: its items depend on the pages it shares,
+                # so equal rows can round differently; a row whose output differs from its
+                # group's first row's goes on as a group of its own
+                attn = attend(q[groups], kv_cache, i, meta, scale)  # [T, H, D]
+                firsts, groups, x = _split_groups(attn, firsts, groups, x)
+                if firsts.shape[0] != U:
+                    U = firsts.shape[0]
+                    route = RowRoute(query_indptr[:U + 1], U)
+                    positions = all_positions[firsts]
+                attn = attn[firsts]  # [U, H, D]
             x = x + route(attn.reshape(U, H * D), layer.o_weight, layer.o_bias)  # [U, C]
             h = norm(x, layer.mlp_norm, cfg.rms_norm_eps)  # [U, C]
             gate, up = route(h, layer.gate_up_weight).chunk(2, dim=-1)  # [U, I] each
