@@ -85,7 +85,9 @@ class KVStore:
             result (siblings that have drawn the same tokens so far: same token, position and
             cached context) run the model and the LM head once per group
             (``DecoderLM.forward(row_groups=...)``); every row still writes its own KV and
-            samples with its own key, so results are the same bits either way. A step through
+            samples with its own key, so for fp32 weights on the CPU (whose linears give a row
+            the same bits in any batch) results are the same bits either way; with bf16 / fp16
+            weights or on a GPU they differ at most as any change of batch can. A step through
             a shared-prefix plan runs every row and keeps together only rows whose results are
             equal to the bit (see ``decode_forward``). None (default): on when the model's
             ``forward`` takes ``row_groups``; True requires that.

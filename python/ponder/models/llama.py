@@ -213,11 +213,12 @@ class DecoderLM(nn.Module):
         own K/V slot. With ``decode_plan`` every row attends instead (a plan's items depend on
         which pages rows share, so rows with the same keys can round differently), and a row
         whose attention output differs in any bit from its group's first row's goes on as a
-        group of its own. The result is the same bits as without ``row_groups``: the linears
-        give a row the same bits whatever its batch (``ops/linear.py``), and per-sequence
-        attention reads a row's own keys and values alone. The caller vouches for the shared
-        context: values checks cover the tokens, positions and index ranges, not the cache
-        contents.
+        group of its own. For fp32 weights on the CPU the result is the same bits as without
+        ``row_groups``: the linears give a row the same bits whatever its batch
+        (``ops/linear.py``), and per-sequence attention reads a row's own keys and values alone
+        (bf16 / fp16 and GPU products may round a row by its batch). The caller vouches for the
+        shared context: values checks cover the tokens, positions and index ranges, not the
+        cache contents.
 
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
