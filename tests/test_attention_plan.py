@@ -170,3 +170,37 @@ def test_every_query_token_pair_is_covered_exactly_once(forest, max_pages_per_it
         # the tree's pages are each read once: the plan reads exactly the distinct pages in use
         used = {int(tables[b, c]) for b in range(len(lens)) for c in range(-(-int(lens[b]) // S))}
         assert plan.pages_read() == len(used)
+
+
+def test_item_tokens_by_query_and_for_queries_on_the_docstring_example():
+    from ponder.attention_plan import plan_attention
+
+    plan = plan_attention([[0, 1, 2, -1], [0, 1, 3, 4], [0, 5, -1, -1]], [10, 14, 7], 4)
+    assert plan.item_tokens_by_query().tolist() == [[4, 4, 2], [4, 4, 6], [4, 3, -1]]
+    cut = plan.for_queries(np.array([2, 0]))  # query 2 becomes 0, query 0 becomes 1
+    assert cut.num_queries == 2 and cut.max_item_queries == 2 and cut.num_shared_items == 1
+    assert cut.item_pages.tolist() == [0, 1, 2, 5] and cut.item_page_indptr.tolist() == [0, 1, 2, 3, 4]
+    assert cut.item_num_tokens.tolist() == [4, 4, 2, 3] and cut.item_token_start.tolist() == [0, 4, 8, 4]
+    assert cut.item_query_indptr.tolist() == [0, 2, 3, 4, 5] and cut.item_queries.tolist() == [1, 0, 1, 1, 0]
+    assert cut.merge_indptr.tolist() == [0, 2, 5] and cut.merge_slots.tolist() == [1, 4, 0, 2, 3]
+    # each kept query keeps its items' token counts, in order
+    assert cut.item_tokens_by_query().tolist() == [[4, 3, -1], [4, 4, 2]]
+
+
+def test_a_cut_plan_gives_its_queries_the_bits_of_the_whole_plan():
+    import torch
+    from ponder import ops
+    from ponder.attention_plan import plan_attention
+
+    torch.manual_seed(0)
+    S, P, Hk, G, D = 4, 12, 2, 3, 16
+    kv = torch.randn(1, 2, P, S, Hk, D)
+    tables = [[0, 1, 2, -1], [0, 1, 3, 4], [0, 5, -1, -1], [0, 1, 6, 7], [0, 8, 9, 10]]
+    lens = [10, 14, 7, 16, 13]
+    q = torch.randn(5, Hk * G, D)
+    full = plan_attention(tables, lens, S)
+    whole = ops.shared_prefix_attention(q, kv, 0, full.to("cpu"), 0.25)
+    for keep in ([1, 3], [4, 0, 2], [2]):
+        cut = full.for_queries(np.array(keep)).to("cpu")
+        part = ops.shared_prefix_attention(q[keep], kv, 0, cut, 0.25)
+        assert torch.equal(part, whole[keep])

@@ -64,13 +64,20 @@ def test_dedup_gives_the_same_expansions_as_every_row(model, temperature, constr
     assert deduped.stats.model_calls == plain.stats.model_calls
 
 
-@pytest.mark.parametrize("perturb", [False, True], ids=["equal-rounding", "row-1-rounds-apart"])
-def test_a_step_through_an_attention_plan_keeps_only_equal_rows_together(model, monkeypatch, perturb):
-    """A step whose batch builds an attention plan runs every row (a plan's items depend on the
-    pages rows share, so equal rows can round differently). Rows whose hidden state and K/V
-    still equal their group's first row's stay in the group; the others leave it. Here the
-    first step of every expand call goes through a plan, and with ``perturb`` row 1 of every
-    such step gets another hidden state (in both engines), as another rounding would give it."""
+@pytest.mark.parametrize("mode", ["cut-plan", "all-rows", "all-rows-perturbed"])
+def test_a_step_through_an_attention_plan_keeps_only_equal_rows_together(model, monkeypatch, mode):
+    """A plan's items depend on the pages rows share, so rows with the same keys can round
+    differently. With the native CPU kernel ("cut-plan") the first rows attend through the plan
+    cut down to them, after rows whose items differ left their groups. With another attention
+    implementation ("all-rows") every row attends, and rows whose hidden state or K/V then differ
+    from their group's first row's leave the group; with "all-rows-perturbed", row 1 of every
+    planned step gets another hidden state (in both engines), as another rounding would give
+    it. Here the first step of every expand call goes through a plan."""
+    from ponder.kv_store import KVStore
+
+    perturb = mode == "all-rows-perturbed"
+    if mode != "cut-plan":
+        monkeypatch.setattr(KVStore, "_native_plan_attention", lambda self: False)
     marks = []  # per forward: "P" plan, "g" row groups, "." neither; "|" starts an expand call
     real = model.forward
 

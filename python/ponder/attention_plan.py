@@ -105,6 +105,56 @@ class AttentionPlan:
     def num_slots(self) -> int:
         return int(self.item_queries.shape[0])
 
+    def item_tokens_by_query(self) -> np.ndarray:
+        """``[B, depth]`` int32: query b's items' token counts in item order (the order the
+        kernels merge them in), ``-1`` past its last item. Two queries over the same keys and
+        values with equal rows here go through the same arithmetic."""
+        counts = np.diff(self.item_query_indptr)
+        item_of_slot = np.repeat(np.arange(self.num_items), counts)
+        order = np.argsort(self.item_queries, kind="stable")  # each query's slots, in item order
+        q = self.item_queries[order].astype(np.int64)
+        per_q = np.bincount(q, minlength=self.num_queries)
+        out = np.full((self.num_queries, int(per_q.max()) if per_q.size else 0), -1, dtype=np.int32)
+        first_slot = np.cumsum(per_q) - per_q
+        out[q, np.arange(q.size) - first_slot[q]] = self.item_num_tokens[item_of_slot[order]]
+        return out
+
+    def for_queries(self, queries: np.ndarray) -> "AttentionPlan":
+        """The plan of ``queries`` (distinct query indices) alone, renumbered ``0..len-1`` in
+        their order: every item keeps its pages, tokens and place in the order, and each kept
+        query keeps its slots in item order, so the kernels give it the same bits; items left
+        with no query go. Items ``[0, num_shared_items)`` then hold every item of two or more
+        queries (some may be down to one), the rest exactly one."""
+        queries = np.asarray(queries, dtype=np.int64)
+        renum = np.full(self.num_queries, -1, dtype=np.int64)
+        renum[queries] = np.arange(queries.size)
+        counts = np.diff(self.item_query_indptr)
+        item_of_slot = np.repeat(np.arange(self.num_items), counts)
+        keep = renum[self.item_queries] >= 0
+        new_counts = np.bincount(item_of_slot[keep], minlength=self.num_items)
+        kept = new_counts > 0
+        pages_per_item = np.diff(self.item_page_indptr)
+        page_item = np.repeat(np.arange(self.num_items), pages_per_item)
+        item_queries = renum[self.item_queries[keep]].astype(np.int32)
+        multi = np.flatnonzero(new_counts[kept] >= 2)
+
+        def indptr(sizes):
+            out = np.zeros(sizes.size + 1, dtype=np.int32)
+            np.cumsum(sizes, out=out[1:])
+            return out
+
+        return AttentionPlan(
+            num_queries=int(queries.size), num_segments=self.num_segments,
+            num_shared_items=int(multi[-1]) + 1 if multi.size else 0,
+            max_item_queries=int(new_counts.max()) if new_counts.size else 0, page_size=self.page_size,
+            item_page_indptr=indptr(pages_per_item[kept]), item_pages=self.item_pages[kept[page_item]],
+            item_token_start=self.item_token_start[kept], item_num_tokens=self.item_num_tokens[kept],
+            item_segment=self.item_segment[kept], item_query_indptr=indptr(new_counts[kept]),
+            item_queries=item_queries,
+            merge_indptr=indptr(np.bincount(item_queries, minlength=queries.size)),
+            merge_slots=np.argsort(item_queries, kind="stable").astype(np.int32),
+        )  # fmt: skip
+
     def pages_read(self) -> int:
         """KV pages the plan reads per KV head (each item's pages once)."""
         return int(self.item_pages.shape[0])

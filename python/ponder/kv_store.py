@@ -58,6 +58,24 @@ def rows_apart(hidden: torch.Tensor, kv_cache: torch.Tensor, slots: np.ndarray,
     return np.flatnonzero(differ.cpu().numpy()).astype(np.int64)
 
 
+def split_by_items(plan: AttentionPlan, row_groups: Tuple[np.ndarray, np.ndarray]
+                   ) -> Tuple[Tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """Row groups of a decode step refined by the attention plan: a row whose items' token
+    counts (:meth:`AttentionPlan.item_tokens_by_query`) differ from its group's first row's
+    would go through other arithmetic, so it becomes a group of its own. Returns the new
+    ``(firsts, groups)`` and the rows that left their groups."""
+    firsts, groups = row_groups
+    sig = plan.item_tokens_by_query()
+    apart = (sig != sig[firsts[groups]]).any(axis=1)
+    apart[firsts] = False
+    idx = np.flatnonzero(apart).astype(np.int64)
+    if idx.size:
+        groups = groups.copy()
+        groups[idx] = firsts.size + np.arange(idx.size)
+        firsts = np.concatenate([firsts, idx])
+    return (firsts, groups), idx
+
+
 class KVStore:
     """Owns one model's KV cache, its PageTable and the sequence records.
 
@@ -87,9 +105,9 @@ class KVStore:
             (``DecoderLM.forward(row_groups=...)``); every row still writes its own KV and
             samples with its own key, so for fp32 weights on the CPU (whose linears give a row
             the same bits in any batch) results are the same bits either way; with bf16 / fp16
-            weights or on a GPU they differ at most as any change of batch can. A step through
-            a shared-prefix plan runs every row and keeps together only rows whose results are
-            equal to the bit (see ``decode_forward``). None (default): on when the model's
+            weights or on a GPU they differ at most as any change of batch can. Through a
+            shared-prefix plan, rows whose attention could round apart leave their groups (see
+            ``decode_forward``). None (default): on when the model's
             ``forward`` takes ``row_groups``; True requires that.
     """
 
@@ -280,11 +298,13 @@ class KVStore:
         ``row_groups``: (firsts, groups) int64 arrays of rows known to give the same result
         (``DecoderLM.forward``); only given when ``dedup_rows`` is on. ``last_decode_apart`` is
         then None when the groups ran as groups throughout. In a step through an attention
-        plan every row attends (a plan's items depend on the pages rows share, so equal rows
-        can round differently) and a row whose attention output differs from its group's first
-        row's goes on alone; ``last_decode_apart`` then lists the rows whose hidden state or
-        K/V came out different from their group's first row's (:func:`rows_apart`): they must
-        leave their groups."""
+        plan, a plan's items depend on the pages rows share, so equal rows can round
+        differently: with the native CPU kernel (rows independent of each other), rows whose
+        items differ from their first row's leave their groups first (:func:`split_by_items`)
+        and the first rows attend through the plan cut down to them; otherwise every row
+        attends, a row whose output differs goes on alone, and :func:`rows_apart` finds the
+        rows whose hidden state or K/V came out different. ``last_decode_apart`` lists the rows
+        that must leave their groups."""
         B = len(pages)
         min_saving = SHARED_PREFIX_MIN_SAVING if self.decode_attention == "shared_prefix" else -1
         if self._plan_options is None:
@@ -298,13 +318,30 @@ class KVStore:
             ops.copy_pages(self.kv_cache, torch.from_numpy(step.copy_src).to(self.device),
                            torch.from_numpy(step.copy_dst).to(self.device), backend=self.backend)
         self._note_usage()
-        plan = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size).to(self.device)
-        hidden = self._run_model(tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
-                                 np.arange(B + 1, dtype=np.int32), plan, row_groups)
+        plan_arrays = None if step.plan is None else AttentionPlan.from_native(step.plan, self.page_size)
+        plan = None if plan_arrays is None else plan_arrays.to(self.device)
+        args = (tokens, step.positions, step.slot_mapping, step.block_tables, step.seq_lens,
+                np.arange(B + 1, dtype=np.int32))
         self.last_decode_apart = None
-        if plan is not None and row_groups is not None:
-            self.last_decode_apart = rows_apart(hidden, self.kv_cache, step.slot_mapping, row_groups)
+        if plan is None or row_groups is None:
+            return self._run_model(*args, plan, row_groups)
+        if self._native_plan_attention():
+            # the native kernel's rows do not depend on each other: the first rows attend alone,
+            # through the plan cut down to them, after rows whose items differ leave their groups
+            row_groups, self.last_decode_apart = split_by_items(plan_arrays, row_groups)
+            return self._run_model(*args, plan_arrays.for_queries(row_groups[0]).to(self.device), row_groups)
+        hidden = self._run_model(*args, plan, row_groups)
+        self.last_decode_apart = rows_apart(hidden, self.kv_cache, step.slot_mapping, row_groups)
         return hidden
+
+    def _native_plan_attention(self) -> bool:
+        """Whether the model's shared-prefix attention runs the native CPU kernel, whose query
+        rows do not depend on each other."""
+        from ponder.ops._registry import implementation
+        from ponder.ops.attention import _shared_prefix_attention_host
+        kv = self.kv_cache
+        return (kv.device.type == "cpu" and kv.dtype in (torch.float32, torch.bfloat16) and kv.is_contiguous()
+                and implementation("shared_prefix_attention", "auto", kv.device) is _shared_prefix_attention_host)
 
     def _run_model(self, input_ids, positions, slots, tables, lens, indptr, plan, row_groups=None) -> torch.Tensor:
         dev = self.device

@@ -11,6 +11,8 @@ import torch
 
 from paged_batch import PagedSequences
 from ponder import ops
+from ponder.attention_plan import plan_attention
+from ponder.kv_store import split_by_items
 from ponder.models import DecoderLM, ModelConfig
 
 SMALL = ModelConfig(vocab_size=53, hidden_size=30, intermediate_size=44, num_layers=3, num_heads=6,
@@ -36,12 +38,13 @@ def _groups_of(keys):
     return torch.from_numpy(firsts[order].astype(np.int64)), torch.from_numpy(rank[groups.reshape(-1)].astype(np.int64))
 
 
-def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int = 7, plan: bool = False):
+def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int = 7, plan: str = "none"):
     """Two prompts, each forked into several branches (and some branches forked again) that decode
     ``steps`` tokens each. Branch tokens come from a few choices, so many branches stay identical
     (same parent, same tokens so far) for a while and then part. Returns the hidden rows of every
     step and the final cache; ``shared_rows[0]`` counts the rows a group's first row ran for.
-    ``plan``: every decode step goes through a shared-prefix attention plan."""
+    ``plan``: "none", or every decode step goes through a shared-prefix attention plan of all
+    rows ("all-rows") or, with groups, of the groups' first rows ("cut")."""
     cfg = model.config
     rng = random.Random(seed)
     seqs = PagedSequences(num_pages=400, page_size=4, seed=seed)
@@ -68,24 +71,31 @@ def _search_like_run(model, use_groups: bool, seed: int, shared_rows, steps: int
         branches = [(seq, key + (t,)) for (seq, key), t in zip(branches, tokens)]
         batch = seqs.step([s for s, _ in branches], [[t] for t in tokens])
         groups = _groups_of([hash(k) for _, k in branches]) if use_groups else None
-        if groups is not None:
-            shared_rows[0] += len(branches) - groups[0].shape[0]
         decode_plan = None
-        if plan:
+        if plan == "all-rows" or (plan == "cut" and groups is None):
             decode_plan = ops.plan_shared_prefix_attention(batch["block_tables"], batch["seq_lens"], kv,
                                                            cfg.num_heads)
+        elif plan == "cut":  # the first rows alone, after rows whose items differ left their groups
+            full = plan_attention(batch["block_tables"], batch["seq_lens"], seqs.page_size)
+            groups, _ = split_by_items(full, tuple(g.numpy() for g in groups))
+            decode_plan = full.for_queries(groups[0]).to("cpu")
+            groups = tuple(torch.from_numpy(g) for g in groups)
+        if groups is not None:
+            shared_rows[0] += len(branches) - groups[0].shape[0]
         outs.append(model(kv_cache=kv, **batch, row_groups=groups, decode_plan=decode_plan))
     return outs, kv
 
 
 @pytest.mark.parametrize("cfg", [SMALL, LARGE], ids=["small", "native-linears"])
-@pytest.mark.parametrize("plan", [False, True], ids=["paged", "decode_plan"])
+@pytest.mark.parametrize("plan", ["none", "all-rows", "cut"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3])
 def test_row_groups_give_the_same_bits_as_every_row(cfg, plan, seed):
     """Through a plan, forked branches hold the same keys in pages shared differently, so they
-    can round apart: such a row leaves its group mid-forward and the result stays exact."""
+    can round apart: with a plan of all rows such a row leaves its group mid-forward; with a
+    plan cut down to the first rows it left its group before (its items differ). Either way the
+    result stays exact."""
     model = _model(cfg)
-    plain, kv_plain = _search_like_run(model, False, seed, [0], plan=plan)
+    plain, kv_plain = _search_like_run(model, False, seed, [0], plan="none" if plan == "none" else "all-rows")
     shared_rows = [0]
     grouped, kv_grouped = _search_like_run(model, True, seed, shared_rows, plan=plan)
     assert shared_rows[0] > 20  # the test really groups rows
@@ -186,3 +196,16 @@ def test_positions_must_agree_within_a_group():
     with pytest.raises(ValueError, match=r"positions\[1\] = 2 differs from positions\[0\] = 3"):
         model(kv_cache=kv, **batch, row_groups=(G([0]), G([0, 0])))
     assert torch.equal(kv, before)
+
+
+def test_a_plan_must_cover_all_rows_or_the_first_rows():
+    model, kv, before, batch = _decode_batch()
+    plan = plan_attention(batch["block_tables"], batch["seq_lens"], 4)
+    for queries in ([0], [0, 1, 2]):  # 1 query: neither U=2 nor T=3; then all 3 rows
+        cut = plan.for_queries(np.array(queries)).to("cpu")
+        if len(queries) == 1:
+            with pytest.raises(ValueError, match=r"decode_plan must cover all T=3 rows or the 2 first rows, got 1"):
+                model(kv_cache=kv, **batch, decode_plan=cut, row_groups=OK)
+            assert torch.equal(kv, before)
+        else:
+            assert model(kv_cache=kv, **batch, decode_plan=cut, row_groups=OK).shape == (3, 30)

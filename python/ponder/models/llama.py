@@ -210,10 +210,13 @@ class DecoderLM(nn.Module):
         on the same cached context (the same K/V values), and ``firsts[g]`` is a row of group
         ``g`` (``groups[firsts] == arange(U)``). Only the ``U`` first rows run (embedding, norms,
         projections, rotary, attention over their own pages, MLP); every row still writes its
-        own K/V slot. With ``decode_plan`` every row attends instead (a plan's items depend on
-        which pages rows share, so rows with the same keys can round differently), and a row
-        whose attention output differs in any bit from its group's first row's goes on as a
-        group of its own. For fp32 weights on the CPU the result is the same bits as without
+        own K/V slot. ``decode_plan`` may cover all T rows: every row then attends (a plan's
+        items depend on which pages rows share, so rows with the same keys can round
+        differently), and a row whose attention output differs in any bit from its group's
+        first row's goes on as a group of its own. Or it covers the U first rows alone, in
+        ``firsts`` order (``AttentionPlan.for_queries``), when the caller knows the kernel's
+        rows are independent and each row's items match its first row's (the engine's
+        ``split_by_items``). For fp32 weights on the CPU the result is the same bits as without
         ``row_groups``: the linears give a row the same bits whatever its batch
         (``ops/linear.py``), and per-sequence attention reads a row's own keys and values alone
         (bf16 / fp16 and GPU products may round a row by its batch). The caller vouches for the
@@ -232,7 +235,9 @@ class DecoderLM(nn.Module):
         if input_ids.shape[0] and (self.device.type == "cpu" if check is None else check):
             inputs.check_values(cfg, *batch)
         T = input_ids.shape[0]
-        if decode_plan is not None and block_tables.shape[0] != T:
+        if decode_plan is not None and row_groups is not None and decode_plan.num_queries != T:
+            pass  # a plan cut down to the groups' first rows (checked below)
+        elif decode_plan is not None and block_tables.shape[0] != T:
             raise ValueError(f"decode_plan serves decode batches (one new token per sequence); got {T} tokens "
                              f"for {block_tables.shape[0]} sequences")
         if T == 0:
@@ -243,6 +248,9 @@ class DecoderLM(nn.Module):
         if row_groups is not None:
             firsts, groups = inputs.check_row_groups(row_groups, input_ids, positions, block_tables, query_indptr,
                                                      self.device.type == "cpu" if check is None else check)
+            if decode_plan is not None and decode_plan.num_queries not in (T, firsts.shape[0]):
+                raise ValueError(f"with row_groups, decode_plan must cover all T={T} rows or the "
+                                 f"{firsts.shape[0]} first rows, got {decode_plan.num_queries} queries")
             if firsts.shape[0] == T:  # every row its own group
                 firsts = groups = None
         norm, rotate, append, attend = self._layer_ops(decode_plan is not None, input_ids, kv_cache)
@@ -272,7 +280,7 @@ class DecoderLM(nn.Module):
             if groups is not None:  # every row writes its own K/V slot
                 k, v = k[groups], v[groups]  # [T, Hk, D] each
             append(kv_cache, i, k.to(kv_cache.dtype), v.to(kv_cache.dtype), slot_mapping)
-            if groups is None or decode_plan is None:
+            if groups is None or decode_plan is None or decode_plan.num_queries == U:
                 attn = attend(q, kv_cache, i, meta, scale)  # [U, H, D]
             else:
                 # through the plan every row attends: its items depend on the pages it shares,
