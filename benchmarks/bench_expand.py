@@ -12,6 +12,9 @@ Peak KV bytes: ponder's measured page peak; transformers' cache holds N·(prompt
 ``--new-tokens``; defaults 200 / 1,024 / 2,048 x 16 / 32 / 64, 32 new tokens) and reports end to
 end and decode-only figures: decode = total - prefill, where ponder's prefill is timed on its own
 and transformers' is one ``generate`` of a single token for the same N. Wall and CPU seconds.
+"shared": the share of ponder's decode rows whose model work a sibling's identical row did
+(samples that drew the same tokens so far; ``Engine(dedup_rows=...)``); transformers runs every
+row, so the ratios depend on how often samples agree.
 
     python benchmarks/bench_expand.py [--quick] [--threads T]
     python benchmarks/bench_expand.py --sweep [--prompts 1024 --branches 32] [--threads T]
@@ -77,7 +80,7 @@ def sweep(model, hf, tok, args):
     new = args.new_tokens
     print(f"{new} new tokens per branch, EOS off, {args.threads} threads; times are wall (CPU) seconds")
     print(f"{'prompt':>6} {'N':>3} | {'ponder total':>16} {'prefill':>7} {'decode':>16} | {'hf total':>16} "
-          f"{'prefill':>7} {'decode':>16} | {'e2e x':>6} {'decode x':>8} {'step ms':>8}")
+          f"{'prefill':>7} {'decode':>16} | {'e2e x':>6} {'decode x':>8} {'step ms':>8} {'shared':>6}")
     stop = StepStop(strings=(), max_step_tokens=new, stop_on_eos=False)
     for length in args.prompts:
         ids = prompt_of_length(tok, length)
@@ -96,7 +99,8 @@ def sweep(model, hf, tok, args):
             hd_wall, hd_cpu = h[0] - h[2], h[1] - h[3]
             print(f"{length:>6} {n:>3} | {tw:>7.2f} ({tc:>6.2f}) {p_wall:>7.2f} {d_wall:>7.2f} ({d_cpu:>6.2f}) | "
                   f"{h[0]:>7.2f} ({h[1]:>6.2f}) {h[2]:>7.2f} {hd_wall:>7.2f} ({hd_cpu:>6.2f}) | "
-                  f"{h[0] / tw:>5.2f}x {hd_wall / d_wall:>7.2f}x {1000 * d_wall / new:>8.1f}", flush=True)
+                  f"{h[0] / tw:>5.2f}x {hd_wall / d_wall:>7.2f}x {1000 * d_wall / new:>8.1f} "
+                  f"{eng.stats.decode_rows_shared / max(1, eng.stats.tokens_decoded):>6.1%}", flush=True)
 
 
 def main():
