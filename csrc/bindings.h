@@ -25,4 +25,5 @@ void bind_attention_cpu(pybind11::module_& m);
 void bind_sample(pybind11::module_& m);
 void bind_token_trie(pybind11::module_& m);
 void bind_linear_cpu(pybind11::module_& m);
+void bind_linear_blocked_cpu(pybind11::module_& m);
 }  // namespace ponder

@@ -18,4 +18,5 @@ PYBIND11_MODULE(_core, m) {
   ponder::bind_sample(m);
   ponder::bind_token_trie(m);
   ponder::bind_linear_cpu(m);
+  ponder::bind_linear_blocked_cpu(m);
 }

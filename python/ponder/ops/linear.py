@@ -18,10 +18,20 @@ count measured (1-2 threads, 11 shapes, up to 400 rows, both CPUs). So :class:`R
 model's rule, sends the rows of every sequence that adds at most ``NATIVE_MAX_SEQUENCE_TOKENS``
 tokens in a forward (every decode row, short appends) through the native kernel for matrices of
 at least ``NATIVE_MIN_WEIGHT_BYTES``, and every other fp32 CPU product through ``F.linear`` with
-at least ``MIN_BLAS_ROWS`` rows (zero rows appended when there are fewer, then dropped): small
-matrices, where MKL is faster than the native kernel at many rows (a 2-layer model with hidden
-size 256, 256 decode rows: 32.6 ms per step against 43.4 ms native, AMD EPYC, 1 thread), and
-long sequences' rows (prefill). :func:`linear_rows` applies the same rule to the LM head.
+at least ``MIN_BLAS_ROWS`` rows (zero rows appended when there are fewer, then dropped; but see
+below for 1-15 rows of a small matrix): small matrices, where MKL is faster than the native
+kernel at many rows (a 2-layer model with hidden size 256, 256 decode rows: 32.6 ms per step
+against 43.4 ms native, AMD EPYC, 1 thread), and long sequences' rows (prefill). :func:`linear_rows` applies the same rule to the LM head.
+
+Padding a small matrix's 1-15 rows to 16 costs up to 16 times the work (a small model's decode
+step, with siblings' shared rows computed once, often has fewer than 16 distinct rows). So such
+products run on ``ponder._core.linear_blocked_cpu`` instead, which sums each output as MKL's
+micro-kernel does: one fused multiply-add chain over k, in blocks of k whose sums are added in
+order, the bias before or after. :func:`blas_block_rule` finds the block size and bias order
+that reproduce ``F.linear``'s 16-row bits for a (K, N) shape and thread count, once, by
+comparing every bit on random rows; without a match (or without a vector FMA on the CPU), the
+rows are padded as before. So the rows get the BLAS's bits either way. On the AMD EPYC above,
+for a 128 x 768 matrix: 1 row 67 -> 18 us, 4 rows 67 -> 23 us, 11 rows 68 -> 42 us.
 
 ``linear(..., backend="auto")``, the general entry point, takes the native kernel by the same
 size rule (smaller matrices fit in cache, so there is no weight traffic to save) for all its
@@ -32,7 +42,8 @@ kernel is tested against.
 
 from __future__ import annotations
 
-from typing import Optional
+import weakref
+from typing import Optional, Tuple
 
 import numpy as np
 import torch
@@ -54,6 +65,10 @@ NATIVE_MAX_SEQUENCE_TOKENS = 15
 # RowRoute / linear_rows: fp32 CPU products through F.linear get at least this many rows (MKL's
 # per-row result varies with the row count below 4 rows on some CPUs)
 MIN_BLAS_ROWS = 16
+# products of fewer rows than this with weights below NATIVE_MIN_WEIGHT_BYTES run on
+# linear_blocked_cpu in the BLAS's own summation order (blas_block_rule) instead of being padded
+# to MIN_BLAS_ROWS; from 16 rows up MKL is as fast or faster (AMD EPYC, 1 thread)
+BLOCKED_MAX_ROWS = MIN_BLAS_ROWS
 LINEAR_BACKENDS = ("auto", "torch", "native")
 
 
@@ -84,10 +99,17 @@ def _native_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
 
 
 def _blas_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> torch.Tensor:
-    """``F.linear`` of the rows of x ``[M, K]``; an fp32 CPU product of 1 to MIN_BLAS_ROWS - 1
-    rows runs on MIN_BLAS_ROWS rows (x's, then zeros), so each row takes the kernel it would
-    take in a larger batch."""
+    """``F.linear`` of the rows of x ``[M, K]``, each row with the bits it gets in a product of
+    at least MIN_BLAS_ROWS rows: an fp32 CPU product of 1 to BLOCKED_MAX_ROWS - 1 rows runs on
+    ``linear_blocked_cpu`` where :func:`blas_block_rule` found the BLAS's summation order for
+    K (the same bits, without padding); otherwise one of fewer than MIN_BLAS_ROWS rows runs on
+    MIN_BLAS_ROWS rows (x's, then zeros), so each row takes the kernel it would take in a
+    larger batch."""
     M = x.shape[0]
+    if 0 < M < BLOCKED_MAX_ROWS and x.dtype == torch.float32 and x.device.type == "cpu" and x.dim() == 2:
+        out = _blocked(x, weight, bias)
+        if out is not None:
+            return out
     if 0 < M < MIN_BLAS_ROWS and x.device.type == "cpu" and x.dtype == torch.float32 \
             and weight.dtype == torch.float32:
         padded = x.new_zeros(MIN_BLAS_ROWS, x.shape[1])
@@ -96,11 +118,126 @@ def _blas_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tenso
     return F.linear(x, weight, bias)
 
 
+# id(weight) -> (weak reference, weight._version, data_ptr, Wᵀ padded to 16 columns)
+_TRANSPOSED: dict = {}
+
+
+def _blocked(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``x [M, K]`` (fp32, CPU) ``· weightᵀ + bias`` through ``linear_blocked_cpu`` in the BLAS's
+    summation order, or None where that order is unknown or the kernel cannot run these tensors
+    (then the caller takes ``F.linear``)."""
+    hit = _TRANSPOSED.get(id(weight))
+    if hit is None or hit[0]() is not weight or hit[2] != weight.data_ptr() or hit[1] != _version(weight):
+        hit = _transpose(weight)
+        if hit is None:
+            return None
+    if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return None
+    if bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu"):
+        return None
+    N, K = weight.shape
+    rule = _BLOCK_RULES.get((K, N, bias is not None, torch.get_num_threads()), False)
+    if rule is False:
+        rule = blas_block_rule(K, N, bias is not None)
+    if rule is None or torch.compiler.is_compiling():
+        return None
+    if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < K):
+        x = x.contiguous()
+    if bias is not None:
+        bias = bias.contiguous()
+    wt = hit[3]
+    out = torch.empty(x.shape[0], N, dtype=torch.float32)
+    _core.linear_blocked_cpu(x.data_ptr(), x.shape[0], K, x.stride(0) if x.shape[0] > 1 else K, wt.data_ptr(), N,
+                             wt.shape[1], 0 if bias is None else bias.data_ptr(), rule[1], rule[0],
+                             out.data_ptr(), N)
+    return out
+
+
+def _version(t: torch.Tensor) -> int:
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors have no version counter
+        return -1
+
+
+def _transpose(weight: torch.Tensor):
+    """Cache and return ``weight [N, K]`` transposed to ``[K, N rounded up to 16]`` (zero columns
+    after N), kept while the weight lives and has not changed (version counter and storage);
+    None for weights the kernel does not take (not a contiguous fp32 CPU matrix below
+    ``NATIVE_MIN_WEIGHT_BYTES``, an inference tensor, or no vector path on this CPU)."""
+    if not (_core is not None and hasattr(_core, "linear_blocked_cpu") and native_capable(weight)
+            and weight.numel() * 4 < NATIVE_MIN_WEIGHT_BYTES and _core.linear_blocked_cpu_fast()):
+        return None
+    version = _version(weight)
+    if version < 0:
+        return None
+    key = id(weight)
+    N, K = weight.shape
+    wt = torch.zeros(K, -(-N // 16) * 16, dtype=torch.float32)
+    with torch.no_grad():
+        wt[:, :N] = weight.t()
+
+    def forget(ref, key=key):
+        if _TRANSPOSED.get(key, (None,))[0] is ref:
+            del _TRANSPOSED[key]
+
+    hit = _TRANSPOSED[key] = (weakref.ref(weight, forget), version, weight.data_ptr(), wt)
+    return hit
+
+
+# (K, N, with bias, torch threads) -> (block, bias_first) or None
+_BLOCK_RULES: dict = {}
+
+
+def blas_block_rule(in_features: int, out_features: int, with_bias: bool) -> Optional[Tuple[int, bool]]:
+    """How ``F.linear`` (the BLAS under it) sums an fp32 ``[N, K]`` product of at least
+    ``MIN_BLAS_ROWS`` rows on this CPU at the current thread count, as ``linear_blocked_cpu``'s
+    ``(block, bias_first)``; None when no candidate reproduces it bit for bit, or when the BLAS
+    itself gives the first 16 rows other bits in a product of 16 rows than in one of 32 (then
+    products keep ``F.linear`` on at least 16 rows, as before). Found once per (K, N, bias,
+    thread count) by running both on random rows and comparing every bit; a wrong order agreeing
+    on all of them by chance is out of the question. Measured on an AMD EPYC (MKL, AVX2): one
+    block up to K = 192, two halves up to 383, blocks of 192 beyond; with a bias, the bias
+    first; at 2 threads, a 16-row product with N = 20 is split another way (no rule)."""
+    key = (int(in_features), int(out_features), bool(with_bias), torch.get_num_threads())
+    if key in _BLOCK_RULES:
+        return _BLOCK_RULES[key]
+    K, N = key[0], key[1]
+    rule = None
+    if K > 0 and N > 0 and _core is not None and hasattr(_core, "linear_blocked_cpu"):
+        g = torch.Generator().manual_seed(1234 + K)
+        x = torch.randn(2 * MIN_BLAS_ROWS, K, generator=g)
+        w = torch.randn(N, K, generator=g)
+        b = torch.randn(N, generator=g) if with_bias else None
+        with torch.no_grad():
+            want = F.linear(x, w, b)[:MIN_BLAS_ROWS].view(torch.int32)
+            alone = F.linear(x[:MIN_BLAS_ROWS], w, b).view(torch.int32)
+        if torch.equal(want, alone):
+            stride = -(-N // 16) * 16
+            wt = torch.zeros(K, stride)
+            wt[:, :N] = w.t()
+            blocks = [K] + sorted({K // 2, 64, 96, 128, 144, 160, 176, 192, 256, 384, 512} - {0}, reverse=True)
+            out = torch.empty(MIN_BLAS_ROWS, N)
+            for block in dict.fromkeys(b for b in blocks if b <= K):
+                for bias_first in ((False, True) if with_bias else (False,)):
+                    _core.linear_blocked_cpu(x.data_ptr(), MIN_BLAS_ROWS, K, K, wt.data_ptr(), N, stride,
+                                             0 if b is None else b.data_ptr(), bias_first, block, out.data_ptr(), N)
+                    if torch.equal(out.view(torch.int32), want):
+                        rule = (block, bias_first)
+                        break
+                if rule is not None:
+                    break
+    _BLOCK_RULES[key] = rule
+    return rule
+
+
 def linear_rows(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x [M, K] · weightᵀ + bias`` with each fp32 row's result independent of the other rows
     (the LM head's rule; see the module docstring): the native kernel for fp32 CPU weights of at
-    least ``NATIVE_MIN_WEIGHT_BYTES`` when nothing needs a gradient, else ``F.linear`` on at
-    least ``MIN_BLAS_ROWS`` rows. Shapes are not checked here (the model's calls are well-formed)."""
+    least ``NATIVE_MIN_WEIGHT_BYTES`` when nothing needs a gradient, else the bits of ``F.linear``
+    on at least ``MIN_BLAS_ROWS`` rows (see ``_blas_rows``). Shapes are not checked here (the
+    model's calls are well-formed)."""
     if _native_ok(x, weight, bias):
         return _native(x, weight, bias)
     return _blas_rows(x, weight, bias)
@@ -182,8 +319,9 @@ class RowRoute:
     Built once per forward from ``query_indptr`` ``[B+1]`` (CPU int32 / int64); ``route(x, w, b)``
     then runs one linear layer over all ``T`` rows of ``x [T, K]``: those rows through the native
     kernel for fp32 weights of at least ``NATIVE_MIN_WEIGHT_BYTES``, the rest (or, for smaller
-    weights, all rows) through one ``F.linear`` call of at least ``MIN_BLAS_ROWS`` rows, so a row
-    takes the same path and gets the same bits whatever else is in its batch. bf16 / fp16
+    weights, all rows) with the bits of one ``F.linear`` call of at least ``MIN_BLAS_ROWS`` rows
+    (``linear_blocked_cpu`` in the BLAS's order for 1-15 rows of a small matrix), so a row gets
+    the same bits whatever else is in its batch. bf16 / fp16
     weights, autograd and other devices take plain ``F.linear``.
     """
 

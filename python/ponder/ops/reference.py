@@ -17,6 +17,42 @@ import torch
 from ponder.ops.reference_attention import paged_attention, shared_prefix_attention  # noqa: F401  (re-exported)
 
 
+def fma32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``a * b + c`` of float32 tensors rounded once to float32, as a fused multiply-add does.
+    The product is exact in float64; the sum is rounded to float64 "to odd" (TwoSum gives its
+    error; an inexact result with an even last bit moves one ulp toward the error), which makes
+    the final rounding to float32 the correct one (53 >= 24 + 2 bits). Finite inputs only."""
+    p = a.double() * b.double()
+    c = c.double()
+    s = p + c
+    bb = s - p
+    err = (p - (s - bb)) + (c - bb)
+    fix = (err != 0) & ((s.view(torch.int64) & 1) == 0)
+    toward = torch.where(err > 0, torch.full_like(s, float("inf")), torch.full_like(s, float("-inf")))
+    return torch.where(fix, torch.nextafter(s, toward), s).float()
+
+
+def linear_blocked(x: torch.Tensor, weight: torch.Tensor, bias, block: int, bias_first: bool) -> torch.Tensor:
+    """``x [M, K] · weight [N, K]ᵀ (+ bias [N])`` summed like ``ponder._core.linear_blocked_cpu``:
+    per output, a fused multiply-add chain over ascending k from 0, in blocks of ``block`` k's
+    whose sums are added in order; the bias before the first block (bias_first) or after the
+    last. float32 in and out; one vectorised step per k."""
+    M, K = x.shape
+    N = weight.shape[0]
+    total = None
+    for b0 in range(0, max(K, 1), block):
+        part = torch.zeros(M, N, dtype=torch.float32)
+        for k in range(b0, min(K, b0 + block)):
+            part = fma32(x[:, k:k + 1].expand(M, N), weight[:, k].expand(M, N), part)
+        if total is None:
+            total = bias + part if (bias is not None and bias_first) else part
+        else:
+            total = total + part
+    if bias is not None and not bias_first:
+        total = total + bias
+    return total
+
+
 def copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
     """Copy page ``src_pages[i]`` onto page ``dst_pages[i]`` in every layer, for K and V.
 
