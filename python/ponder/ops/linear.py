@@ -21,7 +21,8 @@ at least ``NATIVE_MIN_WEIGHT_BYTES``, and every other fp32 CPU product through `
 at least ``MIN_BLAS_ROWS`` rows (zero rows appended when there are fewer, then dropped; but see
 below for 1-15 rows of a small matrix): small matrices, where MKL is faster than the native
 kernel at many rows (a 2-layer model with hidden size 256, 256 decode rows: 32.6 ms per step
-against 43.4 ms native, AMD EPYC, 1 thread), and long sequences' rows (prefill). :func:`linear_rows` applies the same rule to the LM head.
+against 43.4 ms native, AMD EPYC, 1 thread), and long sequences' rows (prefill).
+:func:`linear_rows` applies the same rule to the LM head.
 
 Padding a small matrix's 1-15 rows to 16 costs up to 16 times the work (a small model's decode
 step, with siblings' shared rows computed once, often has fewer than 16 distinct rows). So such
