@@ -90,7 +90,7 @@ def native_capable(weight: torch.Tensor) -> bool:
 def native_eligible(weight: torch.Tensor) -> bool:
     """Whether ``linear(..., backend="auto")`` runs ``weight`` natively: :func:`native_capable`
     and at least ``NATIVE_MIN_WEIGHT_BYTES``."""
-    return native_capable(weight) and weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES
+    return weight.numel() * 4 >= NATIVE_MIN_WEIGHT_BYTES and native_capable(weight)
 
 
 def _native_ok(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
