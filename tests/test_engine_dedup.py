@@ -172,3 +172,11 @@ def test_dedup_rows_option_is_checked(model):
     eng = make_engine(wrapped)
     exp = eng.expand(eng.prefill(PROMPTS[:1]), 3, stop=STOP, sampling=SamplingParams(temperature=0.0))
     assert exp.tokens[0].tolist() == exp.tokens[1].tolist() and eng.stats.decode_rows_shared == 0
+
+
+def test_distinct_count_matches_np_unique():
+    rng = np.random.default_rng(0)
+    cases = [np.zeros(0, np.int32), np.array([7], np.int32), np.array([[3, 3], [1, 3]], np.int32),
+             rng.integers(0, 40, size=500).astype(np.int32), np.arange(100, dtype=np.int64)[::-1]]
+    for a in cases:
+        assert kv_store._distinct_count(a) == np.unique(a).size
