@@ -16,9 +16,9 @@ void linear_blocked_cpu_binding(uintptr_t x, int64_t num_rows, int64_t in_featur
                                 uintptr_t wt, int64_t out_features, int64_t wt_row_stride, uintptr_t bias,
                                 bool bias_first, int64_t block, uintptr_t out, int64_t out_row_stride,
                                 bool scalar) {
-  auto run = scalar ? detail::linear_blocked_cpu_scalar : linear_blocked_cpu;
-  run(as_ptr<const float>(x), num_rows, in_features, x_row_stride, as_ptr<const float>(wt), out_features,
-      wt_row_stride, as_ptr<const float>(bias), bias_first, block, as_ptr<float>(out), out_row_stride);
+  linear_blocked_cpu(as_ptr<const float>(x), num_rows, in_features, x_row_stride, as_ptr<const float>(wt),
+                     out_features, wt_row_stride, as_ptr<const float>(bias), bias_first, block, as_ptr<float>(out),
+                     out_row_stride, !scalar);
 }
 
 }  // namespace

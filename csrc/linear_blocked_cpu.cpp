@@ -174,18 +174,11 @@ Job checked(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row
              out_row_stride};
 }
 
-}  // namespace
-
-bool linear_blocked_cpu_fast() { return has_avx2_fma(); }
-
-void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
-                        const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
-                        bool bias_first, int64_t block, float* out, int64_t out_row_stride) {
-  const Job j = checked(x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, bias, bias_first,
-                        block, out, out_row_stride);
-  if (num_rows == 0 || out_features == 0) return;
+// The checked problem on the vector path when the CPU has one and `vector` asks for it.
+void run(const Job& j, bool vector) {
+  if (j.rows == 0 || j.out_features == 0) return;
 #if PONDER_BLOCKED_X86
-  if (has_avx2_fma()) {
+  if (vector && has_avx2_fma()) {
     run_avx2(j);
     return;
   }
@@ -193,15 +186,16 @@ void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, i
   run_scalar(j);
 }
 
-namespace detail {
-void linear_blocked_cpu_scalar(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
-                               const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
-                               bool bias_first, int64_t block, float* out, int64_t out_row_stride) {
-  const Job j = checked(x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, bias, bias_first,
-                        block, out, out_row_stride);
-  if (num_rows == 0 || out_features == 0) return;
-  run_scalar(j);
+}  // namespace
+
+bool linear_blocked_cpu_fast() { return has_avx2_fma(); }
+
+void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
+                        const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
+                        bool bias_first, int64_t block, float* out, int64_t out_row_stride, bool vector_path) {
+  run(checked(x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, bias, bias_first, block, out,
+              out_row_stride),
+      vector_path);
 }
-}  // namespace detail
 
 }  // namespace ponder

@@ -30,17 +30,12 @@ bool linear_blocked_cpu_fast();
 // up to a multiple of 16; the columns past out_features are read and ignored, so they must be
 // readable); bias: [out_features] or null; out: num_rows rows of out_features floats,
 // out_row_stride apart (>= out_features), not overlapping the inputs.
+// vector_path false: the scalar std::fma path whatever the CPU has (tests compare the two).
 // Throws std::invalid_argument for negative sizes, block < 1, or strides below those bounds,
 // before writing anything.
 void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
                         const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
-                        bool bias_first, int64_t block, float* out, int64_t out_row_stride);
-
-namespace detail {
-// For tests: the scalar std::fma path, whatever the CPU has (same arguments and checks).
-void linear_blocked_cpu_scalar(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
-                               const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
-                               bool bias_first, int64_t block, float* out, int64_t out_row_stride);
-}  // namespace detail
+                        bool bias_first, int64_t block, float* out, int64_t out_row_stride,
+                        bool vector_path = true);
 
 }  // namespace ponder

@@ -33,9 +33,8 @@ Small make(int64_t M, int64_t K, int64_t N, unsigned seed) {
 std::vector<float> run(const Small& s, int64_t rows, int64_t first, bool bias, bool bias_first, int64_t block,
                        bool scalar) {
   std::vector<float> out(rows * (s.N + 1), -7.0f);  // out rows padded by one float that must stay -7
-  auto fn = scalar ? ponder::detail::linear_blocked_cpu_scalar : ponder::linear_blocked_cpu;
-  fn(s.x.data() + first * (s.K + 3), rows, s.K, s.K + 3, s.wt.data(), s.N, s.stride,
-     bias ? s.bias.data() : nullptr, bias_first, block, out.data(), s.N + 1);
+  ponder::linear_blocked_cpu(s.x.data() + first * (s.K + 3), rows, s.K, s.K + 3, s.wt.data(), s.N, s.stride,
+                             bias ? s.bias.data() : nullptr, bias_first, block, out.data(), s.N + 1, !scalar);
   return out;
 }
 
