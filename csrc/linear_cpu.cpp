@@ -8,8 +8,8 @@
 // reads every weight exactly once.
 //
 // The tile shape only decides which outputs are computed together, never how one is computed,
-// so AVX-512 (4 x 4 tiles), AVX2 + FMA (2 x 2), the baseline (1 x 2) and any row count give the
-// same bits. Builds without fused multiply-add (the generic x86-64 path, other compilers) round
+// so AVX-512 (4 x 4 tiles), AVX2 + FMA (4 x 3, each 8-lane half of the accumulators in its own
+// pass; see half_columns), the baseline (1 x 2) and any row count give the same bits. Builds without fused multiply-add (the generic x86-64 path, other compilers) round
 // the products separately and so differ in the last bits from the FMA paths, consistently at
 // every row count.
 #include "linear_cpu.h"
@@ -151,6 +151,7 @@ struct Problem {
   const float* bias;
   float* out;
   int64_t out_stride;
+  int64_t out_features;  // the whole weight's rows (a thread's part of a product may take fewer)
 };
 
 // acc[i][j] += x[i] * w[j] over 16 columns: x rows x_stride floats apart, w rows w_stride apart.
@@ -260,12 +261,184 @@ PONDER_ALWAYS_INLINE void columns(const Problem& p, int64_t n0, int64_t n1) {
   }
 }
 
+// ---- AVX2: the two 8-lane halves of the accumulators in separate passes ----
+//
+// With 16 ymm registers, a tile of whole 16-lane accumulators is at most 2 x 2 outputs (8
+// registers for the sums), which loads one vector per fused multiply-add. But lanes 0-7 and 8-15
+// of an accumulator never meet before the reduction: lane l only ever sums k = l mod 16. So a
+// tile computes lanes 0-7 of every accumulator (the first 8 floats of each 16-float chunk of K),
+// then lanes 8-15, each half with one ymm per output: a 4 x 3 tile holds 12 sums and loads 7
+// vectors per 12 multiply-adds. Every lane still sees the same multiply-adds in the same order,
+// and the reduction starts, as halves() does for two parts, with lane l + lane l + 8: the bits
+// of the 2 x 2 path.
+//
+// K is taken in chunks whose x and weight slices stay in L1 between the two halves' passes; the
+// sums wait in memory between chunks.
+//
+// A decode step of a few rows streams the weights from memory, so the next strip's weight rows
+// are prefetched while this strip computes, spread evenly over its passes (tiles x 2 halves):
+// issued all at once in the first pass, they left the memory idle for the rest of the strip.
+
+// floats of K per chunk: (4 x rows + 3 weight rows) x 512 x 4 bytes = 14 KiB
+constexpr int64_t kHalfChunk = 512;
+
+// sums[i][j] += x_i · w_j over the 16-float chunks in [k0, k1), 8 lanes from each (x and w
+// already point at the half). NPF: also prefetch the same columns of NPF weight rows from
+// `ahead` (w_stride apart).
+template <int MT, int NT, int NPF>
+PONDER_ALWAYS_INLINE void half_pass(v8 (&sums)[MT][NT], const float* x, int64_t x_stride, const float* w,
+                                    int64_t w_stride, int64_t k0, int64_t k1, const float* ahead) {
+  v8 a[MT][NT];
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) a[i][j] = sums[i][j];
+  for (int64_t k = k0; k < k1; k += kLanes) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NPF; ++j) __builtin_prefetch(ahead + j * w_stride + k, 0, 3);
+    v8 wv[NT];
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) std::memcpy(&wv[j], w + j * w_stride + k, sizeof wv[j]);
+#pragma GCC unroll 8
+    for (int i = 0; i < MT; ++i) {
+      v8 xv;
+      std::memcpy(&xv, x + i * x_stride + k, sizeof xv);
+#pragma GCC unroll 8
+      for (int j = 0; j < NT; ++j) a[i][j] += xv * wv[j];  // as fma16 does for one part
+    }
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) sums[i][j] = a[i][j];
+}
+
+// half_pass with `count` (0-2) prefetched rows.
+template <int MT, int NT>
+PONDER_ALWAYS_INLINE void half_pass_ahead(v8 (&sums)[MT][NT], const float* x, int64_t x_stride, const float* w,
+                                          int64_t w_stride, int64_t k0, int64_t k1, const float* ahead,
+                                          int count) {
+  if (count <= 0) {
+    half_pass<MT, NT, 0>(sums, x, x_stride, w, w_stride, k0, k1, ahead);
+  } else if (count == 1) {
+    half_pass<MT, NT, 1>(sums, x, x_stride, w, w_stride, k0, k1, ahead);
+  } else {
+    half_pass<MT, NT, 2>(sums, x, x_stride, w, w_stride, k0, k1, ahead);
+  }
+}
+
+// reduce16 of an accumulator given as its two halves (lanes 0-7, lanes 8-15)
+PONDER_ALWAYS_INLINE float reduce_halves(const v8& lo, const v8& hi) {
+  const v8 h = lo + hi;
+  const v4 q = __builtin_shufflevector(h, h, 0, 1, 2, 3) + __builtin_shufflevector(h, h, 4, 5, 6, 7);
+  return (q[0] + q[2]) + (q[1] + q[3]);
+}
+
+// Which rows of the next strip one pass prefetches: passes share the strip's rows in order.
+struct Ahead {
+  int64_t next;  // first weight row of the next strip
+  int64_t rows;  // its rows (0: nothing to prefetch)
+  int64_t passes;  // passes in this strip
+  int64_t per_pass;  // rows per pass: ceil(rows / passes), at most 2
+};
+
+// MT rows from m, NT weight rows from n, half by half (see above); `pass` is the strip's pass
+// number of the first half.
+template <int MT, int NT>
+PONDER_ALWAYS_INLINE void half_tile(const Problem& p, int64_t m, int64_t n, const Ahead& ahead, int64_t pass) {
+  const int64_t K = p.in;
+  const float* x = p.x + m * p.x_stride;
+  const float* w = p.w + n * K;
+  int count[2];
+  const float* from[2];
+  for (int h = 0; h < 2; ++h) {
+    const int64_t first = (pass + h) * ahead.per_pass;
+    count[h] = static_cast<int>(std::max<int64_t>(0, std::min(ahead.per_pass, ahead.rows - first)));
+    from[h] = count[h] > 0 ? p.w + (ahead.next + first) * K : w;  // never a row past the weight
+  }
+  v8 sums[2][MT][NT];
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) sums[0][i][j] = sums[1][i][j] = v8{};
+  const int64_t whole = K - K % kLanes;
+  for (int64_t k0 = 0; k0 < whole; k0 += kHalfChunk) {
+    const int64_t k1 = std::min(whole, k0 + kHalfChunk);
+    half_pass_ahead<MT, NT>(sums[0], x, p.x_stride, w, K, k0, k1, from[0], count[0]);
+    half_pass_ahead<MT, NT>(sums[1], x + 8, p.x_stride, w + 8, K, k0, k1, from[1], count[1]);
+  }
+  if (whole < K) {  // the last K % 16 columns, zero-padded, as tile() takes them
+    float xt[MT][kLanes] = {}, wt[NT][kLanes] = {};
+    for (int i = 0; i < MT; ++i) std::memcpy(xt[i], x + i * p.x_stride + whole, (K - whole) * sizeof(float));
+    for (int j = 0; j < NT; ++j) std::memcpy(wt[j], w + j * K + whole, (K - whole) * sizeof(float));
+    half_pass<MT, NT, 0>(sums[0], xt[0], kLanes, wt[0], kLanes, 0, kLanes, nullptr);
+    half_pass<MT, NT, 0>(sums[1], xt[0] + 8, kLanes, wt[0] + 8, kLanes, 0, kLanes, nullptr);
+  }
+#pragma GCC unroll 8
+  for (int i = 0; i < MT; ++i) {
+    float* o = p.out + (m + i) * p.out_stride + n;
+#pragma GCC unroll 8
+    for (int j = 0; j < NT; ++j) o[j] = reduce_halves(sums[0][i][j], sums[1][i][j]) + (p.bias ? p.bias[n + j] : 0.0f);
+  }
+}
+
+// half_tile<count, NT> for a count in [1, MT] (the last rows of a block).
+template <int NT, int MT>
+PONDER_ALWAYS_INLINE void half_last_rows(const Problem& p, int64_t m, int64_t n, int64_t count, const Ahead& ahead,
+                                         int64_t pass) {
+  if constexpr (MT > 0) {
+    if (count == MT) {
+      half_tile<MT, NT>(p, m, n, ahead, pass);
+    } else {
+      half_last_rows<NT, MT - 1>(p, m, n, count, ahead, pass);
+    }
+  }
+}
+
+// Rows [m0, m1) of the NT weight rows from n; the next strip has up to NT_MAX rows.
+template <int NT, int MT_MAX, int NT_MAX>
+PONDER_ALWAYS_INLINE void half_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
+  Ahead ahead;
+  ahead.next = n + NT;
+  ahead.rows = std::max<int64_t>(0, std::min<int64_t>(NT_MAX, p.out_features - ahead.next));
+  ahead.passes = 2 * ((m1 - m0 + MT_MAX - 1) / MT_MAX);
+  ahead.per_pass = std::min<int64_t>(2, (ahead.rows + ahead.passes - 1) / ahead.passes);
+  int64_t m = m0, pass = 0;
+  for (; m + MT_MAX <= m1; m += MT_MAX, pass += 2) half_tile<MT_MAX, NT>(p, m, n, ahead, pass);
+  half_last_rows<NT, MT_MAX - 1>(p, m, n, m1 - m, ahead, pass);
+}
+
+// half_strip<count, MT_MAX> for a count in [1, NT] (the last weight rows).
+template <int MT_MAX, int NT_MAX, int NT>
+PONDER_ALWAYS_INLINE void half_last_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n, int64_t count) {
+  if constexpr (NT > 0) {
+    if (count == NT) {
+      half_strip<NT, MT_MAX, NT_MAX>(p, m0, m1, n);
+    } else {
+      half_last_strip<MT_MAX, NT_MAX, NT - 1>(p, m0, m1, n, count);
+    }
+  }
+}
+
+// columns() for the half-by-half tiles.
+template <int MT_MAX, int NT_MAX>
+PONDER_ALWAYS_INLINE void half_columns(const Problem& p, int64_t n0, int64_t n1) {
+  int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
+  block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
+  for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
+    const int64_t m1 = std::min(p.rows, m0 + block);
+    int64_t n = n0;
+    for (; n + NT_MAX <= n1; n += NT_MAX) half_strip<NT_MAX, MT_MAX, NT_MAX>(p, m0, m1, n);
+    half_last_strip<MT_MAX, NT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
+  }
+}
+
 #if PONDER_LINEAR_X86
 PONDER_TARGET("arch=x86-64-v4") void columns_avx512(const Problem& p, int64_t n0, int64_t n1) {
   columns<1, 4, 4>(p, n0, n1);  // 16 zmm accumulators
 }
 PONDER_TARGET("arch=x86-64-v3") void columns_avx2(const Problem& p, int64_t n0, int64_t n1) {
-  columns<2, 2, 2>(p, n0, n1);  // 8 ymm accumulators, 4 for the weights, 2 for x
+  half_columns<4, 3>(p, n0, n1);  // 12 ymm sums, 3 for the weights, 1 for x
 }
 #endif
 // SSE2: 8 xmm accumulators, 4 for the weights, 4 for x (16 on x86-64)
@@ -315,7 +488,7 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
   const ColumnsFn run = pick(isa);
   if (run == nullptr) bad("this CPU or build has no such instruction-set path: " + std::to_string(int(isa)));
   if (num_rows == 0 || out_features == 0) return;
-  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride};
+  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride, out_features};
   // threads take the output columns in chunks of whole 4-column tiles, a few chunks per thread
   // so that a late helper's share goes to the others (cpu_threads.h)
   const int64_t macs = num_rows * in_features * out_features;
@@ -335,7 +508,7 @@ namespace detail {
 void linear_cpu_baseline_parts(int parts, const float* x, int64_t num_rows, int64_t in_features,
                                int64_t x_row_stride, const float* w, int64_t out_features, const float* bias,
                                float* out, int64_t out_row_stride) {
-  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride};
+  const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride, out_features};
   switch (parts) {
     case 1: columns<1, 4, 4>(p, 0, out_features); return;
     case 2: columns<2, 2, 2>(p, 0, out_features); return;

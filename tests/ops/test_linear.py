@@ -87,6 +87,39 @@ def test_isa_paths_agree_bit_for_bit():
     _close(outs[0], F.linear(x, w), x, w)
 
 
+@pytest.mark.parametrize("isa", [1, 2])
+@pytest.mark.parametrize("M,K,N", [(1, 576, 7), (2, 37, 5), (3, 16, 4), (4, 1100, 9), (5, 5, 3), (8, 203, 13),
+                                   (9, 48, 1), (11, 513, 8)])
+def test_fma_paths_match_the_lane_reference(isa, M, K, N):
+    """The AVX2 and AVX-512 paths against ops.reference.linear_lanes bit for bit: every row count
+    of a tile (1-4) and past it, K with a 16-float tail, K over one 512-float chunk (1100), N not a
+    multiple of a tile's 3 or 4 weight rows; x rows strided."""
+    from ponder import _core
+    from ponder.ops import reference
+
+    if not _core.linear_cpu_has(isa):
+        pytest.skip(f"this CPU lacks instruction-set path {isa}")
+    g = torch.Generator().manual_seed(M * 1000 + K + N)
+    xs = torch.randn(M, K + 5, generator=g)
+    x, w, b = xs[:, :K], torch.randn(N, K, generator=g), torch.randn(N, generator=g)
+    for bias in (None, b):
+        out = torch.full((M, N + 2), -7.0)
+        _core.linear_cpu(x.data_ptr(), M, K, K + 5, w.data_ptr(), N, 0 if bias is None else bias.data_ptr(),
+                         out.data_ptr(), N + 2, 1, isa)
+        want = reference.linear_lanes(x, w, bias)
+        assert torch.equal(out[:, :N], want), (out[:, :N] - want).abs().max()
+        assert (out[:, N:] == -7.0).all()  # nothing written past a row's outputs
+    # a product large enough to split over threads gives the same bits
+    big_w = torch.randn(300, K, generator=g)
+    outs = []
+    for threads in (1, 3):
+        out = torch.empty(M, 300)
+        _core.linear_cpu(x.data_ptr(), M, K, K + 5, big_w.data_ptr(), 300, 0, out.data_ptr(), 300, threads, isa)
+        outs.append(out)
+    assert torch.equal(outs[0], outs[1])
+    assert torch.equal(outs[0], reference.linear_lanes(x, big_w))
+
+
 def test_auto_dispatch():
     g = torch.Generator().manual_seed(4)
     big = torch.randn(lin.NATIVE_MIN_WEIGHT_BYTES // 4 // 256 + 1, 256, generator=g)

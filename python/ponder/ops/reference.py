@@ -53,6 +53,25 @@ def linear_blocked(x: torch.Tensor, weight: torch.Tensor, bias, block: int, bias
     return total
 
 
+def linear_lanes(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.Tensor:
+    """``x [M, K] · weight [N, K]ᵀ (+ bias [N])`` summed like ``ponder._core.linear_cpu``'s
+    fused multiply-add paths (AVX2, AVX-512): per output, 16 lanes, lane l a fused multiply-add
+    chain over k = l mod 16 ascending from 0; then lanes l and l + 8 added, then l and l + 4, then
+    (0 + 2) + (1 + 3); the bias last. float32 in and out; one vectorised step per 16 k's."""
+    M, K = x.shape
+    N = weight.shape[0]
+    pad = (-K) % 16
+    xs = torch.nn.functional.pad(x.float(), (0, pad)).view(M, 1, -1, 16)
+    ws = torch.nn.functional.pad(weight.float(), (0, pad)).view(1, N, -1, 16)
+    acc = torch.zeros(M, N, 16, dtype=torch.float32)
+    for c in range(xs.shape[2]):  # a zero-padded product adds +0, which leaves a sum unchanged
+        acc = fma32(xs[:, :, c].expand(M, N, 16), ws[:, :, c].expand(M, N, 16), acc)
+    h = acc[..., :8] + acc[..., 8:]
+    q = h[..., :4] + h[..., 4:]
+    out = (q[..., 0] + q[..., 2]) + (q[..., 1] + q[..., 3])
+    return out if bias is None else out + bias
+
+
 def copy_pages(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
     """Copy page ``src_pages[i]`` onto page ``dst_pages[i]`` in every layer, for K and V.
 
