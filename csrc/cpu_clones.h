@@ -13,8 +13,11 @@
 
 #if defined(__GNUC__)
 #define PONDER_ALWAYS_INLINE inline __attribute__((always_inline))
+// after a lambda's parameter list: inlined into its caller (so into the caller's ISA clone)
+#define PONDER_LAMBDA_INLINE __attribute__((always_inline))
 #else
 #define PONDER_ALWAYS_INLINE inline
+#define PONDER_LAMBDA_INLINE
 #endif
 
 #include <cstdint>

@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <random>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 #include "attention_cpu.h"
@@ -18,9 +19,12 @@ struct Batch {
 };
 
 // Two sequences sharing page 0; sequence 0 decodes one row at position 7, sequence 1 prefills
-// its last 3 tokens (positions 2-4).
-Batch example() {
+// its last 3 tokens (positions 2-4). Head dims 32, 64 and 128 take the fixed-size path.
+Batch example(int64_t D = 8, int64_t H = 4, int64_t Hk = 2) {
   Batch b;
+  b.D = D;
+  b.H = H;
+  b.Hk = Hk;
   std::mt19937 gen(3);
   b.k = ponder_test::normal_floats(b.P * b.S * b.Hk * b.D, gen);
   b.v = ponder_test::normal_floats(b.k.size(), gen);
@@ -65,13 +69,19 @@ void run(Batch& b, const std::vector<int32_t>& tables, const std::vector<int32_t
 }  // namespace
 
 PONDER_TEST(attention_cpu_matches_double_loops) {
-  Batch b = example();
-  run(b, b.tables, b.lens, b.indptr);
-  const int64_t seq_of_row[4] = {0, 1, 1, 1};
-  for (int64_t r = 0; r < 4; ++r)
-    for (int64_t h = 0; h < b.H; ++h)
-      for (int64_t d = 0; d < b.D; ++d)
-        CHECK_NEAR(b.out[(r * b.H + h) * b.D + d], expected(b, seq_of_row[r], r, h, d, 0.5), 1e-5);
+  // run-time head dim; fixed head dims with 3 query heads per KV head, 4 (3 + 1) and 2
+  for (auto [D, H, Hk] : {std::tuple<int64_t, int64_t, int64_t>{8, 4, 2}, {64, 6, 2}, {32, 4, 1}, {128, 4, 2}}) {
+    Batch b = example(D, H, Hk);
+    run(b, b.tables, b.lens, b.indptr);
+    const int64_t seq_of_row[4] = {0, 1, 1, 1};
+    // fp32 scores sum D products of unit normals (scaled by 0.5): their rounding error, and the
+    // output's through the softmax, grows about linearly with D; 1e-5 at D = 8
+    const double tol = 1e-5 * double(D) / 8;
+    for (int64_t r = 0; r < 4; ++r)
+      for (int64_t h = 0; h < b.H; ++h)
+        for (int64_t d = 0; d < b.D; ++d)
+          CHECK_NEAR(b.out[(r * b.H + h) * b.D + d], expected(b, seq_of_row[r], r, h, d, 0.5), tol);
+  }
 }
 
 PONDER_TEST(attention_cpu_refuses_bad_metadata) {

@@ -39,6 +39,9 @@ CASES = [  # lens, num_q, H, Hk, D, S
     ([33, 9], [0, 3], 2, 1, 48, 3),  # a sequence without rows, odd page size and head dim
     ([40], [1], 8, 1, 8, 1),  # page size 1, MQA
     ([2048, 2047, 1500], [1, 1, 1], 9, 3, 64, 16),  # long decode
+    ([29, 64, 3], [1, 1, 2], 8, 2, 128, 16),  # head dim 128, 4 query heads per KV head (3 + 1)
+    ([23, 8], [1, 1], 10, 2, 64, 8),  # 5 query heads per KV head (3 + 2)
+    ([19, 1], [1, 1], 2, 2, 32, 16),  # one query head per KV head
 ]
 
 
