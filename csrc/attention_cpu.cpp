@@ -1,6 +1,7 @@
 #include "attention_cpu.h"
 
 #include "common.h"
+#include "cpu_attention_blocks.h"
 #include "cpu_clones.h"
 #include "cpu_math.h"
 
@@ -37,37 +38,9 @@ PONDER_ALWAYS_INLINE void for_each_token(const T* plane, const int32_t* table, i
 }
 
 // Scores sh[0, ctx) become unnormalised softmax weights exp(s - max) in place (fp32); returns
-// 1 / their sum. Eight lanes at a time; the last partial vector is padded with -inf (weight 0),
-// so every weight comes out of exp_nonpositive8 wherever it sits.
+// 1 / their sum.
 PONDER_ALWAYS_INLINE float softmax_weights(float* sh, int64_t ctx) {
-  constexpr float kNegInf = -std::numeric_limits<float>::infinity();
-  const int64_t whole = ctx - ctx % 8;
-  f8 tail = f8{} + kNegInf;
-  for (int64_t t = whole; t < ctx; ++t) tail[t - whole] = sh[t];
-  f8 mv = tail;
-  for (int64_t t = 0; t < whole; t += 8) {
-    f8 v;
-    std::memcpy(&v, sh + t, sizeof v);
-    mv = mv > v ? mv : v;
-  }
-  float m = mv[0];
-  for (int l = 1; l < 8; ++l) m = std::max(m, mv[l]);
-  f8 sum = f8{};
-  for (int64_t t = 0; t < whole; t += 8) {
-    f8 v;
-    std::memcpy(&v, sh + t, sizeof v);
-    v = exp_nonpositive8(v - m);
-    std::memcpy(sh + t, &v, sizeof v);
-    sum += v;
-  }
-  if (whole < ctx) {
-    tail = exp_nonpositive8(tail - m);
-    for (int64_t t = whole; t < ctx; ++t) sh[t] = tail[t - whole];
-    sum += tail;
-  }
-  typedef float f4 __attribute__((vector_size(16)));
-  const f4 h = __builtin_shufflevector(sum, sum, 0, 1, 2, 3) + __builtin_shufflevector(sum, sum, 4, 5, 6, 7);
-  return 1.f / ((h[0] + h[2]) + (h[1] + h[3]));
+  return 1.f / exp_minus(sh, ctx, max_of(sh, ctx));
 }
 
 // One query row `qrow` [H, D] of a sequence whose block table row is `table`, attending to
@@ -113,131 +86,32 @@ PONDER_CPU_CLONES void attend_row(const Layout& L, const float* qrow, const T* k
   }
 }
 
-PONDER_ALWAYS_INLINE f8 load8(const float* p) {
-  f8 v;
-  std::memcpy(&v, p, sizeof v);
-  return v;
-}
-
-PONDER_ALWAYS_INLINE f8 load8(const uint16_t* p) {  // 8 bfloat16 values widened
-  typedef uint16_t u16x8 __attribute__((vector_size(16)));
-  typedef uint32_t u32x8 __attribute__((vector_size(32)));
-  u16x8 h;
-  std::memcpy(&h, p, sizeof h);
-  const u32x8 w = __builtin_convertvector(h, u32x8) << 16;
-  f8 v;
-  std::memcpy(&v, &w, sizeof v);
-  return v;
-}
-
-// Lane t of the result: the sum of a[t]'s 8 lanes (pairs, then quads, then the two halves).
-PONDER_ALWAYS_INLINE f8 sum_each(const f8 (&a)[8]) {
-  f8 b[4], c[2];
-#pragma GCC unroll 4
-  for (int i = 0; i < 4; ++i)  // b[i] lanes: a[2i] (0+1), a[2i+1] (0+1), a[2i] (2+3), ... (6+7)
-    b[i] = __builtin_shufflevector(a[2 * i], a[2 * i + 1], 0, 8, 2, 10, 4, 12, 6, 14) +
-           __builtin_shufflevector(a[2 * i], a[2 * i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
-#pragma GCC unroll 2
-  for (int i = 0; i < 2; ++i)  // c[i] lanes: a[4i .. 4i + 3] (0..3), then the same (4..7)
-    c[i] = __builtin_shufflevector(b[2 * i], b[2 * i + 1], 0, 1, 8, 9, 4, 5, 12, 13) +
-           __builtin_shufflevector(b[2 * i], b[2 * i + 1], 2, 3, 10, 11, 6, 7, 14, 15);
-  return __builtin_shufflevector(c[0], c[1], 0, 1, 2, 3, 8, 9, 10, 11) +
-         __builtin_shufflevector(c[0], c[1], 4, 5, 6, 7, 12, 13, 14, 15);
-}
-
-// scores[h * ctx + t] = scale * q_h . k_t for the first n of the 8 K rows in `group` (n < 8:
-// the rest are read again as padding and not stored) and every query head h < G of qg [G, D].
-template <int D, typename T>
-PONDER_ALWAYS_INLINE void score_group(const T* (&group)[8], int n, const float* qg, int64_t G, float scale,
-                                      float* scores, int64_t ctx) {
-  constexpr int NV = D / 8;
-  for (int t = n; t < 8; ++t) group[t] = group[0];
-  for (int64_t h = 0; h < G; ++h) {
-    f8 qv[NV];
-#pragma GCC unroll 32
-    for (int c = 0; c < NV; ++c) qv[c] = load8(qg + h * D + c * 8);
-    f8 acc[8];
-#pragma GCC unroll 8
-    for (int t = 0; t < 8; ++t) acc[t] = qv[0] * load8(group[t]);
-#pragma GCC unroll 32
-    for (int c = 1; c < NV; ++c)
-#pragma GCC unroll 8
-      for (int t = 0; t < 8; ++t) acc[t] += qv[c] * load8(group[t] + c * 8);
-    const f8 sc = sum_each(acc) * scale;
-    float* dst = scores + h * ctx;
-    if (n == 8) {
-      std::memcpy(dst, &sc, sizeof sc);
-    } else {
-      for (int t = 0; t < n; ++t) dst[t] = sc[t];
-    }
-  }
-}
-
-// out_h = inv_sum[h] * sum_j w_h[j] * v_j for HG heads (w_h = w + h * w_stride, out_h = out +
-// h * D): for each slice of 4 output vectors, the HG x 4 sums stay in registers over every token
-// and each V vector is loaded once for the HG heads.
-template <int D, int HG, typename T>
-PONDER_ALWAYS_INLINE void weighted_values(const T* v_plane, const int32_t* table, int64_t ctx, int64_t S, int64_t Hk,
-                                          int64_t g, const float* w, int64_t w_stride, const float* inv_sum,
-                                          float* out) {
-  constexpr int NV = D / 8, SL = 4;
-  for (int s0 = 0; s0 < NV; s0 += SL) {
-    f8 acc[HG][SL] = {};
-    for_each_token(v_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* v) PONDER_LAMBDA_INLINE {
-      f8 wj[HG];
-#pragma GCC unroll 4
-      for (int h = 0; h < HG; ++h) wj[h] = f8{} + w[h * w_stride + j];
-#pragma GCC unroll 4
-      for (int c = 0; c < SL; ++c) {
-        const f8 vc = load8(v + (s0 + c) * 8);
-#pragma GCC unroll 4
-        for (int h = 0; h < HG; ++h) acc[h][c] += wj[h] * vc;
-      }
-    });
-#pragma GCC unroll 4
-    for (int h = 0; h < HG; ++h) {
-#pragma GCC unroll 4
-      for (int c = 0; c < SL; ++c) {
-        const f8 o = acc[h][c] * inv_sum[h];
-        std::memcpy(out + h * D + (s0 + c) * 8, &o, sizeof o);
-      }
-    }
-  }
-}
-
-// The same for a head dim D known at compile time (a multiple of 16 up to 256), in 8-float
-// vectors. Scores: tokens in groups of 8; for each query head its D / 8 query vectors stay in
-// registers while 8 accumulators (one per token, independent chains) take the group's K rows,
-// then one shuffle tree turns the 8 accumulators into the group's 8 scores. p.V: see
-// weighted_values.
+// The same for a head dim D known at compile time (a multiple of 32), on 8-float vectors
+// (cpu_attention_blocks.h): scores for 8 keys at a time, the softmax on vectors, and p.V for up
+// to 3 query heads at once, so each V row is read once per slice of 4 vectors.
 template <int D, typename T>
 PONDER_CPU_CLONES void attend_row_fixed(const Layout& L, const float* qrow, const T* k_plane, const T* v_plane,
                                         const int32_t* table, int64_t ctx, float* scores, float* inv_sum,
                                         float* out_row) {
-  constexpr int NV = D / 8;  // vectors per row
   const int64_t Hk = L.num_kv_heads, S = L.page_size;
   const int64_t G = L.num_heads / Hk;
-  const T* group[8];
+  const T* keys[8];
   for (int64_t g = 0; g < Hk; ++g) {
     const float* qg = qrow + g * G * D;
-    float* og = out_row + g * G * D;
     int n = 0;
     int64_t j0 = 0;
     for_each_token(k_plane, table, ctx, S, Hk, g, D, [&](int64_t j, const T* k) PONDER_LAMBDA_INLINE {
       if (n == 0) j0 = j;
-      group[n++] = k;
+      keys[n++] = k;
       if (n == 8) {
-        score_group<D>(group, 8, qg, G, L.scale, scores + j0, ctx);
+        score_keys<D>(keys, 8, qg, D, G, L.scale, scores + j0, ctx);
         n = 0;
       }
     });
-    if (n > 0) score_group<D>(group, n, qg, G, L.scale, scores + j0, ctx);
+    if (n > 0) score_keys<D>(keys, n, qg, D, G, L.scale, scores + j0, ctx);
     for (int64_t h = 0; h < G; ++h) inv_sum[h] = softmax_weights(scores + h * ctx, ctx);
-    // p.V: heads in groups of up to 3, so each V row is read once per slice of 4 vectors
-    int64_t h = 0;
-    for (; h + 3 <= G; h += 3) weighted_values<D, 3>(v_plane, table, ctx, S, Hk, g, scores + h * ctx, ctx, inv_sum + h, og + h * D);
-    if (G - h == 2) weighted_values<D, 2>(v_plane, table, ctx, S, Hk, g, scores + h * ctx, ctx, inv_sum + h, og + h * D);
-    if (G - h == 1) weighted_values<D, 1>(v_plane, table, ctx, S, Hk, g, scores + h * ctx, ctx, inv_sum + h, og + h * D);
+    auto values = [&](auto&& fn) PONDER_LAMBDA_INLINE { for_each_token(v_plane, table, ctx, S, Hk, g, D, fn); };
+    weighted_values_rows<D, false>(values, G, scores, ctx, inv_sum, out_row + g * G * D);
   }
 }
 

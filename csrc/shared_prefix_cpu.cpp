@@ -1,6 +1,7 @@
 #include "shared_prefix_cpu.h"
 
 #include "common.h"
+#include "cpu_attention_blocks.h"
 #include "cpu_clones.h"
 #include "cpu_math.h"
 #include "cpu_threads.h"
@@ -18,6 +19,7 @@ namespace {
 
 constexpr int kLanes = 32;  // tokens per block: two vectors of scores per query row
 constexpr int kRows = 4;    // query rows per register block
+constexpr int kChunk = 128;  // tokens per chunk of the fixed-head-dim path (32 KiB of K at D = 64)
 constexpr float kNegInf = -std::numeric_limits<float>::infinity();
 // below this many multiply-adds (both products) a call runs on one thread
 constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
@@ -31,6 +33,7 @@ struct ItemScratch {
   std::vector<float> kt;   // [D, kLanes], the block's K transposed
   std::vector<float> vb;   // [kLanes, D], the block's V
   std::vector<float> p;    // [kRows, kLanes], a row block's scores, then its softmax weights
+  std::vector<float> s;    // [rows, kChunk], a chunk's scores, then its weights (fixed head dims)
 };
 
 // Token block [t0, t0 + n) of an item into kt (transposed) and vb, widened to fp32; lanes past
@@ -56,11 +59,8 @@ PONDER_ALWAYS_INLINE void load_block(const T* k_plane, const T* v_plane, const i
 }
 
 // Rows [rb, rb + kRows) of the scratch against one token block of n valid lanes: scores, the
-// online-softmax update and acc += p . V. DC is the head dim when known at compile time (a
-// multiple of 16), else 0 and D is read at run time.
-template <int DC>
-PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, int64_t Drt) {
-  const int64_t D = DC > 0 ? DC : Drt;
+// online-softmax update and acc += p . V (head dims without a fixed-size path).
+PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, int64_t D) {
   const float* kt = w.kt.data();
   const float* vb = w.vb.data();
   const float* qr = w.q.data() + rb * D;
@@ -112,31 +112,7 @@ PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, in
       for (int64_t d = 0; d < D; ++d) a[d] *= c;
     }
   }
-  if constexpr (DC > 0) {
-    // For each 16 output lanes: the row block's 4 accumulators stay in registers over the
-    // block's tokens, and each V chunk is loaded once for all 4 rows.
-    for (int c = 0; c < DC / 16; ++c) {
-      float reg[kRows][16];
-      for (int r = 0; r < kRows; ++r) {
-        const float* a = w.acc.data() + (rb + r) * D + c * 16;
-#pragma omp simd
-        for (int l = 0; l < 16; ++l) reg[r][l] = a[l];
-      }
-      for (int j = 0; j < kLanes; ++j) {  // all lanes: past n, p = 0 and V = 0
-        const float* v = vb + j * D + c * 16;
-        for (int r = 0; r < kRows; ++r) {
-          const float pj = pw[r * kLanes + j];
-#pragma omp simd
-          for (int l = 0; l < 16; ++l) reg[r][l] += pj * v[l];
-        }
-      }
-      for (int r = 0; r < kRows; ++r) {
-        float* a = w.acc.data() + (rb + r) * D + c * 16;
-#pragma omp simd
-        for (int l = 0; l < 16; ++l) a[l] = reg[r][l];
-      }
-    }
-  } else {
+  {
     for (int r = 0; r < kRows; ++r) {
       float* a = w.acc.data() + (rb + r) * D;
       for (int64_t j = 0; j < n; ++j) {  // lanes past n have weight 0
@@ -149,26 +125,71 @@ PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, in
   }
 }
 
-// Every token block of one item for KV head g, over the item's rows_pad scratch rows.
+// A head dim known at compile time (a multiple of 32): the item's tokens in chunks of kChunk.
+// For each chunk, every row's scores (8 keys at a time, each group of K rows read once for all
+// rows), an online-softmax update of each row (running maximum, sum, unnormalised output), then
+// the weighted V rows added for 3 rows at a time (cpu_attention_blocks.h). The chunk's K and V
+// rows stay in the cache while the rows take them.
+template <typename T, int D>
+PONDER_ALWAYS_INLINE void attend_item_fixed(ItemScratch& w, const T* k_plane, const T* v_plane, const int32_t* pages,
+                                            int64_t num_tokens, int64_t rows, int64_t S, int64_t Hk, int64_t g) {
+  float* s = w.s.data();
+  const T* values[kChunk];
+  for (int64_t t0 = 0; t0 < num_tokens; t0 += kChunk) {
+    const int64_t n = std::min<int64_t>(kChunk, num_tokens - t0);
+    const T* keys[8];
+    for (int64_t i = 0; i < n; i += 8) {
+      const int m = static_cast<int>(std::min<int64_t>(8, n - i));
+      for (int u = 0; u < m; ++u) {
+        const int64_t t = t0 + i + u;
+        const int64_t row = (static_cast<int64_t>(pages[t / S]) * S + t % S) * Hk + g;
+        keys[u] = k_plane + row * D;
+        values[i + u] = v_plane + row * D;
+      }
+      score_keys<D>(keys, m, w.q.data(), D, rows, 1.f, s + i, kChunk);  // q is scaled already
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      float* sr = s + r * kChunk;
+      const float m_new = std::max(w.m[r], max_of(sr, n));  // finite: n >= 1 finite scores
+      const float c = exp_nonpositive(w.m[r] - m_new);   // 0 while w.m[r] is -inf
+      w.l[r] = w.l[r] * c + exp_minus(sr, n, m_new);
+      w.m[r] = m_new;
+      if (c != 1.f) {
+        float* a = w.acc.data() + r * D;
+        for (int64_t d = 0; d < D; ++d) a[d] *= c;
+      }
+    }
+    auto for_values = [&](auto&& fn) PONDER_LAMBDA_INLINE {
+      for (int64_t j = 0; j < n; ++j) fn(j, values[j]);
+    };
+    weighted_values_rows<D, true>(for_values, rows, s, kChunk, nullptr, w.acc.data());
+  }
+}
+
+// Every token of one item for KV head g, over the item's rows (rows_pad scratch rows).
 template <typename T, int DC>
 PONDER_CPU_CLONES void attend_item(ItemScratch& w, const T* k_plane, const T* v_plane, const int32_t* pages,
-                                   int64_t num_tokens, int64_t rows_pad, int64_t S, int64_t Hk, int64_t g,
-                                   int64_t D) {
-  for (int64_t t0 = 0; t0 < num_tokens; t0 += kLanes) {
-    const int64_t n = std::min<int64_t>(kLanes, num_tokens - t0);
-    load_block(k_plane, v_plane, pages, t0, n, S, Hk, g, D, w.kt.data(), w.vb.data());
-    for (int64_t rb = 0; rb < rows_pad; rb += kRows) attend_block<DC>(w, rb, n, D);
+                                   int64_t num_tokens, int64_t rows, int64_t rows_pad, int64_t S, int64_t Hk,
+                                   int64_t g, int64_t D) {
+  if constexpr (DC > 0) {
+    attend_item_fixed<T, DC>(w, k_plane, v_plane, pages, num_tokens, rows, S, Hk, g);
+  } else {
+    for (int64_t t0 = 0; t0 < num_tokens; t0 += kLanes) {
+      const int64_t n = std::min<int64_t>(kLanes, num_tokens - t0);
+      load_block(k_plane, v_plane, pages, t0, n, S, Hk, g, D, w.kt.data(), w.vb.data());
+      for (int64_t rb = 0; rb < rows_pad; rb += kRows) attend_block(w, rb, n, D);
+    }
   }
 }
 
 using AttendItem = void (*)(ItemScratch&, const void*, const void*, const int32_t*, int64_t, int64_t, int64_t,
-                            int64_t, int64_t, int64_t);
+                            int64_t, int64_t, int64_t, int64_t);
 
 template <typename T, int DC>
 void attend_item_erased(ItemScratch& w, const void* k, const void* v, const int32_t* pages, int64_t num_tokens,
-                        int64_t rows_pad, int64_t S, int64_t Hk, int64_t g, int64_t D) {
-  attend_item<T, DC>(w, static_cast<const T*>(k), static_cast<const T*>(v), pages, num_tokens, rows_pad, S, Hk, g,
-                     D);
+                        int64_t rows, int64_t rows_pad, int64_t S, int64_t Hk, int64_t g, int64_t D) {
+  attend_item<T, DC>(w, static_cast<const T*>(k), static_cast<const T*>(v), pages, num_tokens, rows, rows_pad, S, Hk,
+                     g, D);
 }
 
 template <typename T>
@@ -216,6 +237,7 @@ void attend_branches(const Work& c, int64_t b0, int64_t b1, float* gm, float* gl
   w.kt.resize(static_cast<size_t>(D * kLanes));
   w.vb.resize(static_cast<size_t>(kLanes * D));
   w.p.resize(static_cast<size_t>(kRows * kLanes));
+  w.s.resize(static_cast<size_t>(max_pad * kChunk));
 
   for (int64_t i = 0; i < c.num_items; ++i) {
     mine.clear();
@@ -237,8 +259,8 @@ void attend_branches(const Work& c, int64_t b0, int64_t b1, float* gm, float* gl
       std::fill(w.acc.begin(), w.acc.begin() + rows_pad * D, 0.f);
       std::fill(w.m.begin(), w.m.begin() + rows_pad, kNegInf);
       std::fill(w.l.begin(), w.l.begin() + rows_pad, 0.f);
-      c.attend(w, c.k_plane, c.v_plane, c.item_pages + c.item_page_indptr[i], c.item_num_tokens[i], rows_pad, c.S,
-               Hk, g, D);
+      c.attend(w, c.k_plane, c.v_plane, c.item_pages + c.item_page_indptr[i], c.item_num_tokens[i], rows, rows_pad,
+               c.S, Hk, g, D);
       // Merge each row into its branch's state by log-sum-exp.
       for (int64_t r = 0; r < rows; ++r) {
         const int64_t bh = static_cast<int64_t>(mine[r / G]) * H + g * G + r % G;

@@ -4,12 +4,14 @@
 // the plan are checked here before any K / V is read.
 //
 // Each plan item (a run of pages shared by a set of branches) is read once for all of its query
-// rows: for KV head g, the nq * G query heads of its branches form a row block. Tokens go by in
-// blocks of 32, with K transposed to [D, 32] so a row's 32 scores are two vector products per
-// head dim; the softmax is online (flash style: running maximum, sum and unnormalised output),
-// and every row's state is merged into its branch's by log-sum-exp, in item order. Scores,
-// softmax and merge are fp32 (bfloat16 K / V are widened on load); the result equals the
-// reference up to fp32 rounding order.
+// rows: for KV head g, the nq * G query heads of its branches form a row block. For head dims 32,
+// 64 and 128, tokens go by in chunks of 128: every row's scores for 8 keys at a time, then p.V
+// for 3 rows at a time, each K and V row loaded once per group of rows while the chunk stays in
+// the cache (cpu_attention_blocks.h, shared with paged_attention_cpu). Other head dims take
+// blocks of 32 tokens with K transposed to [D, 32]. The softmax is online (flash style: running
+// maximum, sum and unnormalised output), and every row's state is merged into its branch's by
+// log-sum-exp, in item order. Scores, softmax and merge are fp32 (bfloat16 K / V are widened on
+// load); the result equals the reference up to fp32 rounding order.
 #pragma once
 
 #include <cstdint>

@@ -95,6 +95,20 @@ def test_shared_prefix_attention_matches_paged_attention(tree, H, Hk, S, dtype, 
     torch.testing.assert_close(out, expected, **TOL[dtype])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("D", [32, 64, 128])
+@pytest.mark.parametrize("H,Hk", HEADS + [(10, 2)])
+def test_native_fixed_head_dims(H, Hk, D, dtype):
+    """The native kernel's fixed head-dim path (32, 64, 128): query heads per KV head taken 3 at a
+    time (G = 1, 2, 3, 4 = 3 + 1, 5 = 3 + 2), shared prompts longer than one 128-token chunk,
+    branches ending mid-page."""
+    tables, lens, num_pages, used = grow_tree_batch(seed=D + H, S=16, num_roots=2, max_nodes=14, max_prompt=300)
+    out, expected, plan = run_both(tables, lens, num_pages, used, 16, H, Hk, D, dtype, backend="native")
+    assert plan.num_shared_items > 0 and int(plan.item_num_tokens.max()) > 128
+    assert (lens % 16 != 0).any()
+    torch.testing.assert_close(out, expected, **TOL[dtype])
+
+
 @pytest.mark.parametrize("backend", ["torch", "native"])
 @pytest.mark.parametrize("S", [2, 5])
 def test_shared_prefix_attention_without_sharing(S, backend):
