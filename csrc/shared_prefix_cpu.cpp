@@ -112,15 +112,13 @@ PONDER_ALWAYS_INLINE void attend_block(ItemScratch& w, int64_t rb, int64_t n, in
       for (int64_t d = 0; d < D; ++d) a[d] *= c;
     }
   }
-  {
-    for (int r = 0; r < kRows; ++r) {
-      float* a = w.acc.data() + (rb + r) * D;
-      for (int64_t j = 0; j < n; ++j) {  // lanes past n have weight 0
-        const float pj = pw[r * kLanes + j];
-        const float* v = vb + j * D;
+  for (int r = 0; r < kRows; ++r) {
+    float* a = w.acc.data() + (rb + r) * D;
+    for (int64_t j = 0; j < n; ++j) {  // lanes past n have weight 0
+      const float pj = pw[r * kLanes + j];
+      const float* v = vb + j * D;
 #pragma omp simd
-        for (int64_t d = 0; d < D; ++d) a[d] += pj * v[d];
-      }
+      for (int64_t d = 0; d < D; ++d) a[d] += pj * v[d];
     }
   }
 }
