@@ -17,7 +17,7 @@ and transformers' is one ``generate`` of a single token for the same N. Wall and
 row, so the ratios depend on how often samples agree.
 
     python benchmarks/bench_expand.py [--quick] [--threads T]
-    python benchmarks/bench_expand.py --sweep [--prompts 1024 --branches 32] [--threads T]
+    python benchmarks/bench_expand.py --sweep [--prompts 1024 --branches 32] [--threads T] [--no-dedup]
 """
 
 from __future__ import annotations
@@ -85,7 +85,8 @@ def sweep(model, hf, tok, args):
     for length in args.prompts:
         ids = prompt_of_length(tok, length)
         for n in args.branches:
-            eng = Engine(model, tok, num_pages=(length + n * (new + 16)) // 16 + 64, page_size=16, prefix_cache=False)
+            eng = Engine(model, tok, num_pages=(length + n * (new + 16)) // 16 + 64, page_size=16, prefix_cache=False,
+                         dedup_rows=not args.no_dedup)
             roots, p_wall, p_cpu = timed(lambda: eng.prefill([ids]))
             exp, d_wall, d_cpu = timed(lambda: eng.expand(roots, n, stop=stop, sampling=SamplingParams(1.0), seed=0))
             assert all(len(t) == new for t in exp.tokens)
@@ -110,6 +111,8 @@ def main():
     ap.add_argument("--prompts", type=int, nargs="+", default=[200, 1024, 2048], help="--sweep prompt lengths")
     ap.add_argument("--branches", type=int, nargs="+", default=[16, 32, 64], help="--sweep values of N")
     ap.add_argument("--no-hf", action="store_true", help="--sweep: ponder only (decode-step scaling)")
+    ap.add_argument("--no-dedup", action="store_true",
+                    help="--sweep: every decode row runs the model (Engine(dedup_rows=False)), as if no samples agreed")
     ap.add_argument("--new-tokens", type=int, default=None, help="tokens per branch (default 64, --sweep 32)")
     ap.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = ap.parse_args()
