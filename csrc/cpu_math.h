@@ -21,6 +21,21 @@ PONDER_ALWAYS_INLINE float bits_float(uint32_t b) {
   return x;
 }
 
+// e^(x - n ln2) for x - n ln2 in [-ln2 / 2, ln2 / 2]: ln2 in two parts (Cody-Waite), then a
+// degree-6 polynomial (the Cephes expf coefficients). V is float or a vector of floats; each
+// lane takes the same steps.
+template <typename V>
+PONDER_ALWAYS_INLINE V exp_reduced(V x, V n) {
+  const V r = (x - n * 0.693359375f) + n * 2.12194440e-4f;
+  V p = V{} + 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  return p * r * r + r + 1.0f;
+}
+
 // exp(x) for x <= 0 (softmax weights after subtracting the row maximum), in plain arithmetic so
 // the loop around it vectorises: x = n ln2 + r with |r| <= ln2 / 2, a degree-6 polynomial for
 // e^r (the Cephes expf coefficients, about 1 ulp), and 2^n built in the exponent bits. Below
@@ -36,14 +51,7 @@ PONDER_ALWAYS_INLINE float exp_nonpositive(float x) {
   const float y = xc * 1.44269504088896341f + 0.5f;
   const float tr = static_cast<float>(static_cast<int32_t>(y));
   const float n = tr - static_cast<float>(tr > y);  // floor(y), exact for |y| <= 126
-  const float r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  float p = 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const float e = p * r * r + r + 1.0f;
+  const float e = exp_reduced(xc, n);
   const float value = e * bits_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
   const bool is_nan = (bx & 0x7FFFFFFFu) > 0x7F800000u;
   const uint32_t out = is_nan ? bx : (bx > kLimit ? 0u : float_bits(value));
@@ -70,14 +78,7 @@ PONDER_ALWAYS_INLINE f8 exp_nonpositive8(f8 x) {
   const f8 tr = __builtin_convertvector(__builtin_convertvector(y, i8), f8);
   const i8 above = (i8)(tr > y);  // -1 where the truncation rounded up
   const f8 n = tr + __builtin_convertvector(above, f8);  // floor(y)
-  const f8 r = (xc - n * 0.693359375f) + n * 2.12194440e-4f;
-  f8 p = f8{} + 1.9875691500e-4f;
-  p = p * r + 1.3981999507e-3f;
-  p = p * r + 8.3334519073e-3f;
-  p = p * r + 4.1665795894e-2f;
-  p = p * r + 1.6666665459e-1f;
-  p = p * r + 5.0000001201e-1f;
-  const f8 e = p * r * r + r + 1.0f;
+  const f8 e = exp_reduced(xc, n);
   const u8 scale_bits = (u8)((__builtin_convertvector(n, i8) + 127) << 23);
   f8 two_n;
   std::memcpy(&two_n, &scale_bits, sizeof two_n);

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu_clones.h"
@@ -211,15 +212,31 @@ PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
   }
 }
 
-// tile<count, NT> for a count in [1, MT] (the last rows of a block).
-template <int P, int NT, int MT>
-PONDER_ALWAYS_INLINE void last_rows(const Problem& p, int64_t m, int64_t n, int64_t count) {
-  if constexpr (MT > 0) {
-    if (count == MT) {
-      tile<P, MT, NT>(p, m, n);
+// f(std::integral_constant<int, count>{}) for a count in [1, MAX] (nothing for another count):
+// a run-time count of rows or weight rows as a tile size known at compile time.
+template <int MAX, typename F>
+PONDER_ALWAYS_INLINE void with_count(int64_t count, F&& f) {
+  if constexpr (MAX > 0) {
+    if (count == MAX) {
+      f(std::integral_constant<int, MAX>{});
     } else {
-      last_rows<P, NT, MT - 1>(p, m, n, count);
+      with_count<MAX - 1>(count, f);
     }
+  }
+}
+
+// Output columns [n0, n1) of every row: the rows in blocks whose x slices fill about
+// kBlockBytes, and for each block strip(m0, m1, n, nt) for the strips of NT_MAX weight rows from
+// n0, then one of nt = the remaining count < NT_MAX (nt: an std::integral_constant).
+template <int MT_MAX, int NT_MAX, typename Strip>
+PONDER_ALWAYS_INLINE void blocks_and_strips(const Problem& p, int64_t n0, int64_t n1, Strip&& strip) {
+  int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
+  block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
+  for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
+    const int64_t m1 = std::min(p.rows, m0 + block);
+    int64_t n = n0;
+    for (; n + NT_MAX <= n1; n += NT_MAX) strip(m0, m1, n, std::integral_constant<int, NT_MAX>{});
+    with_count<NT_MAX - 1>(n1 - n, [&](auto nt) PONDER_LAMBDA_INLINE { strip(m0, m1, n, nt); });
   }
 }
 
@@ -232,33 +249,16 @@ PONDER_ALWAYS_INLINE void strip(const Problem& p, int64_t m0, int64_t m1, int64_
     m += MT_MAX;
   }
   for (; m + MT_MAX <= m1; m += MT_MAX) tile<P, MT_MAX, NT>(p, m, n);
-  last_rows<P, NT, MT_MAX - 1>(p, m, n, m1 - m);
-}
-
-// strip<count, MT_MAX> for a count in [1, NT] (the last weight rows).
-template <int P, int MT_MAX, int NT>
-PONDER_ALWAYS_INLINE void last_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n, int64_t count) {
-  if constexpr (NT > 0) {
-    if (count == NT) {
-      strip<P, NT, MT_MAX>(p, m0, m1, n);
-    } else {
-      last_strip<P, MT_MAX, NT - 1>(p, m0, m1, n, count);
-    }
-  }
+  with_count<MT_MAX - 1>(m1 - m, [&](auto mt) PONDER_LAMBDA_INLINE { tile<P, decltype(mt)::value, NT>(p, m, n); });
 }
 
 // Output columns [n0, n1) of every row, tiles of up to MT_MAX x NT_MAX.
 // P: native registers per 16 lanes (see Vec).
 template <int P, int MT_MAX, int NT_MAX>
 PONDER_ALWAYS_INLINE void columns(const Problem& p, int64_t n0, int64_t n1) {
-  int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
-  block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
-  for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
-    const int64_t m1 = std::min(p.rows, m0 + block);
-    int64_t n = n0;
-    for (; n + NT_MAX <= n1; n += NT_MAX) strip<P, NT_MAX, MT_MAX>(p, m0, m1, n);
-    last_strip<P, MT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
-  }
+  blocks_and_strips<MT_MAX, NT_MAX>(p, n0, n1, [&](int64_t m0, int64_t m1, int64_t n, auto nt) PONDER_LAMBDA_INLINE {
+    strip<P, decltype(nt)::value, MT_MAX>(p, m0, m1, n);
+  });
 }
 
 // ---- AVX2: the two 8-lane halves of the accumulators in separate passes ----
@@ -382,19 +382,6 @@ PONDER_ALWAYS_INLINE void half_tile(const Problem& p, int64_t m, int64_t n, cons
   }
 }
 
-// half_tile<count, NT> for a count in [1, MT] (the last rows of a block).
-template <int NT, int MT>
-PONDER_ALWAYS_INLINE void half_last_rows(const Problem& p, int64_t m, int64_t n, int64_t count, const Ahead& ahead,
-                                         int64_t pass) {
-  if constexpr (MT > 0) {
-    if (count == MT) {
-      half_tile<MT, NT>(p, m, n, ahead, pass);
-    } else {
-      half_last_rows<NT, MT - 1>(p, m, n, count, ahead, pass);
-    }
-  }
-}
-
 // Rows [m0, m1) of the NT weight rows from n; the next strip has up to NT_MAX rows.
 template <int NT, int MT_MAX, int NT_MAX>
 PONDER_ALWAYS_INLINE void half_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
@@ -405,32 +392,17 @@ PONDER_ALWAYS_INLINE void half_strip(const Problem& p, int64_t m0, int64_t m1, i
   ahead.per_pass = std::min<int64_t>(2, (ahead.rows + ahead.passes - 1) / ahead.passes);
   int64_t m = m0, pass = 0;
   for (; m + MT_MAX <= m1; m += MT_MAX, pass += 2) half_tile<MT_MAX, NT>(p, m, n, ahead, pass);
-  half_last_rows<NT, MT_MAX - 1>(p, m, n, m1 - m, ahead, pass);
-}
-
-// half_strip<count, MT_MAX> for a count in [1, NT] (the last weight rows).
-template <int MT_MAX, int NT_MAX, int NT>
-PONDER_ALWAYS_INLINE void half_last_strip(const Problem& p, int64_t m0, int64_t m1, int64_t n, int64_t count) {
-  if constexpr (NT > 0) {
-    if (count == NT) {
-      half_strip<NT, MT_MAX, NT_MAX>(p, m0, m1, n);
-    } else {
-      half_last_strip<MT_MAX, NT_MAX, NT - 1>(p, m0, m1, n, count);
-    }
-  }
+  with_count<MT_MAX - 1>(m1 - m, [&](auto mt) PONDER_LAMBDA_INLINE {
+    half_tile<decltype(mt)::value, NT>(p, m, n, ahead, pass);
+  });
 }
 
 // columns() for the half-by-half tiles.
 template <int MT_MAX, int NT_MAX>
 PONDER_ALWAYS_INLINE void half_columns(const Problem& p, int64_t n0, int64_t n1) {
-  int64_t block = kBlockBytes / (p.in * int64_t(sizeof(float)) + 1);
-  block = std::max<int64_t>(MT_MAX, block - block % MT_MAX);
-  for (int64_t m0 = 0; m0 < p.rows; m0 += block) {
-    const int64_t m1 = std::min(p.rows, m0 + block);
-    int64_t n = n0;
-    for (; n + NT_MAX <= n1; n += NT_MAX) half_strip<NT_MAX, MT_MAX, NT_MAX>(p, m0, m1, n);
-    half_last_strip<MT_MAX, NT_MAX, NT_MAX - 1>(p, m0, m1, n, n1 - n);
-  }
+  blocks_and_strips<MT_MAX, NT_MAX>(p, n0, n1, [&](int64_t m0, int64_t m1, int64_t n, auto nt) PONDER_LAMBDA_INLINE {
+    half_strip<decltype(nt)::value, MT_MAX, NT_MAX>(p, m0, m1, n);
+  });
 }
 
 #if PONDER_LINEAR_X86
