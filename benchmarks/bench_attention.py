@@ -22,7 +22,7 @@ heads (H=9, Hk=3, D=64), four ways: the native CPU kernel of ``ops.shared_prefix
 (each plan item read once, branches split over the torch threads: the engine's path when a step is planned) and
 ``reference.shared_prefix_attention``, both through the plan of ``plan_shared_prefix_attention``;
 the native CPU kernel of ``ops.paged_attention`` (per branch, reading every branch's pages in
-place, one thread: the engine's path when a step is not planned; fp32 only) and
+place, rows split over the torch threads: the engine's path when a step is not planned) and
 ``reference.paged_attention`` (per branch, gathering the prompt for every branch), the baseline
 of every ratio. The plan is built once per decode step and serves every layer, so it is timed
 on its own. Each line gives wall time (median) and process CPU time per call and the ratios;
@@ -238,7 +238,7 @@ def _bench_cpu(args):
     else:
         sweep, repeats = list(itertools.product((512, 2048, 8192), (8, 16, 64), (32, 256))), 9
     print(f"# CPU, {args.cpu_dtype} KV and queries, page size {S}, H={Hk * G} Hk={Hk} D={D}, {threads} torch "
-          "thread(s) (native shared splits its branches over them, native paged runs on one); ms per call: wall median (process CPU); x = per-branch "
+          "thread(s) (native shared splits its branches over them, native paged its rows); ms per call: wall median (process CPU); x = per-branch "
           "reference / that method")  # fmt: skip
     print(f"{'P':>5} {'B':>3} {'s':>4} | {'native shared':>19} {'x':>6} | {'reference shared':>19} {'x':>6} | "
           f"{'native paged':>19} {'x':>6} | {'reference paged':>19} | plan")
@@ -252,8 +252,8 @@ def _bench_cpu(args):
             # the CPU host kernel of ops.shared_prefix_attention: each plan item read once, branches over threads
             "native shared": lambda: ops.shared_prefix_attention(q, kv, 0, plan, scale, backend="auto"),
             "reference shared": lambda: reference.shared_prefix_attention(q, kv, 0, plan, scale),
-            # the CPU host kernel of ops.paged_attention (per branch, pages read in place, one thread;
-            # fp32 only: a bf16 cache runs the reference)
+            # the CPU host kernel of ops.paged_attention (per branch, pages read in place, rows split
+            # over the threads; fp32 and bf16 caches)
             "native paged": lambda: ops.paged_attention(q, kv, 0, bt, sl, qi, scale, backend="auto"),
             "reference paged": lambda: reference.paged_attention(q, kv, 0, bt, sl, qi, scale),
         }

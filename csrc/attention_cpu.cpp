@@ -4,6 +4,7 @@
 #include "cpu_attention_blocks.h"
 #include "cpu_clones.h"
 #include "cpu_math.h"
+#include "cpu_threads.h"
 
 #include <algorithm>
 #include <cmath>
@@ -17,6 +18,11 @@
 namespace ponder {
 
 namespace {
+
+// below this many multiply-adds (both products) a call runs on one thread
+constexpr int64_t kMinParallelMacs = int64_t(1) << 20;
+// runs of rows per thread of a split call
+constexpr int64_t kPartsPerThread = 4;
 
 struct Layout {
   int64_t num_heads, head_dim, num_kv_heads, page_size, max_pages;
@@ -141,7 +147,8 @@ void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, in
                          const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
                          int64_t page_size,
                          const int32_t* block_tables, int64_t batch, int64_t max_pages, const int32_t* seq_lens,
-                         const int32_t* query_indptr, int64_t num_pages, float scale, float* out) {
+                         const int32_t* query_indptr, int64_t num_pages, float scale, float* out,
+                         int num_threads) {
   PONDER_CHECK_ARG(num_heads > 0 && num_kv_heads > 0 && num_heads % num_kv_heads == 0,
                    "paged_attention: num_heads (", num_heads, ") must be a positive multiple of num_kv_heads (",
                    num_kv_heads, ")");
@@ -172,19 +179,40 @@ void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, in
   int64_t longest = 0;
   for (int64_t b = 0; b < batch; ++b) longest = std::max<int64_t>(longest, seq_lens[b]);
   const int64_t G = num_heads / num_kv_heads;
-  std::vector<float> scores(static_cast<size_t>(G * longest + G));
   const AttendRow attend =
       kv_type == KVType::kFloat32 ? pick_attend_row<float>(head_dim) : pick_attend_row<uint16_t>(head_dim);
-  for (int64_t b = 0; b < batch; ++b) {
-    const int64_t r0 = query_indptr[b], r1 = query_indptr[b + 1];
-    if (r1 == r0) continue;
-    const int64_t first_pos = seq_lens[b] - (r1 - r0);
-    const int32_t* table = block_tables + b * max_pages;
-    for (int64_t r = r0; r < r1; ++r) {
-      const int64_t ctx = first_pos + (r - r0) + 1;
-      attend(L, q + r * HD, k_plane, v_plane, table, ctx, scores.data(), scores.data() + G * longest, out + r * HD);
+  // Rows [lo, hi) of the flattened batch, with their own scratch.
+  auto rows = [&](int64_t lo, int64_t hi) {
+    std::vector<float> scores(static_cast<size_t>(G * longest + G));
+    for (int64_t b = 0; b < batch; ++b) {
+      const int64_t r0 = std::max<int64_t>(lo, query_indptr[b]), r1 = std::min<int64_t>(hi, query_indptr[b + 1]);
+      if (r1 <= r0) continue;
+      const int64_t first_pos = seq_lens[b] - (query_indptr[b + 1] - query_indptr[b]);
+      const int32_t* table = block_tables + b * max_pages;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t ctx = first_pos + (r - query_indptr[b]) + 1;
+        attend(L, q + r * HD, k_plane, v_plane, table, ctx, scores.data(), scores.data() + G * longest,
+               out + r * HD);
+      }
     }
+  };
+  // Rows are independent, so threads take contiguous runs of them (a few per thread, so that a
+  // helper that starts late leaves its share to the others; cpu_threads.h) with the same
+  // result at any thread count.
+  int64_t macs = 0;  // (row, key) pairs x H x D, both products
+  for (int64_t b = 0; b < batch; ++b) {
+    const int64_t nq = query_indptr[b + 1] - query_indptr[b];
+    macs += (nq * (seq_lens[b] - nq) + nq * (nq + 1) / 2) * HD * 2;
   }
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), num_rows, macs / kMinParallelMacs}));
+  if (threads <= 1) {
+    rows(0, num_rows);
+    return;
+  }
+  const int64_t parts = std::min<int64_t>(num_rows, threads * kPartsPerThread);
+  run_parts(parts, static_cast<int>(threads),
+            [&](int64_t i) { rows(num_rows * i / parts, num_rows * (i + 1) / parts); });
 }
 
 }  // namespace ponder

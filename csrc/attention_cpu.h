@@ -26,10 +26,14 @@ enum class KVType : int { kFloat32 = 0, kBFloat16 = 1 };
 // Checked here before anything is read (std::invalid_argument / std::out_of_range): indptr
 // non-decreasing from 0 to T; n_b <= seq_lens[b] <= max_pages * S for sequences with rows;
 // every page such a sequence reads lies in [0, P). Buffer sizes are the caller's to match.
+// num_threads > 1 splits the rows into contiguous runs, taken by the calling thread and up to
+// num_threads - 1 helpers, when the call is large enough (cpu_threads.h); every row's result
+// is the same at any thread count.
 void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, int64_t head_dim,
                          const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
                          int64_t page_size,
                          const int32_t* block_tables, int64_t batch, int64_t max_pages, const int32_t* seq_lens,
-                         const int32_t* query_indptr, int64_t num_pages, float scale, float* out);
+                         const int32_t* query_indptr, int64_t num_pages, float scale, float* out,
+                         int num_threads = 1);
 
 }  // namespace ponder

@@ -18,11 +18,12 @@ void paged_attention_cpu_binding(uintptr_t q, int64_t num_rows, int64_t num_head
                                  uintptr_t k_plane, uintptr_t v_plane, int kv_type, int64_t num_kv_heads,
                                  int64_t page_size, uintptr_t block_tables, int64_t batch, int64_t max_pages,
                                  uintptr_t seq_lens, uintptr_t query_indptr, int64_t num_pages, double scale,
-                                 uintptr_t out) {
+                                 uintptr_t out, int num_threads) {
   paged_attention_cpu(as_ptr<const float>(q), num_rows, num_heads, head_dim, as_ptr<const void>(k_plane),
                       as_ptr<const void>(v_plane), static_cast<KVType>(kv_type), num_kv_heads, page_size,
                       as_ptr<const int32_t>(block_tables), batch, max_pages, as_ptr<const int32_t>(seq_lens),
-                      as_ptr<const int32_t>(query_indptr), num_pages, static_cast<float>(scale), as_ptr<float>(out));
+                      as_ptr<const int32_t>(query_indptr), num_pages, static_cast<float>(scale), as_ptr<float>(out),
+                      num_threads);
 }
 
 void shared_prefix_attention_cpu_binding(uintptr_t q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
@@ -62,12 +63,12 @@ void bind_attention_cpu(py::module_& m) {
         py::arg("num_heads"), py::arg("head_dim"), py::arg("k_plane"), py::arg("v_plane"), py::arg("kv_type"),
         py::arg("num_kv_heads"), py::arg("page_size"), py::arg("block_tables"), py::arg("batch"),
         py::arg("max_pages"), py::arg("seq_lens"), py::arg("query_indptr"), py::arg("num_pages"), py::arg("scale"),
-        py::arg("out"),
+        py::arg("out"), py::arg("num_threads") = 1,
         "Causal attention of fp32 query rows [T, H, D] over one layer's paged K / V planes [P, S, Hk, D] "
         "(kv_type 0: float32, 1: bfloat16; see csrc/attention_cpu.h). Pointers are integers: block_tables "
         "int32 [B, max_pages], seq_lens int32 "
         "[B], query_indptr int32 [B+1]; out fp32 [T, H, D]. Index values are checked before any read. "
-        "Releases the GIL.",
+        "num_threads > 1 splits large calls' rows over threads (the same result). Releases the GIL.",
         py::call_guard<py::gil_scoped_release>());
   m.def("shared_prefix_attention_cpu", &shared_prefix_attention_cpu_binding, py::arg("q"), py::arg("num_queries"),
         py::arg("num_heads"), py::arg("head_dim"), py::arg("k_plane"), py::arg("v_plane"), py::arg("kv_type"),

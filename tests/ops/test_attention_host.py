@@ -57,6 +57,28 @@ def test_native_matches_reference(lens, num_q, H, Hk, D, S):
     torch.testing.assert_close(ops.paged_attention(*args), out, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("D", [64, 48])  # the fixed-size and the run-time head-dim paths
+def test_rows_split_over_threads_give_the_same_bits(D):
+    """A call large enough to split its rows over threads gives every row the bits of one thread,
+    prefill rows included (a sequence's rows may fall into two runs)."""
+    gen = torch.Generator().manual_seed(11)
+    args = paged_batch(gen, [700, 650, 300, 820, 512, 64, 900], [1, 5, 1, 3, 1, 2, 1], 9, 3, D, 16)
+    q, kv, layer, tables, lens, indptr, scale = args
+    T, H, _ = q.shape
+    _, _, P, S, Hk, _ = kv.shape
+    outs = []
+    for threads in (1, 2, 3, 5):
+        out = torch.empty_like(q)
+        plane = kv[layer]
+        _core.paged_attention_cpu(q.data_ptr(), T, H, D, plane[0].data_ptr(), plane[1].data_ptr(), 0, Hk, S,
+                                  tables.data_ptr(), tables.shape[0], tables.shape[1], lens.data_ptr(),
+                                  indptr.data_ptr(), P, scale, out.data_ptr(), threads)
+        outs.append(out)
+    for out in outs[1:]:
+        assert torch.equal(out, outs[0])
+    torch.testing.assert_close(outs[0], reference.paged_attention(*args), **TOL)
+
+
 def test_branches_share_pages_and_finish_mid_page():
     """Forked branches: every row reads the shared prefix pages plus its own partial tail."""
     gen = torch.Generator().manual_seed(7)

@@ -115,7 +115,7 @@ def _paged_attention_host(q, kv_cache, layer, block_tables, seq_lens, query_indp
     plane = kv_cache[layer]
     _core.paged_attention_cpu(qc.data_ptr(), T, H, D, plane[0].data_ptr(), plane[1].data_ptr(), kv_type, Hk, S,
                               tables.data_ptr(), B, tables.shape[1], lens_c.data_ptr(), indptr.data_ptr(), P,
-                              float(scale), out.data_ptr())
+                              float(scale), out.data_ptr(), native_threads())
     return out if q.dtype == torch.float32 else out.to(q.dtype)
 
 
