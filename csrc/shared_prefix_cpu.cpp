@@ -232,10 +232,13 @@ void attend_branches(const Work& c, int64_t b0, int64_t b1, float* gm, float* gl
   w.acc.resize(static_cast<size_t>(max_pad * D));
   w.m.resize(static_cast<size_t>(max_pad));
   w.l.resize(static_cast<size_t>(max_pad));
-  w.kt.resize(static_cast<size_t>(D * kLanes));
-  w.vb.resize(static_cast<size_t>(kLanes * D));
-  w.p.resize(static_cast<size_t>(kRows * kLanes));
-  w.s.resize(static_cast<size_t>(max_pad * kChunk));
+  if (dispatch_head_dim(D, [](auto dc) { return decltype(dc)::value > 0; })) {  // attend_item_fixed
+    w.s.resize(static_cast<size_t>(max_pad * kChunk));
+  } else {  // the 32-token blocks
+    w.kt.resize(static_cast<size_t>(D * kLanes));
+    w.vb.resize(static_cast<size_t>(kLanes * D));
+    w.p.resize(static_cast<size_t>(kRows * kLanes));
+  }
 
   for (int64_t i = 0; i < c.num_items; ++i) {
     mine.clear();
