@@ -26,4 +26,5 @@ void bind_sample(pybind11::module_& m);
 void bind_token_trie(pybind11::module_& m);
 void bind_linear_cpu(pybind11::module_& m);
 void bind_linear_blocked_cpu(pybind11::module_& m);
+void bind_decoder_cpu(pybind11::module_& m);
 }  // namespace ponder

@@ -8,7 +8,7 @@
 namespace py = pybind11;
 
 PYBIND11_MODULE(_core, m) {
-  m.doc() = "ponder native core: search forest, KV page table, host attention, linear layers and sampling, token tries, CUDA launchers";
+  m.doc() = "ponder native core: search forest, KV page table, host attention, linear layers, a whole decode step and sampling, token tries, CUDA launchers";
   py::register_exception<ponder::KVCacheFull>(m, "KVCacheFull", PyExc_RuntimeError);
   ponder::bind_cuda(m);
   ponder::bind_forest(m);
@@ -19,4 +19,5 @@ PYBIND11_MODULE(_core, m) {
   ponder::bind_token_trie(m);
   ponder::bind_linear_cpu(m);
   ponder::bind_linear_blocked_cpu(m);
+  ponder::bind_decoder_cpu(m);
 }

@@ -127,32 +127,45 @@ def _blocked(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
     """``x [M, K]`` (fp32, CPU) ``· weightᵀ + bias`` through ``linear_blocked_cpu`` in the BLAS's
     summation order, or None where that order is unknown or the kernel cannot run these tensors
     (then the caller takes ``F.linear``)."""
-    hit = _TRANSPOSED.get(id(weight))
-    if hit is None or hit[0]() is not weight or hit[2] != weight.data_ptr() or hit[1] != _version(weight):
-        hit = _transpose(weight)
-        if hit is None:
-            return None
     if torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return None
     if bias is not None and (bias.dtype != torch.float32 or bias.device.type != "cpu"):
         return None
-    N, K = weight.shape
-    rule = _BLOCK_RULES.get((K, N, bias is not None, torch.get_num_threads()), False)
-    if rule is False:
-        rule = blas_block_rule(K, N, bias is not None)
-    if rule is None or torch.compiler.is_compiling():
+    found = blocked_weight(weight, bias is not None)
+    if found is None:
         return None
+    wt, block, bias_first = found
+    N, K = weight.shape
     if x.stride(-1) != 1 or (x.shape[0] > 1 and x.stride(0) < K):
         x = x.contiguous()
     if bias is not None:
         bias = bias.contiguous()
-    wt = hit[3]
     out = torch.empty(x.shape[0], N, dtype=torch.float32)
     _core.linear_blocked_cpu(x.data_ptr(), x.shape[0], K, x.stride(0) if x.shape[0] > 1 else K, wt.data_ptr(), N,
-                             wt.shape[1], 0 if bias is None else bias.data_ptr(), rule[1], rule[0],
+                             wt.shape[1], 0 if bias is None else bias.data_ptr(), bias_first, block,
                              out.data_ptr(), N)
     return out
+
+
+def blocked_weight(weight: torch.Tensor, with_bias: bool) -> Optional[Tuple[torch.Tensor, int, bool]]:
+    """For a small fp32 CPU weight ``[N, K]`` whose products with at least ``MIN_BLAS_ROWS`` rows
+    ``linear_blocked_cpu`` reproduces at the current thread count: ``(wt, block, bias_first)``,
+    the cached transposed weight ``[K, N rounded up to 16]`` (rebuilt when the weight changes)
+    and :func:`blas_block_rule`'s order. None where the kernel does not take the weight or no
+    order matches."""
+    hit = _TRANSPOSED.get(id(weight))
+    if hit is None or hit[0]() is not weight or hit[2] != weight.data_ptr() or hit[1] != _version(weight):
+        hit = _transpose(weight)
+        if hit is None:
+            return None
+    N, K = weight.shape
+    rule = _BLOCK_RULES.get((K, N, with_bias, torch.get_num_threads()), False)
+    if rule is False:
+        rule = blas_block_rule(K, N, with_bias)
+    if rule is None or torch.compiler.is_compiling():
+        return None
+    return hit[3], rule[0], rule[1]
 
 
 def _version(t: torch.Tensor) -> int:
