@@ -27,6 +27,41 @@ def _signature(out):
     return [(r.answer, r.stats["tokens_generated"], r.score) for r in out["results"]]
 
 
+def ab_table(problems, strategies, run, what: str, shared_column: bool = True) -> None:
+    """Run each strategy with a switch off and on (``run(strategy, on) -> demo output``),
+    alternating the order from repeat to repeat; print wall / CPU time of the best of each and
+    their ratio, and exit with an error if any answer, token count or score differs.
+    ``shared_column``: also print the share of decode rows a group's first row ran for."""
+    head = f"{'strategy':<26} {'rows shared':>11} " if shared_column else f"{'strategy':<26} "
+    print(head + f"{'off wall/CPU s':>15} {'on wall/CPU s':>15} {'wall ratio':>10}")
+    totals = {False: [0.0, 0.0], True: [0.0, 0.0]}
+    for s, repeats in strategies:
+        best = {False: (float("inf"), 0.0), True: (float("inf"), 0.0)}
+        sigs, stats = {}, {}
+        for rep in range(repeats):
+            for on in ((False, True) if rep % 2 == 0 else (True, False)):
+                t0, c0 = time.perf_counter(), time.process_time()
+                out = run(s, on)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                if wall < best[on][0]:
+                    best[on] = (wall, cpu)
+                sigs[on], stats[on] = _signature(out), out["engine_stats"]
+        if sigs[False] != sigs[True]:
+            raise SystemExit(f"{s.name} {s.label}: {what} changed the results")
+        (w0, c0), (w1, c1) = best[False], best[True]
+        for k, (w, c) in best.items():
+            totals[k][0] += w
+            totals[k][1] += c
+        row = f"{s.name + ' ' + s.label:<26} "
+        if shared_column:
+            row += f"{stats[True]['decode_rows_shared'] / max(1, stats[True]['tokens_decoded']):>10.1%} "
+        print(row + f"{w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} {w0 / w1:>9.2f}x", flush=True)
+    (w0, c0), (w1, c1) = totals[False], totals[True]
+    pad = f"{'all':<26} {'':>11} " if shared_column else f"{'all':<26} "
+    print(pad + f"{w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} {w0 / w1:>9.2f}x")
+    print(f"same answers, token counts and scores with and without {what}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--problems", type=int, default=40, help="held-out 4-number problems (the demo's 40)")
@@ -38,33 +73,10 @@ def main() -> None:
     model, tok = demo.load_model()
     problems = demo.held_out_problems(args.problems, 4, False)
     print(f"{args.problems} problems, torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    print(f"{'strategy':<26} {'rows shared':>11} {'off wall/CPU s':>15} {'on wall/CPU s':>15} {'wall ratio':>10}")
-    totals = {False: [0.0, 0.0], True: [0.0, 0.0]}
-    for s in demo.strategies():
-        if args.only and args.only not in s.name:
-            continue
-        best = {False: (float("inf"), 0.0), True: (float("inf"), 0.0)}
-        sigs, stats = {}, {}
-        for rep in range(args.repeats):
-            for dedup in ((False, True) if rep % 2 == 0 else (True, False)):
-                t0, c0 = time.perf_counter(), time.process_time()
-                out = demo.run_strategy(model, tok, problems, s, engine_options=dict(dedup_rows=dedup))
-                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-                if wall < best[dedup][0]:
-                    best[dedup] = (wall, cpu)
-                sigs[dedup], stats[dedup] = _signature(out), out["engine_stats"]
-        if sigs[False] != sigs[True]:
-            raise SystemExit(f"{s.name} {s.label}: dedup_rows changed the results")
-        shared = stats[True]["decode_rows_shared"] / max(1, stats[True]["tokens_decoded"])
-        (w0, c0), (w1, c1) = best[False], best[True]
-        for k, (w, c) in ((False, best[False]), (True, best[True])):
-            totals[k][0] += w
-            totals[k][1] += c
-        print(f"{s.name + ' ' + s.label:<26} {shared:>10.1%} {w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} "
-              f"{w0 / w1:>9.2f}x", flush=True)
-    (w0, c0), (w1, c1) = totals[False], totals[True]
-    print(f"{'all':<26} {'':>11} {w0:>7.2f}/{c0:<7.2f} {w1:>7.2f}/{c1:<7.2f} {w0 / w1:>9.2f}x")
-    print("same answers, token counts and scores with and without dedup_rows")
+    strategies = [(s, args.repeats) for s in demo.strategies() if not args.only or args.only in s.name]
+    ab_table(problems, strategies,
+             lambda s, on: demo.run_strategy(model, tok, problems, s, engine_options=dict(dedup_rows=on)),
+             "dedup_rows")
 
 
 if __name__ == "__main__":

@@ -9,41 +9,73 @@
 
 #include "common.h"
 #include "cpu_clones.h"
+#include "cpu_math.h"
 
 namespace ponder {
 
 namespace {
 
-PONDER_ALWAYS_INLINE float pow2_int(int32_t q) {
-  const uint32_t bits = static_cast<uint32_t>(q + 127) << 23;
-  float f;
-  std::memcpy(&f, &bits, sizeof f);
-  return f;
+// one lane of f8 chosen by a comparison mask (all ones / zeros): mask ? a : b on the bits
+PONDER_ALWAYS_INLINE f8 select8(i8 mask, f8 a, f8 b) {
+  i8 ab, bb;
+  std::memcpy(&ab, &a, sizeof ab);
+  std::memcpy(&bb, &b, sizeof bb);
+  const i8 out = (mask & ab) | (~mask & bb);
+  f8 r;
+  std::memcpy(&r, &out, sizeof r);
+  return r;
 }
 
-PONDER_ALWAYS_INLINE float vector_exp(float d) {
+// a * b + c rounded once, lane by lane (one vfmadd in the AVX2 / AVX-512 clones)
+PONDER_ALWAYS_INLINE f8 fma8(f8 a, f8 b, f8 c) {
+  f8 r;
+  for (int l = 0; l < 8; ++l) r[l] = std::fma(a[l], b[l], c[l]);
+  return r;
+}
+
+PONDER_ALWAYS_INLINE f8 pow2_8(i8 q) {
+  const i8 bits = (q + 127) << 23;
+  f8 r;
+  std::memcpy(&r, &bits, sizeof r);
+  return r;
+}
+
+// PyTorch's vector exp on 8 lanes (see torch_order_cpu.h). Written on vectors with bit
+// selects: inside the ISA clones GCC keeps float selects scalar.
+PONDER_ALWAYS_INLINE f8 vector_exp8(f8 d) {
   // ln 2 split in a high part with trailing zero bits and a low part (Cody-Waite), 1 / ln 2
   constexpr float kLog2e = 1.442695040888963407359924681001892137426645954152985934135449406931f;
   constexpr float kLn2Hi = 0.693145751953125f;
   constexpr float kLn2Lo = 1.428606765330187045e-06f;
-  const int32_t q = static_cast<int32_t>(std::nearbyint(d * kLog2e));
-  const float fq = static_cast<float>(q);
-  float s = std::fma(fq, -kLn2Hi, d);
-  s = std::fma(fq, -kLn2Lo, s);
-  float u = 0.000198527617612853646278381f;
-  u = std::fma(u, s, 0.00139304355252534151077271f);
-  u = std::fma(u, s, 0.00833336077630519866943359f);
-  u = std::fma(u, s, 0.0416664853692054748535156f);
-  u = std::fma(u, s, 0.166666671633720397949219f);
-  u = std::fma(u, s, 0.5f);
-  u = 1.0f + std::fma(s * s, u, s);
+  // q = d / ln 2 rounded to nearest, ties to even: adding and subtracting 1.5 * 2^23 rounds
+  // any |t| < 2^22 so. t is clamped first (and NaN made 0) so that the conversion to int is
+  // defined; the clamp only acts where the result is replaced at the end.
+  constexpr float kRound = 12582912.0f;
+  const f8 zero = f8{};
+  f8 t = d * kLog2e;
+  t = select8(t > 200.0f, zero + 200.0f, t);
+  t = select8(t < -200.0f, zero - 200.0f, t);
+  t = select8(t == t, t, zero);
+  const f8 fq = (t + kRound) - kRound;
+  const i8 q = __builtin_convertvector(fq, i8);
+  f8 s = fma8(fq, zero - kLn2Hi, d);
+  s = fma8(fq, zero - kLn2Lo, s);
+  f8 u = zero + 0.000198527617612853646278381f;
+  u = fma8(u, s, zero + 0.00139304355252534151077271f);
+  u = fma8(u, s, zero + 0.00833336077630519866943359f);
+  u = fma8(u, s, zero + 0.0416664853692054748535156f);
+  u = fma8(u, s, zero + 0.166666671633720397949219f);
+  u = fma8(u, s, zero + 0.5f);
+  u = 1.0f + fma8(s * s, u, s);
   // 2^q in two factors, so that q up to 2 * 127 neither overflows the exponent field early
   // nor loses the subnormal results
-  u = u * pow2_int(q >> 1) * pow2_int(q - (q >> 1));
-  if (d < -104.0f) u = 0.0f;
-  if (d > 104.0f) u = INFINITY;
+  u = u * pow2_8(q >> 1) * pow2_8(q - (q >> 1));
+  u = select8(d < -104.0f, zero, u);
+  u = select8(d > 104.0f, zero + INFINITY, u);
   return u;
 }
+
+PONDER_ALWAYS_INLINE float vector_exp(float d) { return vector_exp8(f8{} + d)[0]; }
 
 constexpr int kLevels = 4;  // PyTorch's cascade depth
 constexpr int kIlp = 4;     // PyTorch's interleaved accumulators
@@ -139,9 +171,13 @@ void silu_mul_rows(const float* gate, const float* up, int64_t rows, int64_t I, 
     const float* g = gate + r * in_stride;
     const float* u = up + r * in_stride;
     float* o = out + r * out_stride;
-    for (int64_t j = 0; j < vector_part; ++j) {
-      const float s = g[j] / (1.0f + vector_exp(-g[j]));
-      o[j] = s * u[j];
+    for (int64_t j = 0; j < vector_part; j += 8) {  // vector_part: a multiple of 16
+      f8 gv, uv;
+      std::memcpy(&gv, g + j, sizeof gv);
+      std::memcpy(&uv, u + j, sizeof uv);
+      const f8 sv = gv / (1.0f + vector_exp8(-gv));
+      const f8 ov = sv * uv;
+      std::memcpy(o + j, &ov, sizeof ov);
     }
     for (int64_t j = vector_part; j < I; ++j) {
       const float s = g[j] / (1.0f + std::exp(-g[j]));

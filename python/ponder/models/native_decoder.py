@@ -134,12 +134,18 @@ def _version(t: torch.Tensor) -> int:
         return -1
 
 
+_LAYER_PARAMS = ("attn_norm", "qkv_weight", "qkv_bias", "o_weight", "o_bias", "mlp_norm", "gate_up_weight",
+                 "down_weight")
+
+
 def _layer_params(model) -> List[Optional[torch.Tensor]]:
+    """Every layer's weights in ``_LAYER_PARAMS`` order, then the final norm (read from the
+    modules' parameter dicts: this runs every decode step)."""
     out: List[Optional[torch.Tensor]] = []
     for layer in model.layers:
-        out += [layer.attn_norm, layer.qkv_weight, layer.qkv_bias, layer.o_weight, layer.o_bias, layer.mlp_norm,
-                layer.gate_up_weight, layer.down_weight]
-    out.append(model.norm)
+        params = layer._parameters
+        out += [params.get(name) for name in _LAYER_PARAMS]
+    out.append(model._parameters["norm"])
     return out
 
 
