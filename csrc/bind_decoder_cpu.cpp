@@ -3,6 +3,7 @@
 // ponder.models.native_decoder checks dtypes, devices, shapes and contiguity, and keeps the
 // tensors behind the pointers alive.
 #include <cstdint>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -20,6 +21,9 @@ namespace {
 
 // (weight, wt, wt_stride, bias, block, bias_first, out_features, in_features); pointers 0 = none
 using LinearTuple = std::tuple<uintptr_t, uintptr_t, int64_t, uintptr_t, int64_t, bool, int64_t, int64_t>;
+// (item_page_indptr, item_pages, item_num_tokens, num_items, num_item_pages, item_query_indptr,
+//  item_queries, num_slots)
+using PlanTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, uintptr_t, int64_t>;
 // (attn_norm, qkv, o, mlp_norm, gate_up, down)
 using LayerTuple = std::tuple<uintptr_t, LinearTuple, LinearTuple, uintptr_t, LinearTuple, LinearTuple>;
 
@@ -102,18 +106,32 @@ void bind_decoder_cpu(py::module_& m) {
           "decode",
           [](const DecoderCpu& self, uintptr_t x, int64_t U, uintptr_t positions, uintptr_t cos_sin, int64_t max_pos,
              uintptr_t kv_cache, int64_t num_pages, int64_t page_size, uintptr_t slots, uintptr_t groups, int64_t T,
-             uintptr_t block_tables, int64_t max_pages, uintptr_t seq_lens, int num_threads) {
+             uintptr_t block_tables, int64_t max_pages, uintptr_t seq_lens, const std::optional<PlanTuple>& plan,
+             int num_threads) {
+            DecoderPlan p;
+            if (plan) {
+              p.item_page_indptr = as_ptr<const int32_t>(std::get<0>(*plan));
+              p.item_pages = as_ptr<const int32_t>(std::get<1>(*plan));
+              p.item_num_tokens = as_ptr<const int32_t>(std::get<2>(*plan));
+              p.num_items = std::get<3>(*plan);
+              p.num_item_pages = std::get<4>(*plan);
+              p.item_query_indptr = as_ptr<const int32_t>(std::get<5>(*plan));
+              p.item_queries = as_ptr<const int32_t>(std::get<6>(*plan));
+              p.num_slots = std::get<7>(*plan);
+            }
             self.decode(as_ptr<float>(x), U, as_ptr<const int64_t>(positions), as_ptr<const float>(cos_sin), max_pos,
                         as_ptr<float>(kv_cache), num_pages, page_size, as_ptr<const int64_t>(slots),
                         as_ptr<const int64_t>(groups), T, as_ptr<const int32_t>(block_tables), max_pages,
-                        as_ptr<const int32_t>(seq_lens), num_threads);
+                        as_ptr<const int32_t>(seq_lens), plan ? &p : nullptr, num_threads);
           },
           py::arg("x"), py::arg("U"), py::arg("positions"), py::arg("cos_sin"), py::arg("max_pos"),
           py::arg("kv_cache"), py::arg("num_pages"), py::arg("page_size"), py::arg("slots"), py::arg("groups"),
-          py::arg("T"), py::arg("block_tables"), py::arg("max_pages"), py::arg("seq_lens"), py::arg("num_threads"),
+          py::arg("T"), py::arg("block_tables"), py::arg("max_pages"), py::arg("seq_lens"), py::arg("plan"),
+          py::arg("num_threads"),
           "One decode step in place: x [U, C] token embeddings in, final-normed hidden rows out; K/V written "
-          "at slots [T] (row t's from row groups[t], groups 0 when T == U); see csrc/decoder_cpu.h. Releases "
-          "the GIL.",
+          "at slots [T] (row t's from row groups[t], groups 0 when T == U); plan None (per-row paged "
+          "attention) or (item_page_indptr, item_pages, item_num_tokens, num_items, num_item_pages, "
+          "item_query_indptr, item_queries, num_slots) over the U rows; see csrc/decoder_cpu.h. Releases the GIL.",
           py::call_guard<py::gil_scoped_release>())
       .def_property_readonly("num_layers", &DecoderCpu::num_layers);
 }

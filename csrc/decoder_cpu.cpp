@@ -11,6 +11,7 @@
 #include "linear_blocked_cpu.h"
 #include "linear_cpu.h"
 #include "rotary_kv_cpu.h"
+#include "shared_prefix_cpu.h"
 #include "torch_order_cpu.h"
 
 namespace ponder {
@@ -74,7 +75,7 @@ DecoderCpu::DecoderCpu(const DecoderCpuConfig& config, std::vector<DecoderLayerW
 void DecoderCpu::decode(float* x, int64_t U, const int64_t* positions, const float* cos_sin, int64_t max_pos,
                         float* kv_cache, int64_t num_pages, int64_t page_size, const int64_t* slots,
                         const int64_t* groups, int64_t T, const int32_t* block_tables, int64_t max_pages,
-                        const int32_t* seq_lens, int num_threads) const {
+                        const int32_t* seq_lens, const DecoderPlan* plan, int num_threads) const {
   const auto& c = config_;
   const int64_t C = c.hidden, H = c.heads, Hk = c.kv_heads, D = c.head_dim, I = c.intermediate;
   PONDER_CHECK_ARG(U >= 0 && T >= U && page_size > 0 && num_pages > 0 && max_pages >= 0 && max_pos > 0,
@@ -100,6 +101,11 @@ void DecoderCpu::decode(float* x, int64_t U, const int64_t* positions, const flo
       PONDER_CHECK_RANGE(page >= 0 && page < num_pages, "block_tables[", u, ", ", p, "] = ", page,
                          " must lie in [0, ", num_pages, ")");
     }
+  }
+  if (plan != nullptr) {
+    check_shared_prefix_plan(U, page_size, num_pages, plan->item_page_indptr, plan->item_pages,
+                             plan->item_num_tokens, plan->num_items, plan->num_item_pages, plan->item_query_indptr,
+                             plan->item_queries, plan->num_slots);
   }
   if (U == 0) return;
 
@@ -141,8 +147,15 @@ void DecoderCpu::decode(float* x, int64_t U, const int64_t* positions, const flo
       append_kv_cpu(k_plane, v_plane, num_pages * page_size, Hk * D, k_rows.data(), Hk * D, v_rows.data(), Hk * D,
                     slots, T);
     }
-    paged_attention_cpu(q.data(), U, H, D, k_plane, v_plane, KVType::kFloat32, Hk, page_size, block_tables, U,
-                        max_pages, seq_lens, indptr.data(), num_pages, scale, attn.data(), num_threads);
+    if (plan == nullptr) {
+      paged_attention_cpu(q.data(), U, H, D, k_plane, v_plane, KVType::kFloat32, Hk, page_size, block_tables, U,
+                          max_pages, seq_lens, indptr.data(), num_pages, scale, attn.data(), num_threads);
+    } else {
+      shared_prefix_attention_cpu(q.data(), U, H, D, k_plane, v_plane, KVType::kFloat32, Hk, page_size, num_pages,
+                                  plan->item_page_indptr, plan->item_pages, plan->item_num_tokens, plan->num_items,
+                                  plan->num_item_pages, plan->item_query_indptr, plan->item_queries,
+                                  plan->num_slots, scale, attn.data(), num_threads);
+    }
     apply(w.o, attn.data(), U, H * D, tmp.data(), C, num_threads);
     residual_add(tmp.data());
     rms_norm_torch_order(x, U, C, C, w.mlp_norm, c.eps, width, h.data(), C);

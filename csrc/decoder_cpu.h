@@ -6,7 +6,8 @@
 // written are the same bits as the eager forward's:
 // - linear layers: linear_cpu (weights the eager forward sends to it) or linear_blocked_cpu in
 //   the BLAS's summation order (the small ones; ponder.ops.linear.blas_block_rule), per matrix;
-// - rotary_cpu, append_kv_cpu, paged_attention_cpu as they are;
+// - rotary_cpu, append_kv_cpu, paged_attention_cpu (or shared_prefix_attention_cpu through a
+//   plan) as they are;
 // - residual adds: one rounding each, as PyTorch's add.
 #pragma once
 
@@ -37,6 +38,20 @@ struct DecoderLayerWeights {
   DecoderLinear down;                // [C, I]
 };
 
+// A decode step's shared-prefix attention plan (ponder.attention_plan, cut to the U rows):
+// every layer then attends through shared_prefix_attention_cpu, each item's pages read once for
+// all of its rows.
+struct DecoderPlan {
+  const int32_t* item_page_indptr = nullptr;
+  const int32_t* item_pages = nullptr;
+  const int32_t* item_num_tokens = nullptr;
+  int64_t num_items = 0;
+  int64_t num_item_pages = 0;
+  const int32_t* item_query_indptr = nullptr;
+  const int32_t* item_queries = nullptr;
+  int64_t num_slots = 0;
+};
+
 struct DecoderCpuConfig {
   int64_t hidden = 0, heads = 0, kv_heads = 0, head_dim = 0, intermediate = 0;
   float eps = 0.0f;
@@ -54,11 +69,12 @@ class DecoderCpu {
   // slots [T] int64: K/V slot of row t (page * page_size + offset, -1 skips); groups [T] int64
   // (or null when T == U): row t writes the K/V computed for row groups[t] (< U).
   // block_tables [U, max_pages] int32, seq_lens [U] int32: each row's pages and length (its own
-  // token included). Every index is checked before anything is written.
+  // token included). plan: null for per-row paged attention, else the step's plan over the U
+  // rows. Every index is checked before anything is written.
   void decode(float* x, int64_t U, const int64_t* positions, const float* cos_sin, int64_t max_pos,
               float* kv_cache, int64_t num_pages, int64_t page_size, const int64_t* slots,
               const int64_t* groups, int64_t T, const int32_t* block_tables, int64_t max_pages,
-              const int32_t* seq_lens, int num_threads) const;
+              const int32_t* seq_lens, const DecoderPlan* plan, int num_threads) const;
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
 

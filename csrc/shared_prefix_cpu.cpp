@@ -292,6 +292,29 @@ void check_indptr(const int32_t* indptr, int64_t n, int64_t total, const char* n
 
 }  // namespace
 
+void check_shared_prefix_plan(int64_t num_queries, int64_t page_size, int64_t num_pages,
+                              const int32_t* item_page_indptr, const int32_t* item_pages,
+                              const int32_t* item_num_tokens, int64_t num_items, int64_t num_item_pages,
+                              const int32_t* item_query_indptr, const int32_t* item_queries, int64_t num_slots) {
+  PONDER_CHECK_ARG(page_size > 0 && num_pages >= 0 && num_queries >= 0 && num_items >= 0 && num_item_pages >= 0 &&
+                       num_slots >= 0,
+                   "shared_prefix_attention: sizes must be positive");
+  check_indptr(item_page_indptr, num_items, num_item_pages, "plan.item_page_indptr");
+  check_indptr(item_query_indptr, num_items, num_slots, "plan.item_query_indptr");
+  for (int64_t i = 0; i < num_items; ++i) {
+    const int64_t np = item_page_indptr[i + 1] - item_page_indptr[i];
+    const int64_t nt = item_num_tokens[i];
+    PONDER_CHECK_ARG(nt >= 1 && nt <= np * page_size, "plan.item_num_tokens[", i, "] = ", nt, " must lie in [1, ",
+                     np * page_size, "] for its ", np, " pages of S = ", page_size);
+  }
+  for (int64_t p = 0; p < num_item_pages; ++p)
+    PONDER_CHECK_RANGE(item_pages[p] >= 0 && item_pages[p] < num_pages, "plan.item_pages[", p, "] = ", item_pages[p],
+                       " must be a page id in [0, ", num_pages, ")");
+  for (int64_t s = 0; s < num_slots; ++s)
+    PONDER_CHECK_RANGE(item_queries[s] >= 0 && item_queries[s] < num_queries, "plan.item_queries[", s, "] = ",
+                       item_queries[s], " must be a query row in [0, ", num_queries, ")");
+}
+
 void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
                                  const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
                                  int64_t page_size, int64_t num_pages, const int32_t* item_page_indptr,
@@ -310,20 +333,8 @@ void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t nu
                    static_cast<int>(kv_type));
   // Every index is checked before anything is read: a bad plan raises, it never reads outside
   // the KV planes or writes outside out.
-  check_indptr(item_page_indptr, num_items, num_item_pages, "plan.item_page_indptr");
-  check_indptr(item_query_indptr, num_items, num_slots, "plan.item_query_indptr");
-  for (int64_t i = 0; i < num_items; ++i) {
-    const int64_t np = item_page_indptr[i + 1] - item_page_indptr[i];
-    const int64_t nt = item_num_tokens[i];
-    PONDER_CHECK_ARG(nt >= 1 && nt <= np * page_size, "plan.item_num_tokens[", i, "] = ", nt, " must lie in [1, ",
-                     np * page_size, "] for its ", np, " pages of S = ", page_size);
-  }
-  for (int64_t p = 0; p < num_item_pages; ++p)
-    PONDER_CHECK_RANGE(item_pages[p] >= 0 && item_pages[p] < num_pages, "plan.item_pages[", p, "] = ", item_pages[p],
-                       " must be a page id in [0, ", num_pages, ")");
-  for (int64_t s = 0; s < num_slots; ++s)
-    PONDER_CHECK_RANGE(item_queries[s] >= 0 && item_queries[s] < num_queries, "plan.item_queries[", s, "] = ",
-                       item_queries[s], " must be a query row in [0, ", num_queries, ")");
+  check_shared_prefix_plan(num_queries, page_size, num_pages, item_page_indptr, item_pages, item_num_tokens,
+                           num_items, num_item_pages, item_query_indptr, item_queries, num_slots);
 
   const Work work{q, num_queries, num_heads, head_dim, k_plane, v_plane, num_kv_heads, page_size,
                   item_page_indptr, item_pages, item_num_tokens, num_items, item_query_indptr, item_queries, scale,

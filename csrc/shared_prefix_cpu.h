@@ -34,6 +34,14 @@ namespace ponder {
 // enough, taken by the calling thread and helpers as each is free (cpu_threads.h); each range
 // reads the items its branches read, so a shared prefix is read once per range. Every row's
 // result is the same at any thread count.
+// The checks shared_prefix_attention_cpu makes of a plan's index values before it reads
+// anything (std::invalid_argument / std::out_of_range naming the array and the entry), for a
+// caller that must check them before it writes anything else.
+void check_shared_prefix_plan(int64_t num_queries, int64_t page_size, int64_t num_pages,
+                              const int32_t* item_page_indptr, const int32_t* item_pages,
+                              const int32_t* item_num_tokens, int64_t num_items, int64_t num_item_pages,
+                              const int32_t* item_query_indptr, const int32_t* item_queries, int64_t num_slots);
+
 void shared_prefix_attention_cpu(const float* q, int64_t num_queries, int64_t num_heads, int64_t head_dim,
                                  const void* k_plane, const void* v_plane, KVType kv_type, int64_t num_kv_heads,
                                  int64_t page_size, int64_t num_pages, const int32_t* item_page_indptr,

@@ -1,5 +1,6 @@
 """The native decode step (``ponder.models.native_decoder``): the same hidden rows and K/V bits
-as the eager layer loop, on the eager loop's own inputs; the eager loop wherever it cannot be."""
+as the eager layer loop, on the eager loop's own inputs (per-row attention, or a shared-prefix
+plan of the rows that run); the eager loop wherever it cannot be."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import torch.nn.functional as F
 
 from paged_batch import PagedSequences
 from ponder import _core, ops
+from ponder.attention_plan import plan_attention
+from ponder.kv_store import split_by_items
 from ponder.models import DecoderLM, ModelConfig, native_decoder
 from ponder.ops._registry import implementation
 
@@ -69,11 +72,15 @@ def count_native(monkeypatch):
     return calls
 
 
-def _run(model, native: bool, seed: int, branches_per_root: int, use_groups: bool, steps: int = 6):
+def _run(model, native: bool, seed: int, branches_per_root: int, use_groups: bool, steps: int = 6,
+         plan: str = "none"):
     """Three prompts, forked into branches that decode ``steps`` tokens; siblings often draw the
     same token (so groups have several rows), a few branches fork again mid-way, and branches
-    of different prompts have different lengths (pages end mid-way). Returns every forward's
-    hidden rows and the cache."""
+    of different prompts have different lengths (pages end mid-way). ``plan``: "none", "rows"
+    (every decode step through a shared-prefix plan of the rows that run: all rows, or with
+    groups the groups' first rows after rows whose items differ left their groups, as the
+    engine does) or "all-rows" (a plan of all rows, with or without groups). Returns every
+    forward's hidden rows and the cache."""
     model.native_decode = native
     cfg = model.config
     rng = random.Random(seed)
@@ -96,7 +103,16 @@ def _run(model, native: bool, seed: int, branches_per_root: int, use_groups: boo
         branches = [(seq, key + (t,)) for (seq, key), t in zip(branches, tokens)]
         batch = seqs.step([s for s, _ in branches], [[t] for t in tokens])
         groups = _groups_of([hash(k) for _, k in branches]) if use_groups else None
-        outs.append(model(kv_cache=kv, row_groups=groups, **batch))
+        decode_plan = None
+        if plan == "all-rows" or (plan == "rows" and groups is None):
+            decode_plan = ops.plan_shared_prefix_attention(batch["block_tables"], batch["seq_lens"], kv,
+                                                           cfg.num_heads)
+        elif plan == "rows":
+            full = plan_attention(batch["block_tables"], batch["seq_lens"], seqs.page_size)
+            cut, _ = split_by_items(full, tuple(g.numpy() for g in groups))
+            decode_plan = full.for_queries(cut[0]).to("cpu")
+            groups = tuple(torch.from_numpy(g) for g in cut)
+        outs.append(model(kv_cache=kv, row_groups=groups, decode_plan=decode_plan, **batch))
     return outs, kv
 
 
@@ -105,19 +121,21 @@ def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("plan", ["none", "rows", "all-rows"])
 @pytest.mark.parametrize("use_groups", [False, True])
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_decode_steps_are_the_eager_forward_bit_for_bit(case, use_groups, threads, count_native):
+def test_decode_steps_are_the_eager_forward_bit_for_bit(case, use_groups, plan, threads, count_native):
     model = _model(CASES[case])
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        eager, kv_eager = _run(model, False, 3, 5, use_groups)
+        eager, kv_eager = _run(model, False, 3, 5, use_groups, plan=plan)
         assert count_native[0] == 0
-        native, kv_native = _run(model, True, 3, 5, use_groups)
+        native, kv_native = _run(model, True, 3, 5, use_groups, plan=plan)
     finally:
         torch.set_num_threads(before)
-    assert count_native[0] == 6  # every decode step, no prefill
+    # every decode step (no prefill), except that a plan of all rows with groups keeps the eager loop
+    assert count_native[0] == (0 if plan == "all-rows" and use_groups else 6)
     assert len(eager) == len(native)
     for i, (a, b) in enumerate(zip(eager, native)):
         assert _same_bits(a, b), f"forward {i}: hidden rows differ"
@@ -213,9 +231,11 @@ def test_plans_bf16_and_the_switch_keep_the_eager_loop(count_native):
     root = seqs.new()
     model(kv_cache=kv, **seqs.step([root], [[5, 6, 7, 8, 9]]))
     kids = [seqs.fork(kv, root) for _ in range(3)]
-    batch = seqs.step(kids, [[1], [2], [3]])
+    batch = seqs.step(kids, [[1], [1], [3]])
     plan = ops.plan_shared_prefix_attention(batch["block_tables"], batch["seq_lens"], kv, 4)
-    model(kv_cache=kv, decode_plan=plan, **batch)
+    # a plan of all three rows, the first two one group: every row must attend, eagerly
+    groups = (torch.tensor([0, 2]), torch.tensor([0, 0, 1]))
+    model(kv_cache=kv, decode_plan=plan, row_groups=groups, **batch)
     assert count_native[0] == 0
     model.native_decode = False
     model(kv_cache=kv, **seqs.step(kids, [[1], [2], [3]]))

@@ -110,7 +110,7 @@ class DecoderLM(nn.Module):
         self.lm_head = (None if config.tie_word_embeddings
                         else nn.Parameter(torch.empty(config.vocab_size, config.hidden_size, **kw)))
         self.value_head: Optional[ValueHeadModule] = None
-        # decode batches without a plan run as one native call where that gives the same bits
+        # decode batches run as one native call where that gives the same bits
         # (ponder.models.native_decoder); False: always the eager layer loop
         self.native_decode = True
         if value_head:
@@ -226,6 +226,10 @@ class DecoderLM(nn.Module):
         shared context: values checks cover the tokens, positions and index ranges, not the
         cache contents.
 
+        A decode batch of an fp32 CPU model runs as one native call
+        (:mod:`ponder.models.native_decoder`, off with ``model.native_decode = False``) where
+        that gives the same bits as the layer loop below.
+
         Example, page size 4: sequence 0 has 5 cached tokens in pages [2, 0] and decodes one;
         sequence 1 prefills 3 tokens into page 1::
 
@@ -256,16 +260,18 @@ class DecoderLM(nn.Module):
                                  f"{firsts.shape[0]} first rows, got {decode_plan.num_queries} queries")
             if firsts.shape[0] == T:  # every row its own group
                 firsts = groups = None
-        if decode_plan is None and getattr(self, "native_decode", True) and block_tables.shape[0] == T:
-            step = self._native_step(kv_cache, query_indptr, T if firsts is None else firsts.shape[0],
-                                     input_ids, positions, slot_mapping, block_tables, seq_lens)
+        rows = T if firsts is None else firsts.shape[0]
+        if (getattr(self, "native_decode", True) and block_tables.shape[0] == T
+                and (decode_plan is None or decode_plan.num_queries == rows)):
+            step = self._native_step(kv_cache, query_indptr, rows, decode_plan is not None, input_ids, positions,
+                                     slot_mapping, block_tables, seq_lens)
             if step is not None:
                 if firsts is not None:
                     input_ids, positions = input_ids[firsts], positions[firsts]
                     block_tables, seq_lens = block_tables[firsts], seq_lens[firsts]
                 x = F.embedding(input_ids, self.embed)  # [U, C]
                 out = step.decode(x, positions, self.cos_sin, kv_cache, slot_mapping, groups, block_tables,
-                                  seq_lens)  # [U, C]
+                                  seq_lens, decode_plan)  # [U, C]
                 return out if groups is None else out[groups]  # [T, C]
         norm, rotate, append, attend = self._layer_ops(decode_plan is not None, input_ids, kv_cache)
         meta = decode_plan if decode_plan is not None else (block_tables, seq_lens, query_indptr)
@@ -314,14 +320,15 @@ class DecoderLM(nn.Module):
         out = norm(x, self.norm, cfg.rms_norm_eps)  # [U, C]
         return out if groups is None else out[groups]  # [T, C]
 
-    def _native_step(self, kv_cache: torch.Tensor, query_indptr: torch.Tensor, rows: int,
+    def _native_step(self, kv_cache: torch.Tensor, query_indptr: torch.Tensor, rows: int, shared: bool,
                      *tensors: torch.Tensor) -> Optional["native_decoder.NativeDecoder"]:
         """The native decode step (:mod:`ponder.models.native_decoder`) when it gives this
-        decode batch (one new token per sequence, no plan) the eager forward's bits: an fp32
-        CPU model and cache, plain eager tensors, the ops' host implementations, ``rows``
-        distinct rows that PyTorch's SiLU handles as on one thread; else None."""
+        decode batch (one new token per sequence; ``shared``: through a plan over its ``rows``
+        distinct rows) the eager forward's bits: an fp32 CPU model and cache, plain eager
+        tensors, the ops' host implementations, rows that PyTorch's SiLU handles as on one
+        thread; else None."""
         if (self.device.type != "cpu" or kv_cache.dtype != torch.float32 or not kv_cache.is_contiguous()
-                or not native_decoder.host_ops_active()
+                or not native_decoder.host_ops_active(shared)
                 or not direct_call(self.embed, kv_cache, query_indptr, *tensors)
                 or not bool((np.diff(query_indptr.numpy()) == 1).all())):
             return None

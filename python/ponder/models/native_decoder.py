@@ -3,10 +3,11 @@
 A small model's decode step is mostly op overhead: the countdown policy (4 layers, hidden size
 128) runs about 170 PyTorch ops and host-kernel calls per forward, each a few microseconds of
 Python and dispatch around less work. :class:`NativeDecoder` runs every layer of a decode
-batch (one new token per sequence, per-sequence attention) in C++: the same host kernels as
+batch (one new token per sequence) in C++: the same host kernels as
 :meth:`DecoderLM.forward <ponder.models.llama.DecoderLM.forward>` (``linear_cpu``,
 ``linear_blocked_cpu`` in the BLAS's order, ``rotary_cpu``, ``append_kv_cpu``,
-``paged_attention_cpu``), and PyTorch's rms_norm sum and SiLU redone in PyTorch's order
+``paged_attention_cpu``, or ``shared_prefix_attention_cpu`` through a step's plan over the
+rows that run), and PyTorch's rms_norm sum and SiLU redone in PyTorch's order
 (``csrc/torch_order_cpu.h``). So the hidden rows and the K/V written are the same bits as the
 eager forward's, which ``tests/models/test_native_decoder.py`` checks over model shapes, batch
 sizes, shared rows and thread counts.
@@ -21,7 +22,9 @@ Where a bit could differ, the eager forward runs instead:
 - an elementwise op over more than PyTorch's grain (32,768 elements) is split over its threads,
   and a split inside a row moves which elements take PyTorch's scalar exp: with more than one
   torch thread, a step whose SiLU would split off the vector boundaries runs eagerly;
-- the ops must resolve to the host implementations (no backend override, no tracing).
+- the ops must resolve to the host implementations (no backend override, no tracing);
+- a plan must cover exactly the rows that run: one over all rows of a batch with row groups
+  (where every row attends and a group may split) keeps the eager loop.
 
 ``DecoderLM.native_decode = False`` turns the path off for a model (benchmarks compare both).
 """
@@ -57,13 +60,15 @@ def available() -> bool:
     return _core is not None and hasattr(_core, "DecoderCpu")
 
 
-HOST_OPS = ("rms_norm", "rotary", "append_kv", "paged_attention")
+HOST_OPS = ("rms_norm", "rotary", "append_kv")
 
 
-def host_ops_active() -> bool:
+def host_ops_active(shared: bool = False) -> bool:
     """Whether the eager forward's per-layer ops resolve to their host implementations on the
-    CPU (the kernels the native step runs), with no backend override."""
-    return all(implementation(op, "auto", "cpu") is _registry._HOST_IMPLS.get(op) for op in HOST_OPS)
+    CPU (the kernels the native step runs), with no backend override; its attention is
+    ``shared_prefix_attention`` through a plan (``shared``), else ``paged_attention``."""
+    attention = "shared_prefix_attention" if shared else "paged_attention"
+    return all(implementation(op, "auto", "cpu") is _registry._HOST_IMPLS.get(op) for op in HOST_OPS + (attention,))
 
 
 def _probe_values(rows: int, cols: int, seed: int) -> torch.Tensor:
@@ -228,17 +233,32 @@ class NativeDecoder:
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
                slot_mapping: torch.Tensor, groups: Optional[torch.Tensor], block_tables: torch.Tensor,
-               seq_lens: torch.Tensor) -> torch.Tensor:
+               seq_lens: torch.Tensor, plan=None) -> torch.Tensor:
         """x ``[U, C]`` token embeddings (a fresh contiguous tensor, overwritten) -> the
-        final-normed hidden rows ``[U, C]``; see ``_core.DecoderCpu.decode``. The caller has
-        checked shapes, dtypes and devices (``DecoderLM.forward``); indices are checked here."""
+        final-normed hidden rows ``[U, C]``; see ``_core.DecoderCpu.decode``. ``plan``: None,
+        or the step's :class:`~ponder.attention_plan.DeviceAttentionPlan` (CPU) over the U rows.
+        The caller has checked shapes, dtypes and devices (``DecoderLM.forward``); indices are
+        checked here."""
         U, T = x.shape[0], slot_mapping.shape[0]
         _, _, P, S, _, _ = kv_cache.shape
         pos, slots, tables, lens, table = (t.contiguous() for t in (positions, slot_mapping, block_tables, seq_lens,
                                                                     cos_sin))
         grp = None if groups is None else groups.contiguous()
+        arrays = None
+        if plan is not None:
+            a = [t.contiguous() for t in (plan.item_page_indptr, plan.item_pages, plan.item_num_tokens,
+                                          plan.item_query_indptr, plan.item_queries)]
+            num_items = a[2].shape[0]
+            if a[0].shape[0] != num_items + 1 or a[3].shape[0] != num_items + 1:
+                raise ValueError(f"plan.item_page_indptr and plan.item_query_indptr must have {num_items + 1} "
+                                 f"entries (one more than plan.item_num_tokens), got {a[0].shape[0]} and "
+                                 f"{a[3].shape[0]}")
+            if any(t.dtype != torch.int32 or t.device.type != "cpu" for t in a):
+                raise ValueError("the plan's arrays must be int32 CPU tensors")
+            arrays = (a[0].data_ptr(), a[1].data_ptr(), a[2].data_ptr(), num_items, a[1].shape[0], a[3].data_ptr(),
+                      a[4].data_ptr(), a[4].shape[0])
         self.core.decode(x.data_ptr(), U, pos.data_ptr(), table.data_ptr(), table.shape[0], kv_cache.data_ptr(), P, S,
-                         slots.data_ptr(), _ptr(grp), T, tables.data_ptr(), tables.shape[1], lens.data_ptr(),
+                         slots.data_ptr(), _ptr(grp), T, tables.data_ptr(), tables.shape[1], lens.data_ptr(), arrays,
                          native_threads())
         return x
 
