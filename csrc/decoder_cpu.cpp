@@ -1,6 +1,7 @@
 // One decode step of a Llama-family decoder on the host; see decoder_cpu.h.
 #include "decoder_cpu.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <string>
@@ -8,6 +9,7 @@
 
 #include "attention_cpu.h"
 #include "common.h"
+#include "cpu_threads.h"
 #include "linear_blocked_cpu.h"
 #include "linear_cpu.h"
 #include "rotary_kv_cpu.h"
@@ -31,13 +33,29 @@ void check_linear(const DecoderLinear& lin, int64_t layer, const char* name, int
   }
 }
 
+constexpr int64_t kPartsPerThread = 4;  // runs of rows per thread (cpu_threads.h)
+constexpr int64_t kMinParallelMacs = int64_t(1) << 20;  // smaller products stay on one thread
+
 // out [rows, N] (rows out_stride apart) = x [rows, K] (rows x_stride apart) · Wᵀ + bias
 void apply(const DecoderLinear& lin, const float* x, int64_t rows, int64_t x_stride, float* out, int64_t out_stride,
            int num_threads) {
   if (rows == 0) return;
   if (lin.block > 0) {
-    linear_blocked_cpu(x, rows, lin.in_features, x_stride, lin.wt, lin.out_features, lin.wt_stride, lin.bias,
-                       lin.bias_first, lin.block, out, out_stride);
+    // linear_blocked_cpu computes a row the same way whatever rows come with it, so large
+    // products split their rows over the threads (linear_cpu splits its own)
+    auto run = [&](int64_t r0, int64_t r1) {
+      linear_blocked_cpu(x + r0 * x_stride, r1 - r0, lin.in_features, x_stride, lin.wt, lin.out_features,
+                         lin.wt_stride, lin.bias, lin.bias_first, lin.block, out + r0 * out_stride, out_stride);
+    };
+    const int64_t macs = rows * lin.out_features * lin.in_features;
+    const int64_t threads = std::max<int64_t>(
+        1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), rows, macs / kMinParallelMacs}));
+    if (threads <= 1) {
+      run(0, rows);
+      return;
+    }
+    const int64_t parts = std::min<int64_t>(rows, threads * kPartsPerThread);
+    run_parts(parts, static_cast<int>(threads), [&](int64_t i) { run(rows * i / parts, rows * (i + 1) / parts); });
   } else {
     linear_cpu(x, rows, lin.in_features, rows > 1 ? x_stride : lin.in_features, lin.weight, lin.out_features,
                lin.bias, out, out_stride, num_threads);

@@ -309,3 +309,26 @@ def test_silu_over_a_sweep_of_all_float_bit_patterns():
     want = F.silu(x)
     differ = (got.view(torch.int32) != want.view(torch.int32)) & ~(torch.isnan(got) & torch.isnan(want))
     assert int(differ.sum()) == 0, x[differ][:8]
+
+
+def test_many_rows_at_several_threads_go_to_mkl():
+    model = _model(CASES["countdown"])
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        step = native_decoder.for_model(model)
+        assert step.accepts(native_decoder.THREADED_MAX_ROWS)
+        assert not step.accepts(native_decoder.THREADED_MAX_ROWS + 1)
+        torch.set_num_threads(1)
+        step = native_decoder.for_model(model)  # rebuilt for the thread count
+        assert step.threads == 1 and step.accepts(4 * native_decoder.THREADED_MAX_ROWS)
+    finally:
+        torch.set_num_threads(before)
+    # every matrix at least 1 MiB, all on linear_cpu, which splits its own rows: no limit
+    large = _model(ModelConfig(vocab_size=32, hidden_size=512, intermediate_size=1024, num_layers=1, num_heads=8,
+                               num_kv_heads=8, head_dim=64, max_position_embeddings=64, model_type="llama"))
+    try:
+        torch.set_num_threads(2)
+        assert native_decoder.for_model(large).accepts(4 * native_decoder.THREADED_MAX_ROWS)
+    finally:
+        torch.set_num_threads(before)

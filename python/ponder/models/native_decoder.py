@@ -51,6 +51,12 @@ except ImportError:  # a source tree without the built extension
 TORCH_GRAIN = 32768
 TORCH_WIDTHS = (8, 16)  # Vectorized<float>::size() with AVX2 / AVX-512
 
+# With more than one torch thread, a step of more rows than this through small matrices runs
+# eagerly: there MKL's threaded products beat linear_blocked_cpu with its rows split over the
+# threads (the countdown policy at 2 threads, AMD EPYC: native / eager step time 0.95 at 128
+# rows, 1.12 at 400; at 1 thread the native step is faster at every row count measured, up
+# to 400)
+THREADED_MAX_ROWS = 192
 # (hidden, intermediate, eps, torch threads) -> the matching width, or None
 _WIDTHS: dict = {}
 
@@ -228,7 +234,11 @@ class NativeDecoder:
         return all(_version(params[j]) == v for j, v in self.watched)
 
     def accepts(self, rows: int) -> bool:
-        """Whether a step of ``rows`` distinct rows gives the eager forward's bits here."""
+        """Whether a step of ``rows`` distinct rows runs natively: it must give the eager
+        forward's bits here, and with more than one thread at most ``THREADED_MAX_ROWS`` rows
+        go through matrices on ``linear_blocked_cpu`` (beyond, MKL's threaded products win)."""
+        if self.watched and self.threads > 1 and rows > THREADED_MAX_ROWS:
+            return False
         return silu_split_ok(rows, self.intermediate, self.width, self.threads)
 
     def decode(self, x: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor, kv_cache: torch.Tensor,
