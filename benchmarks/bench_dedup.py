@@ -27,7 +27,7 @@ def _signature(out):
     return [(r.answer, r.stats["tokens_generated"], r.score) for r in out["results"]]
 
 
-def ab_table(problems, strategies, run, what: str, shared_column: bool = True) -> None:
+def ab_table(strategies, run, what: str, shared_column: bool = True) -> None:
     """Run each strategy with a switch off and on (``run(strategy, on) -> demo output``),
     alternating the order from repeat to repeat; print wall / CPU time of the best of each and
     their ratio, and exit with an error if any answer, token count or score differs.
@@ -62,8 +62,10 @@ def ab_table(problems, strategies, run, what: str, shared_column: bool = True) -
     print(f"same answers, token counts and scores with and without {what}")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def demo_setup(doc: str):
+    """The options both A/B scripts take; returns (model, tokenizer, problems, [(strategy,
+    repeats)]) after setting the thread count and printing the run's header."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("--problems", type=int, default=40, help="held-out 4-number problems (the demo's 40)")
     ap.add_argument("--only", default=None, help="run only strategies whose name contains this (e.g. mcts)")
     ap.add_argument("--repeats", type=int, default=1)
@@ -73,8 +75,12 @@ def main() -> None:
     model, tok = demo.load_model()
     problems = demo.held_out_problems(args.problems, 4, False)
     print(f"{args.problems} problems, torch threads {torch.get_num_threads()}, best of {args.repeats}")
-    strategies = [(s, args.repeats) for s in demo.strategies() if not args.only or args.only in s.name]
-    ab_table(problems, strategies,
+    return model, tok, problems, [(s, args.repeats) for s in demo.strategies() if not args.only or args.only in s.name]
+
+
+def main() -> None:
+    model, tok, problems, strategies = demo_setup(__doc__)
+    ab_table(strategies,
              lambda s, on: demo.run_strategy(model, tok, problems, s, engine_options=dict(dedup_rows=on)),
              "dedup_rows")
 

@@ -42,14 +42,7 @@ DecoderLinear to_linear(const LinearTuple& t) {
 
 DecoderCpu make_decoder(int64_t hidden, int64_t heads, int64_t kv_heads, int64_t head_dim, int64_t intermediate,
                         float eps, int torch_width, const std::vector<LayerTuple>& layers, uintptr_t final_norm) {
-  DecoderCpuConfig config;
-  config.hidden = hidden;
-  config.heads = heads;
-  config.kv_heads = kv_heads;
-  config.head_dim = head_dim;
-  config.intermediate = intermediate;
-  config.eps = eps;
-  config.torch_width = torch_width;
+  const DecoderCpuConfig config{hidden, heads, kv_heads, head_dim, intermediate, eps, torch_width};
   std::vector<DecoderLayerWeights> weights;
   weights.reserve(layers.size());
   for (const auto& t : layers) {
