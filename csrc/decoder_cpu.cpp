@@ -25,8 +25,7 @@ void check_linear(const DecoderLinear& lin, int64_t layer, const char* name, int
   PONDER_CHECK_ARG(lin.out_features == n && lin.in_features == k, where, " must be [", n, ", ", k, "], got [",
                    lin.out_features, ", ", lin.in_features, "]");
   if (lin.block > 0) {
-    PONDER_CHECK_ARG(lin.wt != nullptr && lin.wt_stride >= n, where,
-                     ": the blocked kernel needs the transposed weight with a row stride of at least ", n);
+    PONDER_CHECK_ARG(lin.wt != nullptr, where, ": the blocked kernel needs the transposed weight");
   } else {
     PONDER_CHECK_ARG(lin.block == 0 && lin.weight != nullptr, where, ": needs the weight [", n, ", ", k,
                      "] (block 0) or the transposed weight (block > 0), got block ", lin.block);
@@ -45,7 +44,8 @@ void apply(const DecoderLinear& lin, const float* x, int64_t rows, int64_t x_str
     // products split their rows over the threads (linear_cpu splits its own)
     auto run = [&](int64_t r0, int64_t r1) {
       linear_blocked_cpu(x + r0 * x_stride, r1 - r0, lin.in_features, x_stride, lin.wt, lin.out_features,
-                         lin.wt_stride, lin.bias, lin.bias_first, lin.block, out + r0 * out_stride, out_stride);
+                         lin.wt_stride, lin.bias, lin.bias_first, lin.block, out + r0 * out_stride, out_stride,
+                         true, lin.wt_strip_stride);
     };
     const int64_t macs = rows * lin.out_features * lin.in_features;
     const int64_t threads = std::max<int64_t>(

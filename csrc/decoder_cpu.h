@@ -17,11 +17,13 @@
 namespace ponder {
 
 // One fp32 matrix [N, K] of the decoder. block > 0: linear_blocked_cpu on wt (the transposed
-// weight [K, wt_stride]) with `block` and `bias_first`; block == 0: linear_cpu on weight [N, K].
+// weight, with its row and strip strides) with `block` and `bias_first`; block == 0: linear_cpu
+// on weight [N, K].
 struct DecoderLinear {
   const float* weight = nullptr;
   const float* wt = nullptr;
   int64_t wt_stride = 0;
+  int64_t wt_strip_stride = 16;
   const float* bias = nullptr;
   int64_t block = 0;
   bool bias_first = false;

@@ -35,7 +35,7 @@ struct Job {
   const float* x;
   int64_t rows, in, x_stride;
   const float* wt;
-  int64_t out_features, wt_stride;
+  int64_t out_features, wt_stride, wt_strip;  // wt[(n / 16) * wt_strip + k * wt_stride + n % 16]
   const float* bias;
   bool bias_first;
   int64_t block;
@@ -53,7 +53,8 @@ void run_scalar(const Job& j) {
       for (int64_t b0 = 0; b0 < j.in || b0 == 0; b0 += j.block) {
         const int64_t b1 = std::min(j.in, b0 + j.block);
         float p = 0.0f;
-        for (int64_t k = b0; k < b1; ++k) p = std::fma(x[k], j.wt[k * j.wt_stride + n], p);
+        const float* w = j.wt + (n / kCols) * j.wt_strip + n % kCols;
+        for (int64_t k = b0; k < b1; ++k) p = std::fma(x[k], w[k * j.wt_stride], p);
         if (b0 == 0) {
           s = (j.bias && j.bias_first) ? j.bias[n] + p : p;
         } else {
@@ -83,7 +84,7 @@ PONDER_AVX2 void tile_avx2(const Job& j, int64_t m, int64_t n0, int64_t cols) {
     __m256 acc[MR][2];
 #pragma GCC unroll 8
     for (int i = 0; i < MR; ++i) acc[i][0] = acc[i][1] = _mm256_setzero_ps();
-    const float* w = j.wt + n0;
+    const float* w = j.wt + (n0 / kCols) * j.wt_strip;
     for (int64_t k = b0; k < b1; ++k) {
       const __m256 w0 = _mm256_loadu_ps(w + k * j.wt_stride);
       const __m256 w1 = _mm256_loadu_ps(w + k * j.wt_stride + 8);
@@ -153,8 +154,8 @@ bool has_avx2_fma() {
 }
 
 Job checked(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride, const float* wt,
-            int64_t out_features, int64_t wt_row_stride, const float* bias, bool bias_first, int64_t block,
-            float* out, int64_t out_row_stride) {
+            int64_t out_features, int64_t wt_row_stride, int64_t wt_strip_stride, const float* bias,
+            bool bias_first, int64_t block, float* out, int64_t out_row_stride) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("linear_blocked_cpu: " + what); };
   if (num_rows < 0 || in_features < 0 || out_features < 0)
     bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
@@ -164,14 +165,24 @@ Job checked(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row
     bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
         std::to_string(x_row_stride));
   const int64_t padded = (out_features + kCols - 1) / kCols * kCols;
-  if (wt_row_stride < padded)
-    bad("wt_row_stride must be >= out_features rounded up to a multiple of 16 = " + std::to_string(padded) +
-        ", got " + std::to_string(wt_row_stride));
+  if (wt_strip_stride == kCols) {  // rows of the transposed weight
+    if (wt_row_stride < padded)
+      bad("wt_row_stride must be >= out_features rounded up to a multiple of 16 = " + std::to_string(padded) +
+          ", got " + std::to_string(wt_row_stride));
+  } else if (wt_row_stride == kCols) {  // strips of 16 columns, each K rows of 16
+    if (wt_strip_stride < in_features * kCols)
+      bad("wt_strip_stride must be >= 16 * in_features = " + std::to_string(in_features * kCols) + ", got " +
+          std::to_string(wt_strip_stride));
+  } else {
+    bad("the transposed weight must be rows (wt_strip_stride 16) or strips of 16 columns (wt_row_stride 16), "
+        "got wt_row_stride " + std::to_string(wt_row_stride) + " and wt_strip_stride " +
+        std::to_string(wt_strip_stride));
+  }
   if (out_row_stride < out_features)
     bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
         std::to_string(out_row_stride));
-  return Job{x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, bias, bias_first, block, out,
-             out_row_stride};
+  return Job{x,    num_rows,   in_features, x_row_stride, wt,  out_features,  wt_row_stride,
+             wt_strip_stride, bias, bias_first, block, out, out_row_stride};
 }
 
 // The checked problem on the vector path when the CPU has one and `vector` asks for it.
@@ -192,9 +203,10 @@ bool linear_blocked_cpu_fast() { return has_avx2_fma(); }
 
 void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
                         const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
-                        bool bias_first, int64_t block, float* out, int64_t out_row_stride, bool vector_path) {
-  run(checked(x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, bias, bias_first, block, out,
-              out_row_stride),
+                        bool bias_first, int64_t block, float* out, int64_t out_row_stride, bool vector_path,
+                        int64_t wt_strip_stride) {
+  run(checked(x, num_rows, in_features, x_row_stride, wt, out_features, wt_row_stride, wt_strip_stride, bias,
+              bias_first, block, out, out_row_stride),
       vector_path);
 }
 

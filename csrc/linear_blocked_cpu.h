@@ -26,9 +26,13 @@ bool linear_blocked_cpu_fast();
 
 // out[m, n] as above, for m < num_rows and n < out_features.
 // x: num_rows rows of in_features floats, x_row_stride floats apart (>= in_features);
-// wt: the weight transposed, in_features rows of wt_row_stride floats (>= out_features rounded
-// up to a multiple of 16; the columns past out_features are read and ignored, so they must be
-// readable); bias: [out_features] or null; out: num_rows rows of out_features floats,
+// wt: the weight transposed, element (k, n) at wt[(n / 16) * wt_strip_stride + k * wt_row_stride
+// + n % 16], in one of two layouts: rows (wt_strip_stride 16: in_features rows of wt_row_stride
+// floats, >= out_features rounded up to a multiple of 16) or strips (wt_row_stride 16: one block
+// of in_features x 16 floats per 16 output columns, wt_strip_stride >= 16 * in_features apart).
+// The columns past out_features are read and ignored, so they must be readable. Both layouts
+// give the same bits; strips keep the 16 columns a tile reads in consecutive memory (rows of a
+// wide matrix put them a row apart, which the cache and its prefetcher serve worse); bias: [out_features] or null; out: num_rows rows of out_features floats,
 // out_row_stride apart (>= out_features), not overlapping the inputs.
 // vector_path false: the scalar std::fma path whatever the CPU has (tests compare the two).
 // Throws std::invalid_argument for negative sizes, block < 1, or strides below those bounds,
@@ -36,6 +40,6 @@ bool linear_blocked_cpu_fast();
 void linear_blocked_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
                         const float* wt, int64_t out_features, int64_t wt_row_stride, const float* bias,
                         bool bias_first, int64_t block, float* out, int64_t out_row_stride,
-                        bool vector_path = true);
+                        bool vector_path = true, int64_t wt_strip_stride = 16);
 
 }  // namespace ponder

@@ -285,7 +285,7 @@ def test_bad_indices_raise_before_anything_is_written():
 
 def test_decoder_cpu_refuses_mismatched_shapes():
     w = torch.zeros(1)
-    lin = (w.data_ptr(), 0, 0, 0, 0, False, 8, 8)
+    lin = (w.data_ptr(), 0, 0, 0, 0, 0, False, 8, 8)
     with pytest.raises(ValueError, match=r"layer 0 qkv must be \[64, 32\], got \[8, 8\]"):
         _core.DecoderCpu(32, 4, 2, 8, 64, 1e-6, 8, [(w.data_ptr(), lin, lin, w.data_ptr(), lin, lin)], w.data_ptr())
     with pytest.raises(ValueError, match="torch_width must be 8 or 16"):

@@ -38,7 +38,39 @@ std::vector<float> run(const Small& s, int64_t rows, int64_t first, bool bias, b
   return out;
 }
 
+// The same weight in strips of 16 columns ([strips][K][16], NaN in the padding columns).
+std::vector<float> run_strips(const Small& s, int64_t rows, bool bias, bool bias_first, int64_t block, bool scalar) {
+  const int64_t strips = s.stride / 16;
+  std::vector<float> packed(strips * s.K * 16, std::nanf(""));
+  for (int64_t k = 0; k < s.K; ++k)
+    for (int64_t n = 0; n < s.N; ++n) packed[(n / 16) * s.K * 16 + k * 16 + n % 16] = s.w[n * s.K + k];
+  std::vector<float> out(rows * (s.N + 1), -7.0f);
+  ponder::linear_blocked_cpu(s.x.data(), rows, s.K, s.K + 3, packed.data(), s.N, 16, bias ? s.bias.data() : nullptr,
+                             bias_first, block, out.data(), s.N + 1, !scalar, s.K * 16);
+  return out;
+}
+
 }  // namespace
+
+PONDER_TEST(linear_blocked_cpu_strips_give_the_bits_of_rows) {
+  for (auto [M, K, N] : {std::tuple<int64_t, int64_t, int64_t>{7, 37, 13}, {13, 300, 33}, {6, 128, 48}}) {
+    const Small s = make(M, K, N, 11 + unsigned(N));
+    for (bool scalar : {false, true}) {
+      const std::vector<float> rows = run(s, M, 0, true, true, K / 2 + 1, scalar);
+      const std::vector<float> strips = run_strips(s, M, true, true, K / 2 + 1, scalar);
+      for (size_t i = 0; i < rows.size(); ++i) CHECK_EQ(rows[i], strips[i]);
+    }
+  }
+  const Small s = make(2, 8, 5, 3);
+  std::vector<float> out(2 * 5);
+  // strips closer than 16 K floats, and a layout that is neither rows nor strips
+  CHECK_THROWS(ponder::linear_blocked_cpu(s.x.data(), 2, 8, 11, s.wt.data(), 5, 16, nullptr, false, 8, out.data(), 5,
+                                          true, 127),
+               std::invalid_argument);
+  CHECK_THROWS(ponder::linear_blocked_cpu(s.x.data(), 2, 8, 11, s.wt.data(), 5, 32, nullptr, false, 8, out.data(), 5,
+                                          true, 256),
+               std::invalid_argument);
+}
 
 // Rows off the 6-row tile, N off the 16-column tile, one block and several.
 PONDER_TEST(linear_blocked_cpu_vector_path_matches_the_scalar_path_and_a_double_loop) {

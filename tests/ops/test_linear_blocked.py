@@ -21,17 +21,26 @@ def _bits(t):
 
 
 def _run(x, wt, N, bias, bias_first, block, scalar=False, out_stride=None):
+    """wt: rows ``[K, stride]`` or strips ``[strips, K + extra, 16]`` (see _transposed)."""
     M, K = x.shape
     out_stride = N if out_stride is None else out_stride
     out = torch.full((M, out_stride), -7.0)
-    core.linear_blocked_cpu(x.data_ptr(), M, K, x.stride(0) if M > 1 else K, wt.data_ptr(), N, wt.shape[1],
+    row, strip = (wt.shape[1], 16) if wt.dim() == 2 else (16, wt.shape[1] * 16)
+    core.linear_blocked_cpu(x.data_ptr(), M, K, x.stride(0) if M > 1 else K, wt.data_ptr(), N, row,
                             0 if bias is None else bias.data_ptr(), bias_first, block, out.data_ptr(), out_stride,
-                            scalar)
+                            scalar, wt_strip_stride=strip)
     return out
 
 
-def _transposed(w, extra=0):
+def _transposed(w, extra=0, strips=False):
+    """w [N, K] transposed: rows [K, N rounded up to 16 + extra], or strips of 16 columns
+    [ceil(N / 16), K + extra, 16] (``extra`` unused rows at each strip's end)."""
     N, K = w.shape
+    if strips:
+        wt = torch.full((-(-N // 16), K + extra, 16), 1e30)  # padding is read (columns) or skipped (rows)
+        for n in range(N):
+            wt[n // 16, :K, n % 16] = w[n]
+        return wt
     wt = torch.full((K, -(-N // 16) * 16 + extra), 1e30)  # padding columns are read, never used
     wt[:, :N] = w.t()
     return wt
@@ -43,12 +52,13 @@ SHAPES = [(1, 1, 1), (5, 17, 15), (7, 128, 16), (13, 129, 17), (6, 300, 51), (12
 
 @pytest.mark.parametrize("M,K,N", SHAPES)
 @pytest.mark.parametrize("scalar", [False, True])
-def test_kernel_matches_the_reference_bit_for_bit(M, K, N, scalar):
+@pytest.mark.parametrize("strips", [False, True], ids=["rows", "strips"])
+def test_kernel_matches_the_reference_bit_for_bit(M, K, N, scalar, strips):
     g = torch.Generator().manual_seed(M * 1000 + K * 7 + N)
     wide = torch.randn(M, K + 3, generator=g)
     x = wide[:, :K]  # rows K + 3 floats apart
     w, b = torch.randn(N, K, generator=g), torch.randn(N, generator=g)
-    wt = _transposed(w, extra=16)
+    wt = _transposed(w, extra=16 if not strips else 3, strips=strips)
     for block in sorted({1, 7, max(1, K // 2), K, K + 5}):
         for bias, bias_first in ((None, False), (b, False), (b, True)):
             out = _run(x, wt, N, bias, bias_first, block, scalar, out_stride=N + 1)
@@ -65,6 +75,19 @@ def test_vector_and_scalar_paths_agree_and_rows_do_not_depend_on_the_batch():
     assert torch.equal(_bits(whole), _bits(_run(x, wt, 70, b, True, 192, scalar=True)))
     for lo, hi in ((0, 1), (3, 5), (11, 17), (33, 40)):
         assert torch.equal(_bits(_run(x[lo:hi], wt, 70, b, True, 192)), _bits(whole[lo:hi]))
+    # the same weight in strips of 16 columns: the same bits
+    strips = _transposed(w, strips=True)
+    assert torch.equal(_bits(_run(x, strips, 70, b, True, 192)), _bits(whole))
+    assert torch.equal(_bits(_run(x, strips, 70, b, True, 192, scalar=True)), _bits(whole))
+
+
+def test_cached_transposed_weight_is_in_strips():
+    w = torch.randn(40, 24)
+    wt, block, bias_first = lin.blocked_weight(w, False) or (None, None, None)
+    if wt is None:
+        pytest.skip("no BLAS order for this shape here")
+    assert wt.shape == (3, 24, 16) and wt.is_contiguous()
+    assert torch.equal(wt[1, :, 5], w[21]) and (wt[2, :, 8:] == 0).all()
 
 
 def test_refused_arguments_write_nothing():
@@ -80,6 +103,8 @@ def test_refused_arguments_write_nothing():
     for kw, words in ((dict(num_rows=-1), "num_rows"), (dict(block=0), "block must be >= 1"),
                       (dict(x_row_stride=7), "x_row_stride must be >= in_features = 8"),
                       (dict(wt_row_stride=15), "wt_row_stride must be >= out_features rounded up"),
+                      (dict(wt_row_stride=16, wt_strip_stride=127), "wt_strip_stride must be >= 16 \\* in_features"),
+                      (dict(wt_row_stride=32, wt_strip_stride=256), "rows .wt_strip_stride 16. or strips"),
                       (dict(out_row_stride=4), "out_row_stride must be >= out_features = 5")):
         with pytest.raises(ValueError, match=words):
             call(**kw)

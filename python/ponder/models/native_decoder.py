@@ -204,7 +204,7 @@ class NativeDecoder:
                               (base + 7, (dw, None))):
                 N, K = w.shape
                 if linear.native_eligible(w):  # the eager forward's decode rows take linear_cpu
-                    specs.append((w.data_ptr(), 0, 0, _ptr(b), 0, False, N, K))
+                    specs.append((w.data_ptr(), 0, 0, 0, _ptr(b), 0, False, N, K))
                     continue
                 found = linear.blocked_weight(w, b is not None)
                 if found is None:
@@ -212,7 +212,7 @@ class NativeDecoder:
                 wt, block, bias_first = found
                 watched.append((j, _version(w)))
                 keep.append(wt)
-                specs.append((0, wt.data_ptr(), wt.shape[1], _ptr(b), block, bias_first, N, K))
+                specs.append((0, wt.data_ptr(), 16, 16 * K, _ptr(b), block, bias_first, N, K))  # strips
             layers.append((an.data_ptr(), specs[0], specs[1], mn.data_ptr(), specs[2], specs[3]))
         core = _core.DecoderCpu(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                 cfg.intermediate_size, cfg.rms_norm_eps, width, layers, model.norm.data_ptr())

@@ -143,17 +143,18 @@ def _blocked(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor]
         bias = bias.contiguous()
     out = torch.empty(x.shape[0], N, dtype=torch.float32)
     _core.linear_blocked_cpu(x.data_ptr(), x.shape[0], K, x.stride(0) if x.shape[0] > 1 else K, wt.data_ptr(), N,
-                             wt.shape[1], 0 if bias is None else bias.data_ptr(), bias_first, block,
-                             out.data_ptr(), N)
+                             16, 0 if bias is None else bias.data_ptr(), bias_first, block, out.data_ptr(), N,
+                             wt_strip_stride=16 * K)
     return out
 
 
 def blocked_weight(weight: torch.Tensor, with_bias: bool) -> Optional[Tuple[torch.Tensor, int, bool]]:
     """For a small fp32 CPU weight ``[N, K]`` whose products with at least ``MIN_BLAS_ROWS`` rows
     ``linear_blocked_cpu`` reproduces at the current thread count: ``(wt, block, bias_first)``,
-    the cached transposed weight ``[K, N rounded up to 16]`` (rebuilt when the weight changes)
-    and :func:`blas_block_rule`'s order. None where the kernel does not take the weight or no
-    order matches."""
+    the cached transposed weight in strips of 16 columns, ``[ceil(N / 16), K, 16]``
+    (``wt_row_stride`` 16, ``wt_strip_stride`` 16 K; rebuilt when the weight changes), and
+    :func:`blas_block_rule`'s order. None where the kernel does not take the weight or no order
+    matches."""
     hit = _TRANSPOSED.get(id(weight))
     if hit is None or hit[0]() is not weight or hit[2] != weight.data_ptr() or hit[1] != _version(weight):
         hit = _transpose(weight)
@@ -176,9 +177,10 @@ def _version(t: torch.Tensor) -> int:
 
 
 def _transpose(weight: torch.Tensor):
-    """Cache and return ``weight [N, K]`` transposed to ``[K, N rounded up to 16]`` (zero columns
-    after N), kept while the weight lives and has not changed (version counter and storage);
-    None for weights the kernel does not take (not a contiguous fp32 CPU matrix below
+    """Cache and return ``weight [N, K]`` transposed in strips of 16 output columns,
+    ``[ceil(N / 16), K, 16]`` (zero columns after N): a kernel tile's weights in consecutive
+    memory. Kept while the weight lives and has not changed (version counter and storage); None
+    for weights the kernel does not take (not a contiguous fp32 CPU matrix below
     ``NATIVE_MIN_WEIGHT_BYTES``, an inference tensor, or no vector path on this CPU)."""
     if not (_core is not None and hasattr(_core, "linear_blocked_cpu") and native_capable(weight)
             and weight.numel() * 4 < NATIVE_MIN_WEIGHT_BYTES and _core.linear_blocked_cpu_fast()):
@@ -188,9 +190,11 @@ def _transpose(weight: torch.Tensor):
         return None
     key = id(weight)
     N, K = weight.shape
-    wt = torch.zeros(K, -(-N // 16) * 16, dtype=torch.float32)
+    strips = -(-N // 16)
+    padded = torch.zeros(strips * 16, K, dtype=torch.float32)
     with torch.no_grad():
-        wt[:, :N] = weight.t()
+        padded[:N] = weight
+    wt = padded.view(strips, 16, K).transpose(1, 2).contiguous()  # [strips, K, 16]
 
     def forget(ref, key=key):
         if _TRANSPOSED.get(key, (None,))[0] is ref:
