@@ -204,15 +204,7 @@ void paged_attention_cpu(const float* q, int64_t num_rows, int64_t num_heads, in
     const int64_t nq = query_indptr[b + 1] - query_indptr[b];
     macs += (nq * (seq_lens[b] - nq) + nq * (nq + 1) / 2) * HD * 2;
   }
-  const int64_t threads = std::max<int64_t>(
-      1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), num_rows, macs / kMinParallelMacs}));
-  if (threads <= 1) {
-    rows(0, num_rows);
-    return;
-  }
-  const int64_t parts = std::min<int64_t>(num_rows, threads * kPartsPerThread);
-  run_parts(parts, static_cast<int>(threads),
-            [&](int64_t i) { rows(num_rows * i / parts, num_rows * (i + 1) / parts); });
+  split_rows(num_rows, macs, num_threads, kMinParallelMacs, kPartsPerThread, rows);
 }
 
 }  // namespace ponder

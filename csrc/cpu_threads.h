@@ -40,4 +40,23 @@ void run_parts(int64_t num_parts, int num_threads, Part&& part) {
   for (auto& h : helpers) h.join();
 }
 
+// Calls rows(r0, r1) over [0, num_rows) in contiguous runs: on the calling thread alone for
+// calls of fewer than 2 * min_macs multiply-adds (`macs`, the whole call's), else on up to
+// num_threads threads, `parts_per_thread` runs each (so that a helper that starts late leaves
+// its share to the others). For kernels whose rows do not depend on each other, so the result
+// is the same at any thread count. rows must not throw.
+template <typename Rows>
+void split_rows(int64_t num_rows, int64_t macs, int num_threads, int64_t min_macs, int64_t parts_per_thread,
+                Rows&& rows) {
+  const int64_t threads = std::max<int64_t>(
+      1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), num_rows, macs / min_macs}));
+  if (threads <= 1) {
+    rows(int64_t{0}, num_rows);
+    return;
+  }
+  const int64_t parts = std::min<int64_t>(num_rows, threads * parts_per_thread);
+  run_parts(parts, static_cast<int>(threads),
+            [&](int64_t i) { rows(num_rows * i / parts, num_rows * (i + 1) / parts); });
+}
+
 }  // namespace ponder

@@ -47,15 +47,7 @@ void apply(const DecoderLinear& lin, const float* x, int64_t rows, int64_t x_str
                          lin.wt_stride, lin.bias, lin.bias_first, lin.block, out + r0 * out_stride, out_stride,
                          true, lin.wt_strip_stride);
     };
-    const int64_t macs = rows * lin.out_features * lin.in_features;
-    const int64_t threads = std::max<int64_t>(
-        1, std::min<int64_t>({static_cast<int64_t>(std::max(num_threads, 1)), rows, macs / kMinParallelMacs}));
-    if (threads <= 1) {
-      run(0, rows);
-      return;
-    }
-    const int64_t parts = std::min<int64_t>(rows, threads * kPartsPerThread);
-    run_parts(parts, static_cast<int>(threads), [&](int64_t i) { run(rows * i / parts, rows * (i + 1) / parts); });
+    split_rows(rows, rows * lin.out_features * lin.in_features, num_threads, kMinParallelMacs, kPartsPerThread, run);
   } else {
     linear_cpu(x, rows, lin.in_features, rows > 1 ? x_stride : lin.in_features, lin.weight, lin.out_features,
                lin.bias, out, out_stride, num_threads);
