@@ -56,6 +56,12 @@ void append_kv_cpu_binding(uintptr_t k_plane, uintptr_t v_plane, int64_t num_slo
                 k_row_stride, as_ptr<const float>(v), v_row_stride, as_ptr<const int64_t>(slots), num_rows);
 }
 
+void copy_pages_cpu_binding(uintptr_t kv, int64_t num_planes, int64_t num_pages, int64_t page_bytes,
+                            uintptr_t src_pages, uintptr_t dst_pages, int64_t num_pairs) {
+  copy_pages_cpu(as_ptr<void>(kv), num_planes, num_pages, page_bytes, as_ptr<const int32_t>(src_pages),
+                 as_ptr<const int32_t>(dst_pages), num_pairs);
+}
+
 }  // namespace
 
 void bind_attention_cpu(py::module_& m) {
@@ -95,6 +101,13 @@ void bind_attention_cpu(py::module_& m) {
         py::arg("slots"), py::arg("num_rows"),
         "Copy fp32 rows k / v [T, row_size] to int64 slots [T] (-1 skips) of one layer's K / V planes "
         "[num_slots, row_size]; slots are checked before any write. Pointers are integers. Releases the GIL.",
+        py::call_guard<py::gil_scoped_release>());
+  m.def("copy_pages_cpu", &copy_pages_cpu_binding, py::arg("kv"), py::arg("num_planes"), py::arg("num_pages"),
+        py::arg("page_bytes"), py::arg("src_pages"), py::arg("dst_pages"), py::arg("num_pairs"),
+        "Copy-on-write of pages on the host: page src_pages[i] onto dst_pages[i] (int32 [num_pairs]) in every plane "
+        "of a contiguous cache [num_planes, num_pages, page_bytes] of any dtype (see csrc/rotary_kv_cpu.h). Ids "
+        "are checked (range: IndexError; distinct destinations that are not sources: ValueError) before any "
+        "write. Pointers are integers. Releases the GIL.",
         py::call_guard<py::gil_scoped_release>());
 }
 

@@ -1,6 +1,8 @@
 #include "rotary_kv_cpu.h"
 
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "common.h"
 #include "cpu_clones.h"
@@ -62,6 +64,40 @@ void append_kv_cpu(float* k_plane, float* v_plane, int64_t num_slots, int64_t ro
     if (slots[t] < 0) continue;
     std::memcpy(k_plane + slots[t] * row_size, k + t * k_row_stride, bytes);
     std::memcpy(v_plane + slots[t] * row_size, v + t * v_row_stride, bytes);
+  }
+}
+
+void copy_pages_cpu(void* kv, int64_t num_planes, int64_t num_pages, int64_t page_bytes, const int32_t* src_pages,
+                    const int32_t* dst_pages, int64_t num_pairs) {
+  PONDER_CHECK_ARG(num_pairs >= 0, "copy_pages: num_pairs must be >= 0, got ", num_pairs);
+  PONDER_CHECK_ARG(num_planes > 0 && num_pages > 0 && page_bytes > 0,
+                   "copy_pages: num_planes, num_pages and page_bytes must be > 0, got ", num_planes, ", ", num_pages,
+                   ", ", page_bytes);
+  if (num_pairs == 0) return;
+  PONDER_CHECK_ARG(kv != nullptr && src_pages != nullptr && dst_pages != nullptr, "copy_pages: null pointer");
+  for (int64_t i = 0; i < num_pairs; ++i) {
+    PONDER_CHECK_RANGE(src_pages[i] >= 0 && src_pages[i] < num_pages, "src_pages[", i, "] = ", src_pages[i],
+                       " must lie in [0, ", num_pages, ")");
+    PONDER_CHECK_RANGE(dst_pages[i] >= 0 && dst_pages[i] < num_pages, "dst_pages[", i, "] = ", dst_pages[i],
+                       " must lie in [0, ", num_pages, ")");
+  }
+  std::vector<int32_t> dst(dst_pages, dst_pages + num_pairs);
+  std::sort(dst.begin(), dst.end());
+  for (int64_t i = 1; i < num_pairs; ++i) {
+    PONDER_CHECK_ARG(dst[i] != dst[i - 1], "dst_pages must be distinct: page ", dst[i], " appears twice");
+  }
+  for (int64_t i = 0; i < num_pairs; ++i) {
+    PONDER_CHECK_ARG(!std::binary_search(dst.begin(), dst.end(), src_pages[i]), "src_pages[", i, "] = ",
+                     src_pages[i], " is also a destination; copy-on-write targets must be fresh pages");
+  }
+  const size_t bytes = static_cast<size_t>(page_bytes);
+  char* base = static_cast<char*>(kv);
+  for (int64_t plane = 0; plane < num_planes; ++plane) {
+    char* pages = base + static_cast<size_t>(plane) * static_cast<size_t>(num_pages) * bytes;
+    for (int64_t i = 0; i < num_pairs; ++i) {
+      std::memcpy(pages + static_cast<size_t>(dst_pages[i]) * bytes,
+                  pages + static_cast<size_t>(src_pages[i]) * bytes, bytes);
+    }
   }
 }
 

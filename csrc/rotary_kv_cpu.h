@@ -25,4 +25,13 @@ void append_kv_cpu(float* k_plane, float* v_plane, int64_t num_slots, int64_t ro
                    int64_t k_row_stride, const float* v, int64_t v_row_stride, const int64_t* slots,
                    int64_t num_rows);
 
+// Copy-on-write of pages: for every pair i, page src_pages[i] onto page dst_pages[i] in each of
+// the cache's num_planes planes ([num_planes, num_pages, page_bytes] contiguous bytes: a
+// [L, 2, P, S, Hk, D] cache of any dtype has 2 L planes of P pages). Byte copies, so the same
+// bytes as ponder.ops.reference.copy_pages. Before anything is written: every id must lie in
+// [0, num_pages) (std::out_of_range), the destinations must be distinct and none may be a source
+// (std::invalid_argument: the copies must not depend on their order).
+void copy_pages_cpu(void* kv, int64_t num_planes, int64_t num_pages, int64_t page_bytes, const int32_t* src_pages,
+                    const int32_t* dst_pages, int64_t num_pairs);
+
 }  // namespace ponder

@@ -74,3 +74,60 @@ def test_append_kv_host_refuses_a_bad_slot_and_writes_nothing():
     with pytest.raises(IndexError, match=r"slot_mapping\[1\] = 4"):
         kv_ops._append_kv_host(kv, 0, k, v, torch.tensor([0, 4]))
     assert not kv.any()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16, torch.uint8])
+@pytest.mark.parametrize("shape,src,dst", [
+    ((2, 9, 16, 8, 12), [0, 3, 3], [1, 4, 8]),  # one source copied twice
+    ((3, 5, 3, 1, 7), [4], [0]),  # odd page size, the last page onto the first
+    ((1, 2, 1, 1, 1), [1], [0]),  # one-element pages
+])
+def test_copy_pages_host_copies_what_the_reference_copies(dtype, shape, src, dst):
+    L, P, S, Hk, D = shape
+    g = torch.Generator().manual_seed(P * D)
+    kv = torch.randint(0, 100, (L, 2, P, S, Hk, D), generator=g).to(dtype)
+    want = kv.clone()
+    s, d = torch.tensor(src, dtype=torch.int32), torch.tensor(dst, dtype=torch.int32)
+    assert host_implementation("copy_pages") is kv_ops._copy_pages_host
+    reference.copy_pages(want, s, d)
+    ops.copy_pages(kv, s, d)  # "auto" on the CPU: the host implementation
+    assert torch.equal(kv, want)
+
+
+def test_copy_pages_host_reads_strided_page_lists():
+    kv = torch.randn(2, 2, 6, 2, 1, 4, generator=torch.Generator().manual_seed(3))
+    want = kv.clone()
+    pairs = torch.tensor([[0, 9], [5, 9], [2, 9]], dtype=torch.int32)
+    pages = torch.tensor([[0, 3], [5, 1]], dtype=torch.int32)
+    src, dst = pages[:, 0], pages[:, 1]  # column views: stride 2
+    assert src.stride(0) == 2 and pairs.shape == (3, 2)
+    reference.copy_pages(want, src, dst)
+    kv_ops._copy_pages_host(kv, src, dst)
+    assert torch.equal(kv, want)
+
+
+@pytest.mark.parametrize("src,dst,match", [
+    ([0, 1], [2, 2], r"dst_pages must be distinct: page 2 appears twice"),
+    ([0, 2], [2, 3], r"src_pages\[1\] = 2 is also a destination"),
+    ([1], [1], r"src_pages\[0\] = 1 is also a destination"),
+])
+def test_copy_pages_host_refuses_copies_whose_order_matters(src, dst, match):
+    kv = torch.randn(1, 2, 4, 2, 1, 3, generator=torch.Generator().manual_seed(4))
+    before = kv.clone()
+    with pytest.raises(ValueError, match=match):
+        ops.copy_pages(kv, torch.tensor(src, dtype=torch.int32), torch.tensor(dst, dtype=torch.int32))
+    assert torch.equal(kv, before)
+
+
+def test_copy_pages_native_checks_ids_before_writing():
+    from ponder import _core
+
+    kv = torch.randn(1, 2, 4, 2, 1, 3, generator=torch.Generator().manual_seed(5))
+    before = kv.clone()
+    page_bytes = 2 * 1 * 3 * 4
+    src, dst = torch.tensor([0, 1], dtype=torch.int32), torch.tensor([2, 4], dtype=torch.int32)
+    with pytest.raises(IndexError, match=r"dst_pages\[1\] = 4 must lie in \[0, 4\)"):
+        _core.copy_pages_cpu(kv.data_ptr(), 2, 4, page_bytes, src.data_ptr(), dst.data_ptr(), 2)
+    with pytest.raises(ValueError, match="num_planes, num_pages and page_bytes must be > 0"):
+        _core.copy_pages_cpu(kv.data_ptr(), 2, 4, 0, src.data_ptr(), dst.data_ptr(), 2)
+    assert torch.equal(kv, before)

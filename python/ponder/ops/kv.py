@@ -52,6 +52,20 @@ def _(kv_cache, src_pages, dst_pages, backend):
 register("copy_pages", "torch")(reference.copy_pages)
 
 
+def _copy_pages_host(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
+    """``ponder._core.copy_pages_cpu``: whole pages copied as bytes in every layer's K and V planes
+    (any dtype; the same bytes as the reference). It also refuses repeated destinations and
+    destinations that are sources, which the reference leaves to the caller."""
+    L, _, P = kv_cache.shape[:3]
+    src, dst = src_pages.contiguous(), dst_pages.contiguous()
+    page_bytes = kv_cache[0, 0, 0].numel() * kv_cache.element_size()
+    _core.copy_pages_cpu(kv_cache.data_ptr(), 2 * L, P, page_bytes, src.data_ptr(), dst.data_ptr(), src.numel())
+
+
+if _core is not None and hasattr(_core, "copy_pages_cpu"):
+    register_host("copy_pages")(_copy_pages_host)
+
+
 @register("copy_pages", "cuda")
 def _copy_pages_cuda(kv_cache: torch.Tensor, src_pages: torch.Tensor, dst_pages: torch.Tensor) -> None:
     L, _, P = kv_cache.shape[:3]
