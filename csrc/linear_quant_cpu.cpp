@@ -1,0 +1,223 @@
+// out = x · Wᵀ (+ bias) with W in GGUF blocks; see linear_quant_cpu.h for the contract and why
+// the result is linear_cpu's to the bit.
+//
+// Layout: a tile is MT rows x NT weight rows. For each 32-weight block along K, a weight row's
+// block is de-quantised into four 8-float vectors (weights 0-7, 8-15, 16-23, 24-31) and used for
+// the tile's MT rows; an output's 16-lane accumulator is held as two 8-lane halves (lanes 0-7
+// and 8-15), so the block's four vectors feed lanes 0-7, 8-15, 0-7, 8-15 in ascending k, as
+// linear_cpu's 16-float steps do. A 1-row decode step uses 1 x 4 tiles (8 independent chains);
+// more rows 2 x 2, then 4 x 1 (the weights de-quantised once for 4 rows).
+#include "linear_quant_cpu.h"
+
+#include <algorithm>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+
+#include "cpu_clones.h"
+#include "cpu_threads.h"
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define PONDER_QUANT_X86 1
+#include <immintrin.h>
+#else
+#define PONDER_QUANT_X86 0
+#endif
+
+namespace ponder {
+
+namespace {
+
+constexpr int64_t kBlock = 32;
+// below this many multiply-adds a product runs on one thread (as linear_cpu)
+constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
+constexpr int64_t kPartsPerThread = 4;
+
+bool known_type(int type) {
+  return type == static_cast<int>(QuantType::kQ4_0) || type == static_cast<int>(QuantType::kQ4_1) ||
+         type == static_cast<int>(QuantType::kQ8_0);
+}
+
+struct QProblem {
+  const float* x;
+  int64_t rows, in, x_stride;
+  const uint8_t* w;
+  int64_t row_bytes;  // one weight row: in / 32 blocks
+  const float* bias;
+  float* out;
+  int64_t out_stride;
+};
+
+#if PONDER_QUANT_X86
+#define PONDER_QTARGET __attribute__((target("arch=x86-64-v3")))
+
+PONDER_QTARGET PONDER_ALWAYS_INLINE __m256 half_to_ps(const uint8_t* p) {
+  uint16_t h;
+  std::memcpy(&h, p, sizeof h);
+  return _mm256_set1_ps(_cvtsh_ss(h));
+}
+
+// The 32 weights of one block as four 8-float vectors, in k order.
+template <int TYPE>
+PONDER_QTARGET PONDER_ALWAYS_INLINE void dequantize(const uint8_t* blk, __m256 (&w)[4]) {
+  const __m256 d = half_to_ps(blk);
+  if constexpr (TYPE == static_cast<int>(QuantType::kQ8_0)) {
+    // 32 int8 from byte 2: w = d * q, exact
+#pragma GCC unroll 4
+    for (int i = 0; i < 4; ++i) {
+      const __m128i q8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + 2 + 8 * i));
+      w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
+    }
+  } else {
+    // 16 bytes of nibbles: the low nibble of byte j is weight j, the high nibble weight j + 16
+    constexpr int kQs = TYPE == static_cast<int>(QuantType::kQ4_1) ? 4 : 2;
+    __m128i qs;
+    std::memcpy(&qs, blk + kQs, 16);
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(qs, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
+    __m256 q[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
+                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
+                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
+                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))};
+    if constexpr (TYPE == static_cast<int>(QuantType::kQ4_1)) {
+      const __m256 m = half_to_ps(blk + 2);
+      // d * q is exact, so the fused form rounds once, as d * q then + m does
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) w[i] = _mm256_fmadd_ps(d, q[i], m);
+    } else {
+      const __m256 eight = _mm256_set1_ps(8.0f);
+#pragma GCC unroll 4
+      for (int i = 0; i < 4; ++i) w[i] = _mm256_mul_ps(d, _mm256_sub_ps(q[i], eight));
+    }
+  }
+}
+
+// linear_cpu's reduction of a 16-lane accumulator given as lanes 0-7 and 8-15: lane l + lane
+// l + 8, then l + (l + 4), then (0 + 2) + (1 + 3).
+PONDER_QTARGET PONDER_ALWAYS_INLINE float reduce_halves(__m256 lo, __m256 hi) {
+  const __m256 h = _mm256_add_ps(lo, hi);
+  const __m128 q = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+  float f[4];
+  _mm_storeu_ps(f, q);
+  return (f[0] + f[2]) + (f[1] + f[3]);
+}
+
+template <int TYPE, int MT, int NT>
+PONDER_QTARGET PONDER_ALWAYS_INLINE void tile(const QProblem& p, int64_t m, int64_t n) {
+  constexpr int64_t kBytes = TYPE == static_cast<int>(QuantType::kQ8_0) ? 34
+                             : TYPE == static_cast<int>(QuantType::kQ4_1) ? 20 : 18;
+  __m256 acc[MT][NT][2];
+#pragma GCC unroll 4
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) acc[i][j][0] = acc[i][j][1] = _mm256_setzero_ps();
+  const float* x = p.x + m * p.x_stride;
+  const uint8_t* w = p.w + n * p.row_bytes;
+  const int64_t blocks = p.in / kBlock;
+  for (int64_t b = 0; b < blocks; ++b) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) {
+      __m256 wv[4];
+      dequantize<TYPE>(w + j * p.row_bytes + b * kBytes, wv);
+#pragma GCC unroll 4
+      for (int i = 0; i < MT; ++i) {
+        const float* xb = x + i * p.x_stride + b * kBlock;
+        acc[i][j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xb), wv[0], acc[i][j][0]);
+        acc[i][j][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 8), wv[1], acc[i][j][1]);
+        acc[i][j][0] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 16), wv[2], acc[i][j][0]);
+        acc[i][j][1] = _mm256_fmadd_ps(_mm256_loadu_ps(xb + 24), wv[3], acc[i][j][1]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MT; ++i) {
+    float* o = p.out + (m + i) * p.out_stride + n;
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) o[j] = reduce_halves(acc[i][j][0], acc[i][j][1]) + (p.bias ? p.bias[n + j] : 0.0f);
+  }
+}
+
+// Rows [0, rows) of output columns [n0, n1): MT x NT tiles, then MT x 1 for the last columns.
+template <int TYPE, int MT, int NT>
+PONDER_QTARGET PONDER_ALWAYS_INLINE void rows_of(const QProblem& p, int64_t m, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + NT <= n1; n += NT) tile<TYPE, MT, NT>(p, m, n);
+  for (; n < n1; ++n) tile<TYPE, MT, 1>(p, m, n);
+}
+
+template <int TYPE>
+PONDER_QTARGET void columns_avx2(const QProblem& p, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= p.rows; m += 4) rows_of<TYPE, 4, 1>(p, m, n0, n1);
+  switch (p.rows - m) {
+    case 3: rows_of<TYPE, 3, 1>(p, m, n0, n1); break;
+    case 2: rows_of<TYPE, 2, 2>(p, m, n0, n1); break;
+    case 1: rows_of<TYPE, 1, 4>(p, m, n0, n1); break;
+    default: break;
+  }
+}
+
+using ColumnsFn = void (*)(const QProblem&, int64_t, int64_t);
+
+ColumnsFn pick(int type) {
+  switch (type) {
+    case static_cast<int>(QuantType::kQ4_0): return columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
+    case static_cast<int>(QuantType::kQ4_1): return columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
+    case static_cast<int>(QuantType::kQ8_0): return columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
+    default: return nullptr;
+  }
+}
+#endif
+
+}  // namespace
+
+int64_t quant_block_bytes(int type) {
+  switch (type) {
+    case static_cast<int>(QuantType::kQ4_0): return 18;
+    case static_cast<int>(QuantType::kQ4_1): return 20;
+    case static_cast<int>(QuantType::kQ8_0): return 34;
+    default:
+      throw std::invalid_argument("linear_quant_cpu: type must be 2 (Q4_0), 3 (Q4_1) or 8 (Q8_0), got " +
+                                  std::to_string(type));
+  }
+}
+
+bool linear_quant_cpu_available() {
+#if PONDER_QUANT_X86
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+#else
+  return false;
+#endif
+}
+
+void linear_quant_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
+                      const uint8_t* blocks, int type, int64_t out_features, const float* bias, float* out,
+                      int64_t out_row_stride, int num_threads) {
+  auto bad = [](const std::string& what) { throw std::invalid_argument("linear_quant_cpu: " + what); };
+  const int64_t block_bytes = quant_block_bytes(type);
+  if (num_rows < 0 || in_features < 0 || out_features < 0)
+    bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
+        std::to_string(in_features) + ", " + std::to_string(out_features));
+  if (in_features % kBlock != 0)
+    bad("in_features must be a multiple of 32 (the block size), got " + std::to_string(in_features));
+  if (x_row_stride < in_features)
+    bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
+        std::to_string(x_row_stride));
+  if (out_row_stride < out_features)
+    bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
+        std::to_string(out_row_stride));
+  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
+  if (!linear_quant_cpu_available()) bad("this CPU or build has no AVX2 + FMA + F16C path");
+  if (num_rows == 0 || out_features == 0) return;
+#if PONDER_QUANT_X86
+  const QProblem p{x, num_rows, in_features, x_row_stride, blocks, in_features / kBlock * block_bytes, bias, out,
+                   out_row_stride};
+  const ColumnsFn run = pick(type);
+  split_rows(out_features, num_rows * in_features * out_features, num_threads, kMinParallelMacs, kPartsPerThread,
+             [&](int64_t n0, int64_t n1) { run(p, n0, n1); });
+#endif
+}
+
+}  // namespace ponder
