@@ -19,9 +19,10 @@ namespace ponder {
 
 namespace {
 
-// (weight, wt, wt_stride, wt_strip_stride, bias, block, bias_first, out_features, in_features);
-// pointers 0 = none
-using LinearTuple = std::tuple<uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, int64_t, bool, int64_t, int64_t>;
+// (weight, wt, wt_stride, wt_strip_stride, bias, block, bias_first, out_features, in_features,
+//  qblocks, qtype, quant_max_rows); pointers 0 = none
+using LinearTuple = std::tuple<uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, int64_t, bool, int64_t, int64_t,
+                               uintptr_t, int, int64_t>;
 // (item_page_indptr, item_pages, item_num_tokens, num_items, num_item_pages, item_query_indptr,
 //  item_queries, num_slots)
 using PlanTuple = std::tuple<uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, uintptr_t, uintptr_t, int64_t>;
@@ -39,6 +40,9 @@ DecoderLinear to_linear(const LinearTuple& t) {
   lin.bias_first = std::get<6>(t);
   lin.out_features = std::get<7>(t);
   lin.in_features = std::get<8>(t);
+  lin.qblocks = as_ptr<const uint8_t>(std::get<9>(t));
+  lin.qtype = std::get<10>(t);
+  lin.quant_max_rows = std::get<11>(t);
   return lin;
 }
 
@@ -95,9 +99,11 @@ void bind_decoder_cpu(py::module_& m) {
            py::arg("intermediate"), py::arg("eps"), py::arg("torch_width"), py::arg("layers"),
            py::arg("final_norm"),
            "layers: per layer (attn_norm, qkv, o, mlp_norm, gate_up, down), each linear a tuple (weight, wt, "
-           "wt_stride, wt_strip_stride, bias, block, bias_first, out_features, in_features): block 0 runs "
-           "linear_cpu on weight [N, K], block > 0 linear_blocked_cpu on the transposed weight wt (its "
-           "wt_row_stride and wt_strip_stride). Pointers are integers, 0 for none.")
+           "wt_stride, wt_strip_stride, bias, block, bias_first, out_features, in_features, qblocks, qtype, "
+           "quant_max_rows): block 0 runs linear_cpu on weight [N, K] (or, for at most quant_max_rows rows, "
+           "linear_quant_cpu on the weight's GGUF blocks qblocks of ggml type qtype: the same bits), block > 0 "
+           "linear_blocked_cpu on the transposed weight wt (its wt_row_stride and wt_strip_stride). Pointers are "
+           "integers, 0 for none.")
       .def(
           "decode",
           [](const DecoderCpu& self, uintptr_t x, int64_t U, uintptr_t positions, uintptr_t cos_sin, int64_t max_pos,

@@ -12,6 +12,7 @@
 #include "cpu_threads.h"
 #include "linear_blocked_cpu.h"
 #include "linear_cpu.h"
+#include "linear_quant_cpu.h"
 #include "rotary_kv_cpu.h"
 #include "shared_prefix_cpu.h"
 #include "torch_order_cpu.h"
@@ -29,6 +30,12 @@ void check_linear(const DecoderLinear& lin, int64_t layer, const char* name, int
   } else {
     PONDER_CHECK_ARG(lin.block == 0 && lin.weight != nullptr, where, ": needs the weight [", n, ", ", k,
                      "] (block 0) or the transposed weight (block > 0), got block ", lin.block);
+  }
+  if (lin.qblocks != nullptr) {
+    PONDER_CHECK_ARG(lin.block == 0, where, ": GGUF blocks go with block 0 (linear_cpu), got block ", lin.block);
+    quant_block_bytes(lin.qtype);  // a known type
+    PONDER_CHECK_ARG(k % 32 == 0, where, ": GGUF blocks need in_features a multiple of 32, got ", k);
+    PONDER_CHECK_ARG(linear_quant_cpu_available(), where, ": this CPU has no linear_quant_cpu for its blocks");
   }
 }
 
@@ -48,6 +55,9 @@ void apply(const DecoderLinear& lin, const float* x, int64_t rows, int64_t x_str
                          true, lin.wt_strip_stride);
     };
     split_rows(rows, rows * lin.out_features * lin.in_features, num_threads, kMinParallelMacs, kPartsPerThread, run);
+  } else if (lin.qblocks != nullptr && rows <= lin.quant_max_rows) {
+    linear_quant_cpu(x, rows, lin.in_features, rows > 1 ? x_stride : lin.in_features, lin.qblocks, lin.qtype,
+                     lin.out_features, lin.bias, out, out_stride, num_threads);
   } else {
     linear_cpu(x, rows, lin.in_features, rows > 1 ? x_stride : lin.in_features, lin.weight, lin.out_features,
                lin.bias, out, out_stride, num_threads);

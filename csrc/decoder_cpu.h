@@ -18,9 +18,14 @@ namespace ponder {
 
 // One fp32 matrix [N, K] of the decoder. block > 0: linear_blocked_cpu on wt (the transposed
 // weight, with its row and strip strides) with `block` and `bias_first`; block == 0: linear_cpu
-// on weight [N, K].
+// on weight [N, K], or linear_quant_cpu on its blocks.
 struct DecoderLinear {
   const float* weight = nullptr;
+  // block == 0 only: the weight's GGUF blocks (linear_quant_cpu.h; the same bits as linear_cpu on
+  // weight), read instead of weight by products of at most quant_max_rows rows; null for none
+  const uint8_t* qblocks = nullptr;
+  int qtype = 0;
+  int64_t quant_max_rows = 0;
   const float* wt = nullptr;
   int64_t wt_stride = 0;
   int64_t wt_strip_stride = 16;

@@ -76,3 +76,45 @@ def test_logits_and_greedy_decode_match_transformers(smollm):
     # transformers' greedy choice at every step of the same sequence, i.e. its greedy decode
     assert [int(r.argmax()) for r in expected[len(ids) - 1:]] == tokens
     assert "56" in tok.decode(tokens), tok.decode(tokens)
+
+
+def test_kept_blocks_decode_the_same_bits(smollm):
+    """The loader keeps every matrix's Q4_1 / Q8_0 blocks (4 per layer and the tied LM head);
+    greedy decode through them, eager and native, gives the tokens, log-probabilities and hidden
+    states of the fp32 weights, bit for bit."""
+    import ponder
+    from ponder.ops import linear
+
+    model, _, tok = smollm
+    if not linear.quant_available():
+        pytest.skip("no linear_quant_cpu on this CPU")
+    params = [model.embed] + [getattr(layer, n) for layer in model.layers
+                              for n in ("qkv_weight", "o_weight", "gate_up_weight", "down_weight")]
+    kept = {id(p): linear.quantized_blocks(p) for p in params}
+    assert all(k is not None for k in kept.values()) and len(kept) == 121
+    assert kept[id(model.embed)][1] == 8 and kept[id(params[1])][1] == 3  # Q8_0 embedding, Q4_1 layers
+    ids = tok(tok.apply_chat_template(MESSAGES, tokenize=False, add_generation_prompt=True),
+              add_special_tokens=False)["input_ids"]
+
+    def greedy(native):
+        model.native_decode = native
+        engine = ponder.Engine(model, tok, max_kv_bytes=1 << 26)
+        ex = engine.expand(engine.prefill([ids]), 1, ponder.StepStop(max_step_tokens=NEW_TOKENS, stop_on_eos=False),
+                           ponder.SamplingParams(0.0))
+        return ex.tokens[0].tolist(), ex.logprobs[0].view("int32").tolist(), ex.hidden.view(torch.int32)
+
+    try:
+        with_blocks = [greedy(native) for native in (True, False)]
+        for p in params:
+            linear.detach_quantized(p)
+        without = greedy(True)
+    finally:
+        model.native_decode = True
+        plain = load_gguf(GGUF, keep_blocks=False)
+        assert not any(linear.quantized_blocks(p) is not None for p in plain.parameters())
+        for p in params:  # the module's fixture keeps its blocks for the other tests
+            if linear.quantized_blocks(p) is None:
+                linear.attach_quantized(p, kept[id(p)][0], {2: "Q4_0", 3: "Q4_1", 8: "Q8_0"}[kept[id(p)][1]],
+                                        verify=False)
+    for got in with_blocks:
+        assert got[0] == without[0] and got[1] == without[1] and torch.equal(got[2], without[2])

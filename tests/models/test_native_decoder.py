@@ -18,6 +18,7 @@ from ponder.attention_plan import plan_attention
 from ponder.kv_store import split_by_items
 from ponder.models import DecoderLM, ModelConfig, native_decoder
 from ponder.ops._registry import implementation
+from ponder.ops import linear
 
 pytestmark = pytest.mark.skipif(not native_decoder.available(), reason="extension built without DecoderCpu")
 
@@ -285,9 +286,19 @@ def test_bad_indices_raise_before_anything_is_written():
 
 def test_decoder_cpu_refuses_mismatched_shapes():
     w = torch.zeros(1)
-    lin = (w.data_ptr(), 0, 0, 0, 0, 0, False, 8, 8)
+    lin = (w.data_ptr(), 0, 0, 0, 0, 0, False, 8, 8, 0, 0, 0)
     with pytest.raises(ValueError, match=r"layer 0 qkv must be \[64, 32\], got \[8, 8\]"):
         _core.DecoderCpu(32, 4, 2, 8, 64, 1e-6, 8, [(w.data_ptr(), lin, lin, w.data_ptr(), lin, lin)], w.data_ptr())
+    qkv, o, gate_up, down = ((w.data_ptr(), 0, 0, 0, 0, 0, False, n, k, w.data_ptr(), 3, 8)
+                             for n, k in ((64, 32), (32, 32), (128, 32), (32, 64)))
+    bad_type = qkv[:10] + (5,) + qkv[11:]
+    with pytest.raises(ValueError, match=r"type must be 2 \(Q4_0\), 3 \(Q4_1\) or 8 \(Q8_0\), got 5"):
+        _core.DecoderCpu(32, 4, 2, 8, 64, 1e-6, 8, [(w.data_ptr(), bad_type, o, w.data_ptr(), gate_up, down)],
+                         w.data_ptr())
+    blocked = qkv[:5] + (16,) + qkv[6:]
+    with pytest.raises(ValueError, match=r"layer 0 qkv: GGUF blocks go with block 0 \(linear_cpu\), got block 16"):
+        _core.DecoderCpu(32, 4, 2, 8, 64, 1e-6, 8, [(w.data_ptr(), blocked[:1] + (w.data_ptr(),) + blocked[2:], o,
+                                                     w.data_ptr(), gate_up, down)], w.data_ptr())
     with pytest.raises(ValueError, match="torch_width must be 8 or 16"):
         _core.DecoderCpu(32, 4, 2, 8, 64, 1e-6, 4, [], w.data_ptr())
     with pytest.raises(ValueError, match=r"heads \(4\) must be a multiple of kv_heads \(3\)"):
@@ -332,3 +343,48 @@ def test_many_rows_at_several_threads_go_to_mkl():
         assert native_decoder.for_model(large).accepts(4 * native_decoder.THREADED_MAX_ROWS)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.skipif(not linear.quant_available(), reason="no linear_quant_cpu on this build / CPU")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_gguf_blocks_give_the_same_decode_steps(threads, monkeypatch):
+    """The large case's two matrices of at least 1 MiB (gate_up, down) set to the de-quantisation
+    of random Q4_1 / Q8_0 blocks and given those blocks: eager and native decode steps read the
+    blocks and give the bits they give without them."""
+    from quant_blocks import random_blocks
+    from ponder.models.gguf_file import dequantize
+
+    model = _model(CASES["large"])
+    params = dict(model.named_parameters())
+    attached = []
+    for i in range(model.config.num_layers):
+        for name, kind in (("gate_up_weight", "Q4_1"), ("down_weight", "Q8_0")):
+            w = params[f"layers.{i}.{name}"]
+            N, K = w.shape
+            blocks = random_blocks(kind, N, K, seed=10 * i + len(name))
+            with torch.no_grad():
+                w.copy_(torch.from_numpy(dequantize(blocks, kind, (N, K))))
+            attached.append((w, blocks, kind))
+    calls = [0]
+    quant = _core.linear_quant_cpu
+    monkeypatch.setattr(_core, "linear_quant_cpu", lambda *a: (calls.__setitem__(0, calls[0] + 1), quant(*a))[1])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        plain = [_run(model, native, 4, 3, True, plan="rows") for native in (False, True)]
+        for w, blocks, kind in attached:
+            linear.attach_quantized(w, blocks, kind)
+        eager = _run(model, False, 4, 3, True, plan="rows")
+        assert calls[0] > 0  # the eager forward's decode rows read the blocks
+        native = _run(model, True, 4, 3, True, plan="rows")
+        step = native_decoder.for_model(model)
+        assert step is not None and sum(any(t is linear.quantized_blocks(w)[0] for t in step.keep)
+                                        for w, _, _ in attached) == len(attached)
+    finally:
+        torch.set_num_threads(before)
+        for w, _, _ in attached:
+            linear.detach_quantized(w)
+    for outs, kv in (eager, native):
+        for want_outs, want_kv in plain:
+            assert all(_same_bits(a, b) for a, b in zip(outs, want_outs)) and _same_bits(kv, want_kv)
+    assert all(t.dtype == torch.float32 for t in native_decoder.for_model(model).keep)  # rebuilt without blocks

@@ -167,7 +167,8 @@ def _ptr(t: Optional[torch.Tensor]) -> int:
 class NativeDecoder:
     """One model's native decode step; build with :func:`for_model` (cached per model)."""
 
-    __slots__ = ("core", "width", "threads", "intermediate", "params", "pointers", "watched", "keep", "__weakref__")
+    __slots__ = ("core", "width", "threads", "intermediate", "params", "pointers", "watched", "keep", "quant_epoch",
+                 "blocked", "__weakref__")
 
     def __init__(self, core, width: int, params, watched, keep) -> None:
         self.core = core
@@ -175,9 +176,11 @@ class NativeDecoder:
         self.threads = torch.get_num_threads()
         self.params = params  # strong references: the pointers stay valid while this lives
         self.pointers = [_ptr(p) for p in params]
-        self.watched = watched  # (index into params, version) of weights with a transposed copy
-        self.keep = keep  # the transposed copies
+        self.watched = watched  # (index into params, version) of weights with a transposed copy or GGUF blocks
+        self.keep = keep  # the transposed copies and the blocks
         self.intermediate = 0
+        self.quant_epoch = 0  # ops.linear.quant_epoch() when built: GGUF blocks attached or dropped since
+        self.blocked = False  # whether some matrix runs on linear_blocked_cpu
 
     @staticmethod
     @torch.no_grad()
@@ -196,6 +199,7 @@ class NativeDecoder:
                for p in params):
             return None
         watched, keep, layers = [], [], []
+        blocked = False
         for i in range(cfg.num_layers):
             base = 8 * i
             an, qw, qb, ow, ob, mn, gw, dw = params[base:base + 8]
@@ -204,26 +208,37 @@ class NativeDecoder:
                               (base + 7, (dw, None))):
                 N, K = w.shape
                 if linear.native_eligible(w):  # the eager forward's decode rows take linear_cpu
-                    specs.append((w.data_ptr(), 0, 0, 0, _ptr(b), 0, False, N, K))
+                    quant = linear.quantized_blocks(w)  # or, for few rows, its GGUF blocks (same bits)
+                    if quant is None:
+                        specs.append((w.data_ptr(), 0, 0, 0, _ptr(b), 0, False, N, K, 0, 0, 0))
+                        continue
+                    blocks, type_id = quant
+                    watched.append((j, _version(w)))  # changed in place: the blocks no longer hold
+                    keep.append(blocks)
+                    specs.append((w.data_ptr(), 0, 0, 0, _ptr(b), 0, False, N, K, blocks.data_ptr(), type_id,
+                                  linear.QUANT_MAX_ROWS))
                     continue
                 found = linear.blocked_weight(w, b is not None)
                 if found is None:
                     return None
                 wt, block, bias_first = found
+                blocked = True
                 watched.append((j, _version(w)))
                 keep.append(wt)
-                specs.append((0, wt.data_ptr(), 16, 16 * K, _ptr(b), block, bias_first, N, K))  # strips
+                specs.append((0, wt.data_ptr(), 16, 16 * K, _ptr(b), block, bias_first, N, K, 0, 0, 0))  # strips
             layers.append((an.data_ptr(), specs[0], specs[1], mn.data_ptr(), specs[2], specs[3]))
         core = _core.DecoderCpu(cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim,
                                 cfg.intermediate_size, cfg.rms_norm_eps, width, layers, model.norm.data_ptr())
         decoder = NativeDecoder(core, width, params, watched, keep)
         decoder.intermediate = cfg.intermediate_size
+        decoder.quant_epoch = linear.quant_epoch()  # after quantized_blocks() dropped any stale blocks
+        decoder.blocked = blocked
         return decoder
 
     def current(self, model) -> bool:
         """Whether this step still matches ``model``: the same parameter tensors at the same
         addresses, unchanged where a transposed copy was taken, and the same thread count."""
-        if torch.get_num_threads() != self.threads:
+        if torch.get_num_threads() != self.threads or linear.quant_epoch() != self.quant_epoch:
             return False
         params = _layer_params(model)
         if len(params) != len(self.params):
@@ -237,7 +252,7 @@ class NativeDecoder:
         """Whether a step of ``rows`` distinct rows runs natively: it must give the eager
         forward's bits here, and with more than one thread at most ``THREADED_MAX_ROWS`` rows
         go through matrices on ``linear_blocked_cpu`` (beyond, MKL's threaded products win)."""
-        if self.watched and self.threads > 1 and rows > THREADED_MAX_ROWS:
+        if self.blocked and self.threads > 1 and rows > THREADED_MAX_ROWS:
             return False
         return silu_split_ok(rows, self.intermediate, self.width, self.threads)
 
