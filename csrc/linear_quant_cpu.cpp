@@ -54,7 +54,7 @@ struct QProblem {
 PONDER_QTARGET PONDER_ALWAYS_INLINE __m256 half_to_ps(const uint8_t* p) {
   uint16_t h;
   std::memcpy(&h, p, sizeof h);
-  return _mm256_set1_ps(_cvtsh_ss(h));
+  return _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(h)));  // broadcast, then widen (exact)
 }
 
 // The 32 weights of one block as four 8-float vectors, in k order.
@@ -69,17 +69,14 @@ PONDER_QTARGET PONDER_ALWAYS_INLINE void dequantize(const uint8_t* blk, __m256 (
       w[i] = _mm256_mul_ps(d, _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q8)));
     }
   } else {
-    // 16 bytes of nibbles: the low nibble of byte j is weight j, the high nibble weight j + 16
+    // 16 bytes of nibbles: the low nibble of byte j is weight j, the high nibble weight j + 16.
+    // Bytes 0-7 and 8-15 widened to 32 bits: masking gives weights 0-7 / 8-15, shifting 16-23 / 24-31.
     constexpr int kQs = TYPE == static_cast<int>(QuantType::kQ4_1) ? 4 : 2;
-    __m128i qs;
-    std::memcpy(&qs, blk + kQs, 16);
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(qs, mask);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(qs, 4), mask);
-    __m256 q[4] = {_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
-                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8))),
-                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
-                   _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)))};
+    const __m256i b0 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + kQs)));
+    const __m256i b1 = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(blk + kQs + 8)));
+    const __m256i mask = _mm256_set1_epi32(0x0F);
+    __m256 q[4] = {_mm256_cvtepi32_ps(_mm256_and_si256(b0, mask)), _mm256_cvtepi32_ps(_mm256_and_si256(b1, mask)),
+                   _mm256_cvtepi32_ps(_mm256_srli_epi32(b0, 4)), _mm256_cvtepi32_ps(_mm256_srli_epi32(b1, 4))};
     if constexpr (TYPE == static_cast<int>(QuantType::kQ4_1)) {
       const __m256 m = half_to_ps(blk + 2);
       // d * q is exact, so the fused form rounds once, as d * q then + m does
