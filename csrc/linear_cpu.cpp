@@ -446,19 +446,12 @@ bool linear_cpu_has(LinearIsa isa) { return pick(isa) != nullptr; }
 void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride, const float* w,
                 int64_t out_features, const float* bias, float* out, int64_t out_row_stride, int num_threads,
                 LinearIsa isa) {
-  auto bad = [](const std::string& what) { throw std::invalid_argument("linear_cpu: " + what); };
-  if (num_rows < 0 || in_features < 0 || out_features < 0)
-    bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
-        std::to_string(in_features) + ", " + std::to_string(out_features));
-  if (x_row_stride < in_features)
-    bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
-        std::to_string(x_row_stride));
-  if (out_row_stride < out_features)
-    bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
-        std::to_string(out_row_stride));
-  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
+  detail::check_linear_args("linear_cpu", num_rows, in_features, x_row_stride, out_features, out_row_stride,
+                            num_threads);
   const ColumnsFn run = pick(isa);
-  if (run == nullptr) bad("this CPU or build has no such instruction-set path: " + std::to_string(int(isa)));
+  if (run == nullptr)
+    throw std::invalid_argument("linear_cpu: this CPU or build has no such instruction-set path: " +
+                                std::to_string(int(isa)));
   if (num_rows == 0 || out_features == 0) return;
   const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride, out_features};
   // threads take the output columns in chunks of whole 4-column tiles, a few chunks per thread
@@ -477,6 +470,21 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
 }
 
 namespace detail {
+void check_linear_args(const char* kernel, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
+                       int64_t out_features, int64_t out_row_stride, int num_threads) {
+  auto bad = [&](const std::string& what) { throw std::invalid_argument(std::string(kernel) + ": " + what); };
+  if (num_rows < 0 || in_features < 0 || out_features < 0)
+    bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
+        std::to_string(in_features) + ", " + std::to_string(out_features));
+  if (x_row_stride < in_features)
+    bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
+        std::to_string(x_row_stride));
+  if (out_row_stride < out_features)
+    bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
+        std::to_string(out_row_stride));
+  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
+}
+
 void linear_cpu_baseline_parts(int parts, const float* x, int64_t num_rows, int64_t in_features,
                                int64_t x_row_stride, const float* w, int64_t out_features, const float* bias,
                                float* out, int64_t out_row_stride) {

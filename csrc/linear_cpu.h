@@ -36,6 +36,11 @@ void linear_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x
                 LinearIsa isa = LinearIsa::kAuto);
 
 namespace detail {
+// The argument checks linear_cpu and linear_quant_cpu share: sizes >= 0, row strides at least the
+// row lengths, num_threads >= 1; throws std::invalid_argument("<kernel>: ...") naming the argument.
+void check_linear_args(const char* kernel, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
+                       int64_t out_features, int64_t out_row_stride, int num_threads);
+
 // For tests: the baseline path (no instruction-set attribute, one thread, no checks) with each
 // 16-lane accumulator held as `parts` native vectors (1, 2 or 4, as the AVX-512 / AVX2 / baseline
 // paths hold it) and that path's tile shape. Every `parts` must give the same bits; throws

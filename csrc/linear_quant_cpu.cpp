@@ -16,6 +16,7 @@
 
 #include "cpu_clones.h"
 #include "cpu_threads.h"
+#include "linear_cpu.h"
 
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define PONDER_QUANT_X86 1
@@ -194,18 +195,10 @@ void linear_quant_cpu(const float* x, int64_t num_rows, int64_t in_features, int
                       int64_t out_row_stride, int num_threads) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("linear_quant_cpu: " + what); };
   const int64_t block_bytes = quant_block_bytes(type);
-  if (num_rows < 0 || in_features < 0 || out_features < 0)
-    bad("num_rows, in_features and out_features must be >= 0, got " + std::to_string(num_rows) + ", " +
-        std::to_string(in_features) + ", " + std::to_string(out_features));
+  detail::check_linear_args("linear_quant_cpu", num_rows, in_features, x_row_stride, out_features, out_row_stride,
+                            num_threads);
   if (in_features % kBlock != 0)
     bad("in_features must be a multiple of 32 (the block size), got " + std::to_string(in_features));
-  if (x_row_stride < in_features)
-    bad("x_row_stride must be >= in_features = " + std::to_string(in_features) + ", got " +
-        std::to_string(x_row_stride));
-  if (out_row_stride < out_features)
-    bad("out_row_stride must be >= out_features = " + std::to_string(out_features) + ", got " +
-        std::to_string(out_row_stride));
-  if (num_threads < 1) bad("num_threads must be >= 1, got " + std::to_string(num_threads));
   if (!linear_quant_cpu_available()) bad("this CPU or build has no AVX2 + FMA + F16C path");
   if (num_rows == 0 || out_features == 0) return;
 #if PONDER_QUANT_X86
