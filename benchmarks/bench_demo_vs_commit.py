@@ -1,8 +1,8 @@
 """The demo's nine searches on this checkout against an earlier commit of ponder, on this machine,
 one after the other, alternating which goes first from repeat to repeat.
 
-The earlier commit (default ``c0dd487``, the main the native hot path issue was filed on) is
-exported with ``git archive`` into a scratch folder and its extension built there with plain
+The earlier commit (default ``c0dd487``, before the native hot path: the reference ops in a
+Python loop) is exported with ``git archive`` into a scratch folder and its extension built with plain
 CMake (CPU only, Release; about 20-60 s). Each side then runs in its own interpreter (this file
 with ``--worker``): the current side imports the installed ``ponder``; the earlier side imports
 the exported tree, with the editable install's import hook taken out of ``sys.meta_path``. Both
@@ -14,8 +14,9 @@ The two sides must give the same answers and token counts for every problem (the
 at the same seeds), and scores equal to within 1e-5 relative: against c0dd487, 6 of the 40
 scores of MCTS at 8 expansions (a root's float32 value sum over its visits) come out one or two
 float32 ulps apart (about 1.2e-7) with the same trees' answers and tokens. The script exits
-with an error if anything differs by more, and prints the largest score difference. It reports per strategy the best wall / CPU time of
-each side and the ratio earlier / current (above 1: the current code is faster).
+with an error if anything differs by more, and prints the largest score difference. It reports
+per strategy the best wall / CPU time of each side and the ratio earlier / current (above 1:
+the current code is faster).
 
     python benchmarks/bench_demo_vs_commit.py [--commit c0dd487] [--repeats 2] [--only mcts]
         [--workdir DIR]   # keep the exported tree and its build in DIR (reused when present)
@@ -116,7 +117,8 @@ def _compare(strategy: str, old, new, commit: str) -> float:
 
 def _run_side(path: str | None, only: str | None) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-    cmd = [sys.executable, __file__, "--worker"] + (["--path", path] if path else []) + (["--only", only] if only else [])
+    cmd = [sys.executable, __file__, "--worker"] + (["--path", path] if path else [])
+    cmd += ["--only", only] if only else []
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"worker {'for ' + path if path else '(current)'} failed:\n{proc.stderr[-4000:]}")

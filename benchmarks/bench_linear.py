@@ -111,8 +111,8 @@ def main():
                 for name, fn in sides.items()}
         (tw, tc), (nw, nc) = best["torch"], best["native"]
         flops = 2 * M * nbytes / 4
-        line = (f"{M:>5} | {tw * 1e3:>7.1f} ({tc * 1e3:>7.1f}) | {nw * 1e3:>7.1f} ({nc * 1e3:>7.1f}) | {tw / nw:>5.2f}x | "
-                f"{flops / nw / 1e9:>7.1f} {nbytes / nw / 1e9:>6.1f}")
+        line = (f"{M:>5} | {tw * 1e3:>7.1f} ({tc * 1e3:>7.1f}) | {nw * 1e3:>7.1f} ({nc * 1e3:>7.1f}) | "
+                f"{tw / nw:>5.2f}x | {flops / nw / 1e9:>7.1f} {nbytes / nw / 1e9:>6.1f}")
         if args.blocks:
             qw, qc = best["blocks"]
             line += f" | {qw * 1e3:>7.1f} ({qc * 1e3:>7.1f}) | {nw / qw:>12.2f}x"

@@ -3,7 +3,7 @@
 // they are used. Torch-free: pointers and sizes; ponder.ops.linear checks the tensors.
 //
 // Why: one decode row through a model is bound by reading its weights. SmolLM2-135M's fp32
-// weights are 540 MB per token; its Q4_1 / Q8_0 blocks are 5-7x smaller.
+// weights are 540 MB per token; its Q4_1 / Q8_0 blocks are 97 MB.
 //
 // The same bits as linear_cpu on the de-quantised weights. Every weight a block gives is exact
 // in fp32 whichever way it is formed: Q8_0's d * q (an fp16 scale times an 8-bit integer: at

@@ -203,7 +203,7 @@ def load_gguf(path: str | os.PathLike, dtype: torch.dtype = torch.float32,
 
     keep_blocks: for an fp32 model on the CPU, also keep the file's Q4_0 / Q4_1 / Q8_0 blocks
     of each matrix (``ops.linear.attach_quantized``), so that decode rows read them instead of
-    the fp32 weights: the same bits, 5-7x fewer bytes per token (SmolLM2-135M Q4_1: about 110 MB
+    the fp32 weights: the same bits, 3.8-6.4x fewer bytes per token (SmolLM2-135M: about 97 MB
     of blocks next to 540 MB of fp32). Matrices whose parts (q / k / v, gate / up) differ in
     type, or whose type is another, keep only fp32. No effect where the CPU lacks the kernel.
     """

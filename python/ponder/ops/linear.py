@@ -313,8 +313,8 @@ def quant_available() -> bool:
 
 def attach_quantized(weight: torch.Tensor, blocks, type_name: str, verify: bool = True) -> None:
     """Keep a weight's GGUF blocks next to it: products of up to ``QUANT_MAX_ROWS`` rows that run
-    natively on ``weight`` (decode rows, the LM head) then read the blocks, 5-7x fewer bytes than
-    fp32, with the same bits (``csrc/linear_quant_cpu.h``).
+    natively on ``weight`` (decode rows, the LM head) then read the blocks, 3.8x (Q8_0) to 6.4x
+    (Q4_1) fewer bytes than fp32, with the same bits (``csrc/linear_quant_cpu.h``).
 
     weight: contiguous fp32 CPU ``[N, K]``, K a multiple of 32, the exact de-quantisation of the
     blocks. blocks: uint8 numpy array or tensor of ``N * K / 32`` blocks of ``type_name``
@@ -342,7 +342,8 @@ def attach_quantized(weight: torch.Tensor, blocks, type_name: str, verify: bool 
                          f"got {data.numel()}")
     version = _version(weight)
     if version < 0:
-        raise ValueError("weight is an inference tensor: its changes cannot be tracked, so blocks cannot be kept for it")
+        raise ValueError("weight is an inference tensor: its changes cannot be tracked, so blocks cannot be "
+                         "kept for it")
     if not quant_available():
         raise RuntimeError("this build or CPU has no linear_quant_cpu (x86-64 with AVX2, FMA and F16C)")
     data = data.reshape(-1).contiguous().clone()
