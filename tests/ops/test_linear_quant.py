@@ -154,3 +154,23 @@ def test_blocks_are_forgotten_with_their_weight():
     assert key in lin._QUANTIZED
     del w
     assert key not in lin._QUANTIZED
+
+
+def test_attach_keeps_its_own_copy_of_the_blocks(recwarn):
+    blocks = random_blocks("Q8_0", 4, 64, seed=8)
+    w = torch.from_numpy(dequantize(blocks, "Q8_0", (4, 64)))
+    x = torch.randn(2, 64, generator=torch.Generator().manual_seed(9))
+    want = native_fp32(x, w)
+    read_only = blocks.copy()
+    read_only.flags.writeable = False  # as a file map's bytes are
+    lin.attach_quantized(w, read_only, "Q8_0")
+    assert not [w_ for w_ in recwarn if issubclass(w_.category, UserWarning)]
+    mine = torch.from_numpy(blocks.copy())
+    lin.attach_quantized(w, mine, "Q8_0")
+    mine.zero_()  # the caller's tensor changes; the kept blocks do not
+    kept, type_id = lin.quantized_blocks(w)
+    assert kept.data_ptr() != mine.data_ptr()
+    out = torch.empty(2, 4)
+    lin._core.linear_quant_cpu(x.data_ptr(), 2, 64, 64, kept.data_ptr(), type_id, 4, 0, out.data_ptr(), 4, 1)
+    assert torch.equal(bits(out), bits(want))
+    lin.detach_quantized(w)

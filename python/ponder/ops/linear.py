@@ -333,7 +333,10 @@ def attach_quantized(weight: torch.Tensor, blocks, type_name: str, verify: bool 
     if K % 32:
         raise ValueError(f"weight's in_features must be a multiple of 32 (the block size), got {K}")
     type_id, block_bytes = QUANT_TYPES[type_name]
-    data = blocks if isinstance(blocks, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(blocks))
+    if isinstance(blocks, torch.Tensor):
+        data = blocks
+    else:  # a private copy (a file map's bytes may be read-only)
+        data = torch.from_numpy(np.array(blocks, copy=True, order="C"))
     if data.dtype != torch.uint8 or data.device.type != "cpu":
         raise TypeError(f"blocks must be uint8 bytes on the CPU, got {data.dtype} on {data.device}")
     want = N * (K // 32) * block_bytes
@@ -346,7 +349,9 @@ def attach_quantized(weight: torch.Tensor, blocks, type_name: str, verify: bool 
                          "kept for it")
     if not quant_available():
         raise RuntimeError("this build or CPU has no linear_quant_cpu (x86-64 with AVX2, FMA and F16C)")
-    data = data.reshape(-1).contiguous().clone()
+    data = data.reshape(-1).contiguous()
+    if data.data_ptr() == (blocks.data_ptr() if isinstance(blocks, torch.Tensor) else -1):
+        data = data.clone()  # never share the caller's tensor
     if verify:
         from ponder.models.gguf_file import dequantize
 
