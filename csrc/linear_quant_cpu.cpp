@@ -33,6 +33,11 @@ constexpr int64_t kBlock = 32;
 // below this many multiply-adds a product runs on one thread (as linear_cpu)
 constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
 constexpr int64_t kPartsPerThread = 4;
+// Each weight row's stream is prefetched this many bytes ahead of the block being read. A 1-row
+// tile reads 4 weight rows side by side, blocks of 20-34 bytes a row apart, which the hardware
+// prefetcher follows badly: SmolLM2-135M's 121 matrices at 1 row took 17.7 ms per pass without
+// it and 11.5 ms with it (one thread, AMD EPYC; 1-8 KB ahead all gave 11.5-13.5 ms).
+constexpr int64_t kPrefetchBytes = 4096;
 
 bool known_type(int type) {
   return type == static_cast<int>(QuantType::kQ4_0) || type == static_cast<int>(QuantType::kQ4_1) ||
@@ -116,8 +121,10 @@ PONDER_QTARGET PONDER_ALWAYS_INLINE void tile(const QProblem& p, int64_t m, int6
   for (int64_t b = 0; b < blocks; ++b) {
 #pragma GCC unroll 4
     for (int j = 0; j < NT; ++j) {
+      const uint8_t* blk = w + j * p.row_bytes + b * kBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes), _MM_HINT_T0);  // never faults
       __m256 wv[4];
-      dequantize<TYPE>(w + j * p.row_bytes + b * kBytes, wv);
+      dequantize<TYPE>(blk, wv);
 #pragma GCC unroll 4
       for (int i = 0; i < MT; ++i) {
         const float* xb = x + i * p.x_stride + b * kBlock;
