@@ -292,8 +292,9 @@ def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
 # ggml block formats linear_quant_cpu reads: name -> (ggml type id, bytes per 32 weights)
 QUANT_TYPES = {"Q4_0": (2, 18), "Q4_1": (3, 20), "Q8_0": (8, 34)}
 # products of at most this many rows read a weight's GGUF blocks where it has them (SmolLM2-135M's
-# matrices, 1 thread: 2.64x the fp32 kernel at 1 row, 2.30x at 4, 1.36x at 8, 1.17x at 16, 1.08x
-# at 24, 1.03x at 32); more rows take the fp32 weights (the same bits)
+# matrices, 1 thread: 3.35x the fp32 kernel at 1 row, 2.30x at 4, 1.39x at 8, 1.20x at 16, 1.11x
+# at 24; 1.03x at 32 before the blocks were prefetched); more rows take the fp32 weights (the
+# same bits)
 QUANT_MAX_ROWS = 24
 # id(weight) -> (weak reference, weight._version, data_ptr, blocks (uint8 CPU tensor), type id)
 _QUANTIZED: dict = {}
