@@ -43,6 +43,9 @@ constexpr int32_t kHeapTopK = 1024;
 
 // Tokens per block of the Gumbel pass: its three scratch arrays (6 KiB) stay in L1.
 constexpr int64_t kBlock = 512;
+// Tokens per chunk of a block whose score bounds are compared with the runner-up at once (a
+// multiple of 8; kBlock is a multiple of it).
+constexpr int64_t kChunk = 16;
 
 // Below this many logits a call runs on one thread (a row costs a few ns per logit; starting a
 // helper thread costs ~20-50 us); above it, kPartsPerThread blocks of rows per thread.
@@ -67,27 +70,37 @@ inline uint32_t mix32(uint32_t h) {
 
 inline uint32_t vocab_hash(int64_t v) { return mix32(static_cast<uint32_t>(v) + kVocabSalt); }
 
+// Eight floats / their comparison masks (GCC vector extensions: one ymm register in the AVX2
+// clone, two xmm in the baseline one).
+typedef float f8 __attribute__((vector_size(32)));
+typedef int32_t i8 __attribute__((vector_size(32)));
+
 // Largest logit of a row; `bad` is set when the row holds a NaN or +inf.
 PONDER_SIMD_CLONES
 float row_max(const float* z, int64_t V, bool& bad) {
-  float lane[8];
-  uint32_t flags = 0;
-  for (float& m : lane) m = -kInf;
+  const f8 inf = {kInf, kInf, kInf, kInf, kInf, kInf, kInf, kInf};
+  f8 lane = -inf;
+  i8 flags = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t v = 0;
   for (; v + 8 <= V; v += 8) {
-    for (int j = 0; j < 8; ++j) {
-      const float x = z[v + j];
-      lane[j] = x > lane[j] ? x : lane[j];
-      flags |= static_cast<uint32_t>(x != x) | static_cast<uint32_t>(x == kInf);
-    }
+    f8 x;
+    std::memcpy(&x, z + v, sizeof x);
+    lane = x > lane ? x : lane;
+    flags |= (x != x) | (x == inf);
+  }
+  float m = -kInf;
+  bool any = false;
+  for (int j = 0; j < 8; ++j) {
+    m = lane[j] > m ? lane[j] : m;
+    any |= flags[j] != 0;
   }
   for (; v < V; ++v) {
     const float x = z[v];
-    lane[0] = x > lane[0] ? x : lane[0];
-    flags |= static_cast<uint32_t>(x != x) | static_cast<uint32_t>(x == kInf);
+    m = x > m ? x : m;
+    any |= x != x || x == kInf;
   }
-  bad = flags != 0;
-  return *std::max_element(lane, lane + 8);
+  bad = any;
+  return m;
 }
 
 // For tokens [v0, v0 + n) of a row: scaled logit s, hash integer q (u = q 2**-24) and an upper
@@ -108,6 +121,27 @@ void gumbel_bounds(const float* z, int64_t v0, int64_t n, float temp, uint32_t r
     s_out[i] = s;
     q_out[i] = q;
     upper[i] = s + bound;
+  }
+}
+
+// The largest of each kChunk consecutive bounds (the last chunk may be short): a chunk whose
+// largest bound is below the runner-up holds no candidate and is passed over whole.
+PONDER_SIMD_CLONES
+void chunk_maxima(const float* upper, int64_t n, float* out) {
+  int64_t c = 0;
+  for (; (c + 1) * kChunk <= n; ++c) {
+    f8 a, b;
+    std::memcpy(&a, upper + c * kChunk, sizeof a);
+    std::memcpy(&b, upper + c * kChunk + 8, sizeof b);
+    a = a > b ? a : b;
+    float m = a[0];
+    for (int j = 1; j < 8; ++j) m = a[j] > m ? a[j] : m;
+    out[c] = m;
+  }
+  if (c * kChunk < n) {
+    float m = -kInf;
+    for (int64_t i = c * kChunk; i < n; ++i) m = upper[i] > m ? upper[i] : m;
+    out[c] = m;
   }
 }
 
@@ -155,12 +189,18 @@ bool draw_row(const float* z, int64_t V, float temp, int32_t k, const uint8_t* m
   const float reach = s_max - kGumbelSpread;
   float best = -kInf, second = -kInf;
   int64_t best_v = -1;
-  float s_blk[kBlock], upper[kBlock];
+  float s_blk[kBlock], upper[kBlock], chunk_upper[kBlock / kChunk];
   uint32_t q_blk[kBlock];
   for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
     const int64_t n = std::min(kBlock, V - v0);
     gumbel_bounds(z, v0, n, temp, row_hash, s_blk, q_blk, upper);
+    chunk_maxima(upper, n, chunk_upper);
     for (int64_t i = 0; i < n; ++i) {
+      // a whole chunk below the runner-up: each of its tokens would fail the first test below
+      if (i % kChunk == 0 && chunk_upper[i / kChunk] + kBoundSlack < second) {
+        i += kChunk - 1;
+        continue;
+      }
       if (upper[i] + kBoundSlack < second || s_blk[i] < reach) continue;
       if (mask ? !mask[v0 + i] : !(z[v0 + i] >= z_floor)) continue;
       const float u = static_cast<float>(q_blk[i]) * (1.0f / 16777216.0f);
@@ -233,8 +273,9 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
       bool bad = false;
       const float z_max = row_max(z, vocab, bad);
       if (bad || z_max == -kInf) continue;  // NaN / +inf / all -inf: the reference's conventions apply
-      int64_t token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
       const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
+      int64_t token = -1;
+      if (greedy) token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
       const uint8_t* mask = allowed_row && allowed_row[b] >= 0 ? allowed + allowed_row[b] * vocab : nullptr;
       if (!greedy && !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b), z_max,
                                scratch, token)) {

@@ -70,6 +70,22 @@ def test_constraint_masks_and_single_allowed_token():
         assert torch.isfinite(logits.gather(1, tokens[:, None])).all()
 
 
+@pytest.mark.parametrize("V", [17, 530, 1000])
+def test_chunks_of_hopeless_tokens_are_passed_over_without_losing_a_winner(V):
+    """Once a runner-up is known, the native draw skips 16-token chunks whose score bounds are
+    all below it. Rows here have a strong token early and one rival of about the same logit at
+    a chunk edge (or in the short last chunk) after long runs of hopeless tokens; over 64 keys
+    the rival wins some draws, which a skipped or misaligned chunk would lose."""
+    B = 64
+    edges = [p for p in (15, 16, 31, 32, 511, 512, 527, V - 8, V - 1) if 0 < p < V]
+    for p in edges:
+        logits = torch.full((B, V), -12.0)
+        logits[:, 0] = 3.0
+        logits[:, p] = 3.0 - torch.linspace(0.0, 1.0, B)  # from an even match to a clear loss
+        tokens, _ = _both(logits, _keys(B, seed=p), *_params(B, 1.0, 0, 1.0))
+        assert (tokens == p).any() and (tokens == 0).any(), (p, tokens)
+
+
 def test_degenerate_rows_are_left_to_the_reference():
     """NaN, +inf and all -inf rows follow the reference's conventions (they are deferred)."""
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(4))
