@@ -241,7 +241,8 @@ float sampling_uniform(uint32_t row_hash, int64_t v) {
 
 void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_stride, const int64_t* keys,
                 const float* temperature, const int32_t* top_k, const float* top_p, const uint8_t* allowed,
-                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads) {
+                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads,
+                const int64_t* logit_rows, int64_t num_logit_rows) {
   PONDER_CHECK_ARG(batch >= 0, "batch must be >= 0, got ", batch);
   PONDER_CHECK_ARG(num_threads >= 1, "num_threads must be >= 1, got ", num_threads);
   PONDER_CHECK_ARG(vocab > 0 && vocab <= std::numeric_limits<int32_t>::max(), "vocab must lie in [1, 2**31 - 1], got ",
@@ -252,6 +253,9 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
                    "sample_cpu got a null pointer");
   int64_t num_masks = 0;
   for (int64_t b = 0; b < batch; ++b) {
+    PONDER_CHECK_ARG(!logit_rows || (logit_rows[b] >= 0 && logit_rows[b] < num_logit_rows), "logit_rows[", b,
+                     "] = ", logit_rows ? logit_rows[b] : 0, " must lie in [0, ", num_logit_rows,
+                     ") (num_logit_rows)");
     PONDER_CHECK_ARG(temperature[b] >= 0.0f && std::isfinite(temperature[b]), "temperature[", b, "] = ",
                      temperature[b], " must be a finite value >= 0");
     PONDER_CHECK_ARG(top_k[b] >= 0 && top_k[b] <= vocab, "top_k[", b, "] = ", top_k[b], " must lie in [0, ", vocab,
@@ -268,7 +272,7 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
   auto rows = [&](int64_t b0, int64_t b1) {
     Scratch scratch;
     for (int64_t b = b0; b < b1; ++b) {
-      const float* z = logits + b * row_stride;
+      const float* z = logits + (logit_rows ? logit_rows[b] : b) * row_stride;
       deferred[b] = 1;
       bool bad = false;
       const float z_max = row_max(z, vocab, bad);

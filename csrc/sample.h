@@ -27,7 +27,10 @@ uint32_t sampling_row_hash(const int64_t* key);
 float sampling_uniform(uint32_t row_hash, int64_t v);
 
 // Draw one token per row.
-//   logits       [batch, row_stride] float32, the first vocab entries of each row are used
+//   logits       [num_logit_rows, row_stride] float32, the first vocab entries of each row are
+//                used; row b reads logits row logit_rows[b], or row b when logit_rows is null
+//                (then num_logit_rows is ignored and logits holds batch rows). Rows that share
+//                their logits (identical decode rows) pass them once.
 //   keys         [batch, 4] int64; temperature [batch] float32 >= 0 (0 = greedy)
 //   top_k        [batch] int32 in [0, vocab] (0 and vocab = off); top_p [batch] float32 in (0, 1]
 //   allowed      [num_masks, vocab] uint8 (1 = may be drawn; top-k and top-p applied), or null
@@ -38,9 +41,11 @@ float sampling_uniform(uint32_t row_hash, int64_t v);
 // unset). num_threads > 1 shares blocks of rows out to the calling thread and up to
 // num_threads - 1 helpers when the batch is large enough to pay for them (cpu_threads.h; a row's
 // draw never depends on the thread that makes it). Throws std::invalid_argument for bad shapes,
-// parameter values or num_threads < 1, before writing anything.
+// parameter values, a logit_rows entry outside [0, num_logit_rows) or num_threads < 1, before
+// writing anything.
 void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_stride, const int64_t* keys,
                 const float* temperature, const int32_t* top_k, const float* top_p, const uint8_t* allowed,
-                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads = 1);
+                const int64_t* allowed_row, int64_t* tokens, uint8_t* deferred, int num_threads = 1,
+                const int64_t* logit_rows = nullptr, int64_t num_logit_rows = 0);
 
 }  // namespace ponder

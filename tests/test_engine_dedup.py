@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from ponder import kv_store
+from ponder import kv_store, ops
 from ponder.engine import SamplingParams, StepStop
 from test_engine import ALPHABET, PROMPTS, make_engine, tiny_model
 
@@ -49,14 +49,18 @@ STEPS = [[ALPHABET.index(c) for c in s] for s in ("ab\n", "abc\n", "ad\n", "b\n"
 
 @pytest.mark.parametrize("temperature", [0.0, 0.7, 3.0])
 @pytest.mark.parametrize("constrained", [False, True], ids=["free", "allowed_steps"])
-def test_dedup_gives_the_same_expansions_as_every_row(model, temperature, constrained):
+def test_dedup_gives_the_same_expansions_as_every_row(model, temperature, constrained, monkeypatch):
     sampling = SamplingParams(temperature=temperature)
     allowed = STEPS if constrained else None
     plain = make_engine(model, num_pages=256, dedup_rows=False)
     deduped = make_engine(model, num_pages=256)
     assert deduped.dedup_rows and not plain.dedup_rows
     a = _three_levels(plain, PROMPTS, sampling, allowed, distinct=temperature > 0)
+    shared_calls = []  # rows of a group draw from one logits row unless a per-row mask applies
+    real = ops.sample_shared
+    monkeypatch.setattr(ops, "sample_shared", lambda *a, **kw: (shared_calls.append(a[1].numel()), real(*a, **kw))[1])
     b = _three_levels(deduped, PROMPTS, sampling, allowed, distinct=temperature > 0)
+    assert bool(shared_calls) != constrained
     _assert_same(a, b)
     assert plain.stats.decode_rows_shared == 0
     assert deduped.stats.decode_rows_shared > 0  # siblings really shared rows

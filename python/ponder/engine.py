@@ -192,12 +192,18 @@ class Engine(KVStore):
         allowed_tokens, trie = mask
         states = None if trie is None else batch.trie_states[rows]
         groups = batch.groups_of(rows) if self.dedup_rows else None
+        shared_rows = None  # rows of a group draw from their group's logits row (no per-row mask)
         with torch.inference_mode():
             if groups is None:
                 logits = self.model.logits(hidden)
             else:  # rows of a group have the same hidden state: one LM-head row each
                 firsts, of_row = (torch.from_numpy(a).to(hidden.device) for a in groups)
-                logits = self.model.logits(hidden[firsts])[of_row]
+                logits = self.model.logits(hidden[firsts])
+                masked = allowed_tokens is not None or (states is not None and (states >= 0).any())
+                if masked:
+                    logits = logits[of_row]
+                else:
+                    shared_rows = of_row
             if allowed_tokens is not None:
                 logits = constrain_logits(batch.branches(rows), logits, allowed_tokens)
             if states is not None and (states >= 0).any():
@@ -210,8 +216,12 @@ class Engine(KVStore):
         keys[:, 3] = batch.lengths[rows]
         temperature, top_k, top_p = self._sampling_columns(n, sampling, logits.device)
         # check=False: the columns come from a validated SamplingParams
-        tokens, logprobs = ops.sample(logits, torch.from_numpy(keys).to(logits.device), temperature, top_k, top_p,
-                                      backend=self.backend, check=False)
+        keys_t = torch.from_numpy(keys).to(logits.device)
+        if shared_rows is None:
+            tokens, logprobs = ops.sample(logits, keys_t, temperature, top_k, top_p, backend=self.backend, check=False)
+        else:
+            tokens, logprobs = ops.sample_shared(logits, shared_rows, keys_t, temperature, top_k, top_p,
+                                                 backend=self.backend, check=False)
         toks = tokens.cpu().numpy()
         at_leaf = np.zeros(n, dtype=bool)
         if states is not None:

@@ -212,3 +212,66 @@ def test_threads_share_rows_out_without_changing_a_draw(B, V):
         assert torch.equal(many[1], one[1])
         kept = one[1] == 0
         assert torch.equal(many[0][kept], one[0][kept])
+
+
+# ---------------------------------------------------------------- rows that share logits rows
+def _shared_case(G, B, V, seed):
+    """G logits rows (one NaN row, one near-flat, the rest language-model-like) and B batch rows
+    mapping onto them, with every parameter setting mixed over the batch."""
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(G, V, generator=g) * 3
+    logits[:, : min(V, 4)] += 4
+    if G > 2:
+        logits[1] = float("nan")
+        logits[2] *= 1e-3
+    rows = torch.randint(0, G, (B,), generator=g)
+    settings = [SETTINGS[i % len(SETTINGS)] for i in range(B)]
+    temperature = torch.tensor([s[0] for s in settings], dtype=torch.float32)
+    top_k = torch.tensor([min(s[1], V) for s in settings], dtype=torch.int32)
+    top_p = torch.tensor([s[2] for s in settings], dtype=torch.float32)
+    return logits, rows, _keys(B, seed), temperature, top_k, top_p
+
+
+@pytest.mark.parametrize("G,B,V", [(1, 9, 37), (5, 40, 513), (12, 64, 4099), (3, 200, 700)])
+def test_sample_shared_is_sample_on_the_gathered_rows(G, B, V):
+    """ops.sample_shared(logits, rows, ...) gives exactly ops.sample(logits[rows], ...): the
+    same tokens and log-probabilities, for greedy, top-k, nucleus, NaN (deferred) and near-flat
+    rows, natively and through the reference."""
+    logits, rows, keys, t, k, p = _shared_case(G, B, V, seed=G * 1000 + B)
+    expected = ops.sample(logits[rows], keys, t, k, p)
+    for backend in ("auto", "torch"):
+        got = ops.sample_shared(logits, rows, keys, t, k, p, backend=backend)
+        assert torch.equal(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1], atol=0, rtol=0, equal_nan=True)
+
+
+def test_sample_shared_host_path_reads_rows_in_place(monkeypatch):
+    """On CPU tensors the native sampler reads each row's logits through its index: the rows
+    are never gathered (index_select of the whole logits rows would show in the count)."""
+    logits, rows, keys, t, k, p = _shared_case(4, 32, 300, seed=5)
+    t[:] = 1.0
+    k[:] = 0
+    p[:] = 1.0
+    calls = []
+    real = _core.sample_cpu
+    monkeypatch.setattr(_core, "sample_cpu", lambda *a, **kw: (calls.append(a), real(*a, **kw))[1])
+    got = ops.sample_shared(logits, rows, keys, t, k, p)
+    assert len(calls) == 1 and calls[0][-1] == 4 and calls[0][1] == 32  # 32 rows over 4 logits rows
+    expected = ops.sample(logits[rows], keys, t, k, p, backend="torch")
+    assert torch.equal(got[0], expected[0])
+    torch.testing.assert_close(got[1], expected[1], atol=0, rtol=0, equal_nan=True)  # row 1 is NaN
+
+
+def test_sample_shared_refuses_bad_rows():
+    logits, rows, keys, t, k, p = _shared_case(3, 6, 50, seed=6)
+    with pytest.raises(ValueError, match=r"rows\[2\] = 3 must lie in \[0, 3\)"):
+        ops.sample_shared(logits, torch.tensor([0, 1, 3, 0, 0, 0]), keys, t, k, p)
+    with pytest.raises(ValueError, match=r"rows\[0\] = -1"):
+        ops.sample_shared(logits, torch.tensor([-1, 1, 2, 0, 0, 0]), keys, t, k, p)
+    with pytest.raises(TypeError, match="rows must be"):
+        ops.sample_shared(logits, rows.to(torch.int32), keys, t, k, p)
+    with pytest.raises(ValueError, match="the entries of rows"):
+        ops.sample_shared(logits, rows[:5], keys, t, k, p)
+    # without value checks the native sampler still refuses the index, before writing anything
+    with pytest.raises(ValueError, match=r"logit_rows\[2\] = 3 must lie in \[0, 3\)"):
+        ops.sample_shared(logits, torch.tensor([0, 1, 3, 0, 0, 0]), keys, t, k, p, check=False)

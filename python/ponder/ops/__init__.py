@@ -37,7 +37,8 @@ implementation, so they trace under ``torch.compile`` and capture in CUDA graphs
   weight once per block of rows and gives each row the same bits at any row count; ``RowRoute``
   picks the model's rows that take it, ``linear_rows`` runs the LM head with it). Not a
   ``custom_op``: under compilation and autograd it is ``F.linear``
-- ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs)
+- ``sampling``: ``sample`` (reproducible greedy / temperature / top-k / top-p, with logprobs) and
+  ``sample_shared`` (the same for batch rows that share logits rows)
 
 Every wrapper checks shapes, dtypes and devices on each call (metadata only, no device sync).
 Checks of tensor values (index ranges, parameter ranges) need the values on the host: they
@@ -51,7 +52,7 @@ from ponder.ops.attention import paged_attention, plan_item_options, plan_shared
 from ponder.ops.kv import append_kv, copy_pages
 from ponder.ops.norm import rms_norm
 from ponder.ops.rotary import rope_cache, rotary
-from ponder.ops.sampling import sample
+from ponder.ops.sampling import sample, sample_shared
 from ponder.ops.value_score import value_score
 from ponder.ops import triton_backend as _triton_backend  # noqa: F401  (registers the "triton" backend of each op)
 
@@ -68,6 +69,7 @@ __all__ = [
     "rope_cache",
     "rotary",
     "sample",
+    "sample_shared",
     "shared_prefix_attention",
     "value_score",
 ]

@@ -17,19 +17,24 @@ except ImportError:  # a source checkout without the extension: the reference se
     _core = None
 
 
-def _check_sample(logits, keys, temperature, top_k, top_p, check) -> None:
-    _checks.tensor("logits", logits, 2, _checks.FLOAT_DTYPES, "[B, V] float")
+def _check_sample(logits, keys, temperature, top_k, top_p, check, rows=None) -> None:
+    _checks.tensor("logits", logits, 2, _checks.FLOAT_DTYPES, "[B, V] float" if rows is None else "[G, V] float")
     B, V = logits.shape
+    what = "B, the rows of logits"
+    if rows is not None:
+        _checks.tensor("rows", rows, 1, (torch.int64,), "[B] int64 (the logits row of each batch row)")
+        _checks.same_device("logits", logits, rows=rows)
+        B, what = rows.shape[0], "B, the entries of rows"
     if V == 0:
         raise ValueError("logits must have at least one vocabulary entry, got V = 0")
     _checks.tensor("keys", keys, 2, (torch.int64,), "[B, 4] int64 (seed, node_id, child_index, position)")
-    _checks.dim_size("keys", keys, 0, B, "B, the rows of logits")
+    _checks.dim_size("keys", keys, 0, B, what)
     _checks.dim_size("keys", keys, 1, 4, "(seed, node_id, child_index, position)")
     _checks.tensor("temperature", temperature, 1, (torch.float32,), "[B] float32")
     _checks.tensor("top_k", top_k, 1, (torch.int32,), "[B] int32")
     _checks.tensor("top_p", top_p, 1, (torch.float32,), "[B] float32")
     for name, t in (("temperature", temperature), ("top_k", top_k), ("top_p", top_p)):
-        _checks.dim_size(name, t, 0, B, "B, the rows of logits")
+        _checks.dim_size(name, t, 0, B, what)
     _checks.same_device("logits", logits, keys=keys, temperature=temperature, top_k=top_k, top_p=top_p)
     if not _checks.value_checks(check, logits.device) or B == 0:
         return
@@ -106,6 +111,70 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
 
 if _core is not None and hasattr(_core, "sample_cpu"):
     register_host("sample")(_sample_host)
+
+
+def _sample_shared_host(logits, rows, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``_sample_host(logits[rows], ...)`` without gathering the rows: the native draw reads
+    each row's logits in place, and the log-softmax is taken once per logits row (PyTorch's
+    ``log_softmax`` treats every row on its own, so the values are those of the gathered batch)."""
+    lf = logits.float().contiguous()
+    rows, keys, temperature, top_k, top_p = (t.contiguous() for t in (rows, keys, temperature, top_k, top_p))
+    B, (G, V) = rows.shape[0], lf.shape
+    greedy = (temperature <= 0) | (top_k == 1)
+    nucleus = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
+    allowed_row = torch.full((B,), -1, dtype=torch.int64)
+    allowed = None
+    if nucleus.numel():
+        sub = lf.index_select(0, rows.index_select(0, nucleus))
+        scaled = sub / temperature.index_select(0, nucleus)[:, None]
+        allowed = reference.allowed_mask(sub, scaled, top_k.index_select(0, nucleus),
+                                          top_p.index_select(0, nucleus)).contiguous()
+        allowed_row[nucleus] = torch.arange(nucleus.numel())
+    tokens = torch.empty(B, dtype=torch.int64)
+    deferred = torch.empty(B, dtype=torch.uint8)
+    _core.sample_cpu(lf.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
+                     top_p.data_ptr(), 0 if allowed is None else allowed.data_ptr(), allowed_row.data_ptr(),
+                     tokens.data_ptr(), deferred.data_ptr(), native_threads(), rows.data_ptr(), G)
+    late = deferred.nonzero().squeeze(1)
+    if late.numel():
+        args = (t.index_select(0, late) for t in (keys, temperature, top_k, top_p))
+        tokens[late] = reference.sample(lf.index_select(0, rows.index_select(0, late)), *args)[0]
+    logprobs = torch.log_softmax(lf, dim=-1)[rows, tokens]
+    return tokens, logprobs
+
+
+def sample_shared(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    keys: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    top_p: torch.Tensor,
+    backend: str = "auto",
+    *,
+    check: Optional[bool] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sample` for a batch whose rows share logits: row b draws from ``logits[rows[b]]``.
+
+    logits: ``[G, V]``; rows: ``[B]`` int64 in ``[0, G)``; keys, temperature, top_k, top_p as in
+    :func:`sample`, one per batch row. Returns exactly ``sample(logits[rows], keys, ...)``: the
+    same tokens and log-probabilities. On CPU tensors with the native sampler (``backend="auto"``)
+    the rows are not gathered and each logits row's log-softmax is computed once, which is what
+    identical decode rows (``Engine(dedup_rows=True)``) save; elsewhere the rows are gathered and
+    :func:`sample` runs.
+    """
+    _check_sample(logits, keys, temperature, top_k, top_p, check, rows=rows)
+    if _checks.value_checks(check, rows.device) and rows.numel():
+        r = _checks.host_array(rows)
+        bad = np.flatnonzero((r < 0) | (r >= logits.shape[0]))
+        if bad.size:
+            raise ValueError(f"rows[{bad[0]}] = {r[bad[0]]} must lie in [0, {logits.shape[0]}) (the rows of logits)")
+    if rows.shape[0] == 0:
+        return logits.new_empty(0, dtype=torch.int64), logits.new_empty(0, dtype=torch.float32)
+    if implementation("sample", backend, logits.device) is _sample_host and direct_call(
+            logits, rows, keys, temperature, top_k, top_p):
+        return _sample_shared_host(logits, rows, keys, temperature, top_k, top_p)
+    return sample(logits.index_select(0, rows), keys, temperature, top_k, top_p, backend, check=False)
 
 
 def sample(
