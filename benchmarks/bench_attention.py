@@ -3,8 +3,11 @@
 One decode step of one layer: B branches share a prompt of P tokens and each owns s tokens
 (``s`` includes the decode token).
 
-On a GPU, three ways to compute the same attention:
+On a GPU, four ways to compute the same attention:
 
+- cuda:    ``cuda_backend.shared_prefix_attention``, the CUDA kernel, through an attention plan
+           shaped for it (``cuda_backend.plan_options``; each segment of the tree read once per
+           64 query rows); present when ponder was built with its CUDA kernels;
 - shared:  ``triton_backend.shared_prefix_attention`` through an attention plan (each segment of
            the tree read once);
 - paged:   ``triton_backend.paged_attention``, per-branch split-KV decode over the block tables
@@ -13,7 +16,8 @@ On a GPU, three ways to compute the same attention:
            into a contiguous tensor beforehand (the gather is not timed; skipped when it does
            not fit in memory).
 
-Bandwidth is reported against the fewest bytes any method must read (BENCHMARKS.md):
+Bandwidth is reported against the fewest bytes any method must read (BENCHMARKS.md), for the
+faster of the two shared-prefix kernels; every ratio is another method's time over that one's:
 ``beta * (P + B * s)`` with ``beta = 2 * Hk * D * bytes`` per token and layer; reading the prompt
 per branch costs ``beta * B * (P + s)``.
 
@@ -139,22 +143,26 @@ def _bench(args):
     import triton.testing
 
     from ponder.attention_plan import plan_attention
-    from ponder.ops import reference, triton_backend as tb
+    from ponder.ops import cuda_backend as cb, reference, triton_backend as tb
+    from ponder.ops._registry import available_backends
 
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     nbytes = 2
-    S, D, dev = args.page_size, 128, "cuda"
+    S, dev = args.page_size, "cuda"
+    use_cuda = "cuda" in available_backends(dev)
     name = torch.cuda.get_device_name()
     hbm = next((v for k, v in _MEASURED_HBM.items() if k in name), None)
-    print(f"# {name}, {args.dtype}, page size {S}, D={D}; GB/s = beta*(P + B*s) / time, beta = 2*Hk*D*{nbytes} B/token"
-          + (f"; % of measured HBM {hbm:.0f} GB/s" if hbm else ""))  # fmt: skip
-    shapes = [(8, 4), (32, 1)]  # (Hk, G): Llama-3-8B GQA, Llama-2-7B-like MHA
+    print(f"# {name}, {args.dtype}, page size {S}; GB/s = beta*(P + B*s) / time of the faster shared kernel, "
+          f"beta = 2*Hk*D*{nbytes} B/token" + (f"; % of measured HBM {hbm:.0f} GB/s" if hbm else "")
+          + ("" if use_cuda else "; no CUDA kernels in this build"))  # fmt: skip
+    # (Hk, G, D): Llama-3-8B GQA, Llama-2-7B-like MHA, SmolLM2-135M
+    shapes = [(8, 4, 128), (32, 1, 128), (3, 3, 64)]
     if args.quick:
-        sweep = [(4096, 64, 256), (16384, 64, 256)]
+        sweep = [(2048, 64, 32), (4096, 64, 256), (16384, 64, 256)]
     else:
         sweep = list(itertools.product((4096, 16384, 32768), (16, 64, 256), (64, 256, 1024)))
 
-    for Hk, G in shapes:
+    for Hk, G, D in shapes:
         # Against the reference once per shape, on a batch small enough to gather in fp32.
         q, kv, bt, sl = _batch(torch, 4, 512, 64, Hk, G, D, S, dtype, dev)
         qi = torch.arange(5, dtype=torch.int32, device=dev)
@@ -162,6 +170,9 @@ def _bench(args):
         plan = plan_attention(bt, sl, S, **tb.plan_options(S, G)).to(dev)
         _check(torch, "shared vs reference", tb.shared_prefix_attention(q, kv, 0, plan, D**-0.5), expected, dtype)
         _check(torch, "paged vs reference", tb.paged_attention(q, kv, 0, bt, sl, qi, D**-0.5), expected, dtype)
+        if use_cuda:
+            plan = plan_attention(bt, sl, S, **cb.plan_options(S, G)).to(dev)
+            _check(torch, "cuda vs reference", cb.shared_prefix_attention(q, kv, 0, plan, D**-0.5), expected, dtype)
         q = kv = expected = None  # free the check tensors before the sweep
 
         for P, B, s in sweep:
@@ -178,6 +189,15 @@ def _bench(args):
             tb.shared_prefix_attention(q, kv, 0, plan, scale, out=out_shared)
             tb.paged_attention(q, kv, 0, bt, sl, qi, scale, out=out_paged)
             _check(torch, f"shared vs paged P={P} B={B} s={s}", out_shared, out_paged, dtype)
+            t_cuda = None
+            if use_cuda:
+                cplan = plan_attention(bt_host, sl_host, S, **cb.plan_options(S, G)).to(dev)
+                out_cuda = torch.empty_like(q)
+                cb.shared_prefix_attention(q, kv, 0, cplan, scale, out=out_cuda)
+                _check(torch, f"cuda vs paged P={P} B={B} s={s}", out_cuda, out_paged, dtype)
+                t_cuda = triton.testing.do_bench(
+                    lambda: cb.shared_prefix_attention(q, kv, 0, cplan, scale, out=out_cuda), return_mode="median"
+                )
             kv_gather_bytes = 2 * B * (P + s) * Hk * D * nbytes
             k = v = None
             if kv_gather_bytes < 0.5 * torch.cuda.mem_get_info()[0]:
@@ -193,18 +213,22 @@ def _bench(args):
             t_sdpa = None
             if k is not None:
                 t_sdpa = triton.testing.do_bench(lambda: _sdpa(torch, q, k, v, scale), return_mode="median")
+            best = min(t for t in (t_shared, t_cuda) if t is not None)
             fewest = 2 * Hk * D * nbytes * (P + B * s)
-            gbs = fewest / (t_shared * 1e-3) / 1e9
+            gbs = fewest / (best * 1e-3) / 1e9
             pct = f" {100 * gbs / hbm:3.0f}%" if hbm else ""
-            line = (f"Hk={Hk:2d} G={G} P={P:5d} B={B:3d} s={s:4d} | shared {t_shared * 1e3:8.1f} us {gbs:6.0f} GB/s{pct}"
-                    f" | paged {t_paged * 1e3:8.1f} us x{t_paged / t_shared:5.1f}")  # fmt: skip
+            line = f"Hk={Hk:2d} G={G} D={D:3d} P={P:5d} B={B:3d} s={s:4d} | {gbs:6.0f} GB/s{pct}"
+            if t_cuda is not None:
+                line += f" | cuda {t_cuda * 1e3:8.1f} us x{t_cuda / best:4.1f}"
+            line += (f" | triton shared {t_shared * 1e3:8.1f} us x{t_shared / best:4.1f}"
+                     f" | paged {t_paged * 1e3:8.1f} us x{t_paged / best:5.1f}")  # fmt: skip
             if t_sdpa is not None:
-                line += f" | sdpa {t_sdpa * 1e3:8.1f} us x{t_sdpa / t_shared:5.1f}"
+                line += f" | sdpa {t_sdpa * 1e3:8.1f} us x{t_sdpa / best:5.1f}"
             else:
                 line += " | sdpa  (gathered KV does not fit)"
             line += f" | plan {plan_ms:6.2f} ms ({plan.num_items} items)"
             print(line, flush=True)
-            q = kv = k = v = plan = out_shared = out_paged = None  # free this shape before the next
+            q = kv = k = v = plan = cplan = out_shared = out_paged = out_cuda = None  # free this shape before the next
             torch.cuda.empty_cache()
     return 0
 

@@ -55,6 +55,7 @@ from ponder.ops.rotary import rope_cache, rotary
 from ponder.ops.sampling import sample, sample_shared
 from ponder.ops.value_score import value_score
 from ponder.ops import triton_backend as _triton_backend  # noqa: F401  (registers the "triton" backend of each op)
+from ponder.ops import cuda_backend as _cuda_backend  # noqa: F401  (registers the "cuda" backend of its ops)
 
 __all__ = [
     "BACKENDS",

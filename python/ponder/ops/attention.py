@@ -331,8 +331,8 @@ def plan_shared_prefix_attention(
     the device. num_heads: H, the query heads (G = H // Hk sets the Triton tile).
 
     Items are shaped for the backend that ``backend`` resolves to on the cache's device: the
-    Triton kernel gets items of about 1024 tokens and at most 64 query-head rows
-    (``triton_backend.plan_options``); the PyTorch reference gets whole segments, so a prefix is
+    Triton and CUDA kernels get items of about 1024 tokens and at most 64 query-head rows
+    (``triton_backend.plan_options``, ``cuda_backend.plan_options``); the PyTorch reference gets whole segments, so a prefix is
     read once for all branches under it. Build it once per decode step, pass it to
     ``shared_prefix_attention`` in every layer.
     """
@@ -353,6 +353,10 @@ def plan_item_options(kv_cache: torch.Tensor, num_heads: int, backend: str = "au
     chosen = resolve_backend(backend, kv_cache.device, "shared_prefix_attention")
     if chosen == "triton":
         return triton_backend.plan_options(S, num_heads // Hk)
+    if chosen == "cuda":
+        from ponder.ops import cuda_backend
+
+        return cuda_backend.plan_options(S, num_heads // Hk)
     return {"max_pages_per_item": 0, "max_queries_per_item": 0}
 
 
@@ -388,7 +392,10 @@ def shared_prefix_attention(
     of ``ponder._core`` (reads each item's pages in place with an online softmax, checks every
     plan index first; large calls split the branches over ``ops._threads.native_threads()`` threads);
     the result equals the reference up to fp32 rounding order and does not depend on the thread
-    count.
+    count. On a GPU, ``"cuda"`` (the default when ponder was built with its CUDA kernels) runs
+    ``cuda_backend.shared_prefix_attention`` (tensor-core products for bf16 / fp16 caches, head
+    dims up to 256) and ``"triton"`` the Triton kernel; both round q and the softmax weights to the
+    cache's 16-bit dtype before their products.
 
     Example (S=4; branches 0 and 1 forked from a 6-token prompt, pages 0-1)::
 
