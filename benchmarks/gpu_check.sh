@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU checks of ponder in one run, on a machine with an NVIDIA GPU, nvcc, PyTorch and Triton:
 #   1. build the extension with the CUDA kernels (editable install, no dependency resolution);
-#   2. the CUDA kernel tests (tests/ops/test_cuda_kernels.py) against the PyTorch references;
+#   2. the CUDA kernel tests (tests/ops/test_cuda_kernels.py) against the PyTorch references, and
+#      the native core's refusals (C++ exceptions must reach Python as exceptions);
 #   3. compute-sanitizer (memcheck, racecheck, synccheck) on tests/cuda_sanitize.py;
 #   4. benchmarks/bench_attention.py --quick;
 #   5. the Triton kernel tests (tests/triton, compiled for the GPU) and every other test marked gpu.
@@ -48,14 +49,16 @@ PONDER_CUDA=ON PONDER_CUDA_ARCHS="${PONDER_CUDA_ARCHS:-90a}" \
 "$PY" -c "from ponder import _core; assert _core.CUDA_BUILT and _core.cuda_device_count() > 0; print('CUDA kernels built, devices:', _core.cuda_device_count())" || exit 1
 
 step "CUDA kernels against the references"
-run cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -rf tests/ops/test_cuda_kernels.py tests/ops/test_cuda_launchers.py
+run cuda_tests 120 "$PY" -m pytest -q -p no:cacheprovider -rf tests/ops/test_cuda_kernels.py
 
-step "compute-sanitizer memcheck"
-sanitize() {
-  run "sanitize_$1" "$2" compute-sanitizer --tool "$1" --error-exitcode 1 --kernel-name kns=ponder \
-    "$PY" tests/cuda_sanitize.py
-}
-sanitize memcheck 120
+step "refusals of the native core (C++ exceptions reaching Python as ValueError / IndexError)"
+run native_refusals 60 "$PY" -X faulthandler -m pytest -q -p no:cacheprovider -rf tests/test_page_table.py \
+  tests/ops/test_cuda_launchers.py
+
+step "compute-sanitizer"
+run sanitize 240 bash -c 'rc=0; for tool in memcheck racecheck synccheck; do
+  echo "=== $tool"; compute-sanitizer --tool $tool --error-exitcode 1 --kernel-name kns=ponder \
+    '"$PY"' tests/cuda_sanitize.py || rc=1; done; exit $rc'
 
 step "bench_attention"
 run bench_attention 150 "$PY" benchmarks/bench_attention.py --quick
@@ -66,10 +69,6 @@ run triton_tests 150 "$PY" -m pytest -q -p no:cacheprovider -rf tests/triton
 step "every other gpu test"
 run gpu_tests 90 "$PY" -m pytest -q -p no:cacheprovider -rf -m gpu --continue-on-collection-errors \
   --deselect tests/ops/test_cuda_kernels.py tests/ops tests/test_token_beam.py tests/models/test_model_runtime.py
-
-step "compute-sanitizer racecheck, synccheck"
-sanitize racecheck 90
-sanitize synccheck 60
 
 step "done: $failed failed step(s)"
 exit "$failed"

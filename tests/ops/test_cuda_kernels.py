@@ -129,11 +129,13 @@ def test_cuda_shared_prefix_attention_long_prompt_many_branches(dtype):
     torch.testing.assert_close(out, expected, **_tol(dtype))
 
 
-def test_cuda_is_the_default_on_gpu_and_plans_fit_it():
+def test_auto_backends_on_gpu():
     kv = torch.zeros(1, 2, 8, 16, 2, 64, device="cuda", dtype=torch.bfloat16)
-    assert resolve_backend("auto", kv.device, "shared_prefix_attention") == "cuda"
+    # Triton's shared-prefix kernel measured faster (benchmarks/RESULTS.md); CUDA scores
+    expected = "triton" if "triton" in ops.available_backends(kv.device) else "cuda"
+    assert resolve_backend("auto", kv.device, "shared_prefix_attention") == expected
     assert resolve_backend("auto", kv.device, "value_score") == "cuda"
-    assert ops.plan_item_options(kv, 8) == cuda_backend.plan_options(16, 4) == {
+    assert ops.plan_item_options(kv, 8, backend="cuda") == cuda_backend.plan_options(16, 4) == {
         "max_pages_per_item": 64, "max_queries_per_item": 16}  # fmt: skip
 
 

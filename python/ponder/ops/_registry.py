@@ -99,6 +99,12 @@ def available_backends(device: torch.device | str = "cpu") -> tuple:
     return tuple(out)
 
 
+# Ops whose "auto" order differs from available_backends' (cuda, triton, torch), by measurement.
+# shared_prefix_attention: on an H200 (benchmarks/RESULTS.md) the Triton kernel ran the decode
+# shapes of 128-dim heads 1.5-2.9x faster than the CUDA kernel; CUDA remains for backend="cuda".
+_AUTO_ORDER: Dict[str, tuple] = {"shared_prefix_attention": ("triton", "cuda", "torch")}
+
+
 def _requested(backend: str) -> str:
     """``backend`` with ``"auto"`` replaced by ``PONDER_BACKEND`` (itself ``auto`` by default)."""
     if backend not in _CHOICES:
@@ -114,13 +120,18 @@ def _requested(backend: str) -> str:
 def resolve_backend(backend: str = "auto", device: torch.device | str = "cpu", op: str | None = None) -> str:
     """The backend that will run ``op`` on ``device`` for the requested ``backend``.
 
-    ``"auto"`` reads ``PONDER_BACKEND`` first (itself ``auto`` by default). An explicit backend
+    ``"auto"`` reads ``PONDER_BACKEND`` first (itself ``auto`` by default), then takes the first
+    backend of ``available_backends(device)`` that implements ``op``, except for ops whose
+    measured order differs (``shared_prefix_attention``: Triton before CUDA). An explicit backend
     that cannot run raises ``ValueError`` naming the reason instead of silently falling back.
     """
     backend = _requested(backend)
     avail = available_backends(device)
     registered = _IMPLS.get(op, {}) if op is not None else None
     if backend == "auto":
+        order = _AUTO_ORDER.get(op)
+        if order is not None:
+            avail = tuple(sorted(avail, key=order.index))
         for b in avail:
             if registered is None or b in registered:
                 return b

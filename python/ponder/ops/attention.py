@@ -392,10 +392,11 @@ def shared_prefix_attention(
     of ``ponder._core`` (reads each item's pages in place with an online softmax, checks every
     plan index first; large calls split the branches over ``ops._threads.native_threads()`` threads);
     the result equals the reference up to fp32 rounding order and does not depend on the thread
-    count. On a GPU, ``"cuda"`` (the default when ponder was built with its CUDA kernels) runs
+    count. On a GPU, ``"auto"`` runs the Triton kernel (``"triton"``, measured faster than the CUDA
+    kernel at 128-dim heads) and the CUDA kernel without Triton; ``"cuda"`` runs
     ``cuda_backend.shared_prefix_attention`` (tensor-core products for bf16 / fp16 caches, head
-    dims up to 256) and ``"triton"`` the Triton kernel; both round q and the softmax weights to the
-    cache's 16-bit dtype before their products.
+    dims up to 256). Both round q and the softmax weights to the cache's 16-bit dtype before their
+    products.
 
     Example (S=4; branches 0 and 1 forked from a 6-token prompt, pages 0-1)::
 
