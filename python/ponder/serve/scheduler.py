@@ -65,6 +65,7 @@ class Job:
     kv_pages_peak: int = 0
     restarts: int = 0
     finished: bool = False
+    waited_for_kv: bool = False  # held back at least once because the KV pool could not take it
 
 
 @dataclass
@@ -88,6 +89,7 @@ class Scheduler:
         self._rounds = itertools.count()
         self.num_rounds = 0
         self.jobs_done = 0
+        self.requests_waited_for_kv = 0  # requests held back at least once for lack of KV pages
         self._thread = threading.Thread(target=self._run, name="ponder-scheduler", daemon=True)
 
     # ------------------------------------------------------------------ any thread
@@ -172,11 +174,17 @@ class Scheduler:
         prompts = sum(math.ceil(len(t) / self.engine.page_size) for t in job.token_lists)
         return room - active >= prompts + self._round_pages(job.req.spec, len(job.token_lists))
 
+    def _held_back(self, job: Job) -> None:
+        if not job.waited_for_kv:
+            job.waited_for_kv = True
+            self.requests_waited_for_kv += 1
+
     def _admit(self) -> None:
         while self._pending:
             job = self._pending[0]
             alone = not any(g.jobs for g in self._groups)
             if not (alone or self._fits(job)):
+                self._held_back(job)
                 return
             self._pending.popleft()
             group = next((g for g in self._groups if g.spec == job.req.spec and g.trees_added < RETIRE_AFTER), None)
@@ -191,6 +199,7 @@ class Scheduler:
                     self._fail(job, _kv_full())
                 else:  # wait for running jobs to give pages back
                     self._pending.appendleft(job)
+                    self._held_back(job)
                 self._forget_if_empty(group)
                 return
             except (TypeError, ValueError) as err:
@@ -289,7 +298,8 @@ class Scheduler:
             return
         now = time.perf_counter()
         extra = {"wall_time_s": round(now - job.created, 6), "queue_time_s": round(job.admitted - job.created, 6),
-                 "peak_kv_bytes": job.kv_pages_peak * self.engine.kv_bytes_per_page, "restarts": job.restarts}
+                 "peak_kv_bytes": job.kv_pages_peak * self.engine.kv_bytes_per_page, "restarts": job.restarts,
+                 "waited_for_kv": job.waited_for_kv}
         payload = answers.report(job.req, results, sum(len(t) for t in job.token_lists), extra)
         self._drop(job)
         self.jobs_done += 1
@@ -331,6 +341,7 @@ class Scheduler:
         kv = dict(self.engine.kv_stats())
         out = {"kv": kv, "num_sequences": self.engine.num_sequences,
                "active_requests": sum(len(g.jobs) for g in self._groups), "queued_requests": len(self._pending),
+               "requests_waited_for_kv": self.requests_waited_for_kv,
                "sessions": len(self._groups), "rounds": self.num_rounds, "requests_done": self.jobs_done}
         prm = self.backend.prm
         if prm is not None and getattr(prm, "engine", None) is not None:
