@@ -7,6 +7,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <memory>
 #include <mutex>
 #include <vector>
 
@@ -103,15 +104,37 @@ float row_max(const float* z, int64_t V, bool& bad) {
   return m;
 }
 
-// For tokens [v0, v0 + n) of a row: scaled logit s, hash integer q (u = q 2**-24) and an upper
-// bound of the perturbed score (s + the largest noise q allows). Reach and the allowed set are
-// applied afterwards so that this loop has no branches and vectorises.
 PONDER_SIMD_CLONES
-void gumbel_bounds(const float* z, int64_t v0, int64_t n, float temp, uint32_t row_hash, float* s_out, uint32_t* q_out,
-                   float* upper) {
+void fill_vocab_hashes(uint32_t* out, int64_t n) {
+  for (int64_t v = 0; v < n; ++v) out[v] = vocab_hash(v);
+}
+
+// vocab_hash(v) for v in [0, V) or more: a token's half of the hash does not depend on the row,
+// so it is computed once per process (and vocabulary size) instead of once per row and token.
+// A table is never changed once published; a larger vocabulary publishes a new one, and callers
+// keep the table they hold alive.
+std::shared_ptr<const std::vector<uint32_t>> vocab_hash_table(int64_t V) {
+  static std::mutex mutex;
+  static std::shared_ptr<const std::vector<uint32_t>> table;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!table || static_cast<int64_t>(table->size()) < V) {
+    auto fresh = std::make_shared<std::vector<uint32_t>>(static_cast<size_t>(V));
+    fill_vocab_hashes(fresh->data(), V);
+    table = std::move(fresh);
+  }
+  return table;
+}
+
+// For tokens [v0, v0 + n) of a row: scaled logit s, hash integer q (u = q 2**-24) and an upper
+// bound of the perturbed score (s + the largest noise q allows). vh holds vocab_hash(v0 + i).
+// Reach and the allowed set are applied afterwards so that this loop has no branches and
+// vectorises.
+PONDER_SIMD_CLONES
+void gumbel_bounds(const float* z, int64_t v0, int64_t n, float temp, uint32_t row_hash, const uint32_t* vh,
+                   float* s_out, uint32_t* q_out, float* upper) {
   for (int64_t i = 0; i < n; ++i) {
     const float s = z[v0 + i] / temp;
-    const uint32_t q = (mix32(row_hash ^ vocab_hash(v0 + i)) >> 8) | 1u;
+    const uint32_t q = (mix32(row_hash ^ vh[i]) >> 8) | 1u;
     // -log u >= 1 - u, so the noise -log(-log u) is <= -log(1 - u) = (24 - log2 r) ln 2 with
     // r = 2**24 - q >= 1; floor(log2 r), read from r's float exponent, only loosens it.
     const float r = static_cast<float>(static_cast<int32_t>((1u << 24) - q));
@@ -152,8 +175,8 @@ struct Scratch {
 // Gumbel draw of one non-greedy row over its allowed tokens: those with mask[v] != 0 when a
 // mask is given, else the top-k set (k in (0, V): raw logit >= the k-th largest, ties kept;
 // otherwise every token). Returns false when the row must be deferred.
-bool draw_row(const float* z, int64_t V, float temp, int32_t k, const uint8_t* mask, uint32_t row_hash, float z_max,
-              Scratch& scratch, int64_t& token) {
+bool draw_row(const float* z, int64_t V, float temp, int32_t k, const uint8_t* mask, uint32_t row_hash,
+              const uint32_t* vocab_hashes, float z_max, Scratch& scratch, int64_t& token) {
   float z_floor = -kInf;
   if (!mask && k > 0 && k < V) {
     auto& vals = scratch.values;
@@ -193,7 +216,7 @@ bool draw_row(const float* z, int64_t V, float temp, int32_t k, const uint8_t* m
   uint32_t q_blk[kBlock];
   for (int64_t v0 = 0; v0 < V; v0 += kBlock) {
     const int64_t n = std::min(kBlock, V - v0);
-    gumbel_bounds(z, v0, n, temp, row_hash, s_blk, q_blk, upper);
+    gumbel_bounds(z, v0, n, temp, row_hash, vocab_hashes + v0, s_blk, q_blk, upper);
     chunk_maxima(upper, n, chunk_upper);
     for (int64_t i = 0; i < n; ++i) {
       // a whole chunk below the runner-up: each of its tokens would fail the first test below
@@ -252,6 +275,7 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
   PONDER_CHECK_ARG(logits && keys && temperature && top_k && top_p && tokens && deferred,
                    "sample_cpu got a null pointer");
   int64_t num_masks = 0;
+  bool any_draw = false;
   for (int64_t b = 0; b < batch; ++b) {
     PONDER_CHECK_ARG(!logit_rows || (logit_rows[b] >= 0 && logit_rows[b] < num_logit_rows), "logit_rows[", b,
                      "] = ", logit_rows ? logit_rows[b] : 0, " must lie in [0, ", num_logit_rows,
@@ -268,7 +292,9 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
     const bool greedy = temperature[b] <= 0.0f || top_k[b] == 1;
     PONDER_CHECK_ARG(greedy || top_p[b] == 1.0f || row >= 0, "row ", b, " has top_p = ", top_p[b],
                      " but no allowed mask: nucleus sets come from the caller");
+    any_draw |= !greedy;
   }
+  const auto vocab_hashes = any_draw ? vocab_hash_table(vocab) : nullptr;
   auto rows = [&](int64_t b0, int64_t b1) {
     Scratch scratch;
     for (int64_t b = b0; b < b1; ++b) {
@@ -281,8 +307,8 @@ void sample_cpu(const float* logits, int64_t batch, int64_t vocab, int64_t row_s
       int64_t token = -1;
       if (greedy) token = std::find(z, z + vocab, z_max) - z;  // first argmax: ties go to the lowest id
       const uint8_t* mask = allowed_row && allowed_row[b] >= 0 ? allowed + allowed_row[b] * vocab : nullptr;
-      if (!greedy && !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b), z_max,
-                               scratch, token)) {
+      if (!greedy && !draw_row(z, vocab, temperature[b], top_k[b], mask, sampling_row_hash(keys + 4 * b),
+                               vocab_hashes->data(), z_max, scratch, token)) {
         continue;
       }
       tokens[b] = token;

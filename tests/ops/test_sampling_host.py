@@ -86,6 +86,16 @@ def test_chunks_of_hopeless_tokens_are_passed_over_without_losing_a_winner(V):
         assert (tokens == p).any() and (tokens == 0).any(), (p, tokens)
 
 
+def test_token_hashes_kept_between_calls_serve_any_vocabulary_size():
+    # The token half of each draw's hash is computed once per process and vocabulary size; calls
+    # with a larger vocabulary extend it and smaller ones read its prefix. Every size, in any
+    # order, must draw the reference's tokens (flat logits: every token is a candidate).
+    for V in (300, 20000, 7, 20000, 300, 65536):
+        B = 12
+        logits = torch.randn(B, V, generator=torch.Generator().manual_seed(V)) * 0.1
+        _both(logits, _keys(B, seed=V), *_params(B, 1.0, 0, 1.0))
+
+
 def test_degenerate_rows_are_left_to_the_reference():
     """NaN, +inf and all -inf rows follow the reference's conventions (they are deferred)."""
     logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(4))
