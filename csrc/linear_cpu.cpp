@@ -44,8 +44,9 @@ constexpr int64_t kLanes = 16;
 constexpr bool kPrefetch = true;
 // rows per block: their x slices fill about this many bytes (a share of L2)
 constexpr int64_t kBlockBytes = 256 * 1024;
-// below this many multiply-adds a product runs on one thread (starting one costs ~20-50 us; a
-// 1-row product of a 1 MB matrix already gains from a second core's memory bandwidth)
+// below this many multiply-adds a product runs on one thread (waking a pooled helper costs
+// ~8 us, starting one ~30 us; a 1-row product of a 1 MB matrix already gains from a second
+// core's memory bandwidth)
 constexpr int64_t kMinParallelMacs = int64_t(1) << 18;
 // column chunks per thread of a split product
 constexpr int64_t kChunksPerThread = 4;

@@ -48,8 +48,9 @@ constexpr int64_t kBlock = 512;
 // multiple of 8; kBlock is a multiple of it).
 constexpr int64_t kChunk = 16;
 
-// Below this many logits a call runs on one thread (a row costs a few ns per logit; starting a
-// helper thread costs ~20-50 us); above it, kPartsPerThread blocks of rows per thread.
+// Below this many logits a call runs on one thread (a row costs a few ns per logit; waking a
+// pooled helper costs ~8 us, starting one ~30 us); above it, kPartsPerThread blocks of rows
+// per thread.
 constexpr int64_t kMinParallelLogits = int64_t(1) << 16;
 constexpr int64_t kPartsPerThread = 4;
 
