@@ -36,7 +36,7 @@ from typing import NamedTuple, Optional
 import numpy as np
 import torch
 
-__all__ = ["AttentionPlan", "DeviceAttentionPlan", "plan_attention"]
+__all__ = ["AttentionPlan", "DeviceAttentionPlan", "kernel_item_options", "plan_attention"]
 
 _INT32_MIN, _INT32_MAX = -(2**31), 2**31 - 1
 _ARRAYS = (
@@ -173,6 +173,18 @@ class AttentionPlan:
             *views, num_queries=self.num_queries, num_items=self.num_items, num_shared_items=self.num_shared_items,
             max_item_queries=self.max_item_queries, page_size=self.page_size,
         )  # fmt: skip
+
+
+def kernel_item_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024,
+                        rows_per_item: int = 64) -> dict:
+    """``plan_attention`` keyword arguments for a GPU kernel that attends one item per program:
+    items of about ``tokens_per_item`` KV tokens (a long prefix spreads over many programs) and
+    at most ``rows_per_item`` query-head rows (``max_queries_per_item * group_size``, at least one
+    query) per item."""
+    return {
+        "max_pages_per_item": max(1, tokens_per_item // page_size),
+        "max_queries_per_item": max(1, rows_per_item // group_size),
+    }
 
 
 def _int32_array(name: str, value, ndim: int, what: str) -> np.ndarray:

@@ -11,7 +11,7 @@ import torch
 
 import ponder.ops as ops
 from ponder.attention_plan import plan_attention
-from ponder.ops import cuda_backend, reference
+from ponder.ops import _registry, cuda_backend, reference
 from ponder.ops._registry import resolve_backend
 
 from test_shared_prefix_attention import HEADS, TREES, grow_tree_batch, make_kv
@@ -19,17 +19,9 @@ from test_shared_prefix_attention import HEADS, TREES, grow_tree_batch, make_kv
 pytestmark = pytest.mark.gpu
 
 
-def _cuda_built() -> bool:
-    try:
-        from ponder import _core
-    except ImportError:
-        return False
-    return bool(getattr(_core, "CUDA_BUILT", False))
-
-
 @pytest.fixture(autouse=True)
 def _needs_cuda_kernels():
-    if not _cuda_built():
+    if not _registry._cuda_kernels_built():
         pytest.skip("ponder was built without its CUDA kernels")
 
 

@@ -249,3 +249,27 @@ def test_shared_prefix_attention_bad_scale_and_layer():
         ops.shared_prefix_attention(q, kv, 1, plan, "0.5")
     with pytest.raises(IndexError, match=r"layer must lie in \[0, 2\)"):
         ops.shared_prefix_attention(q, kv, 2, plan, 0.5)
+
+
+def test_kernel_launchers_refuse_a_plan_that_does_not_fit():
+    # _checks.plan_fits guards the GPU launchers, which are also called directly
+    from ponder.ops import _checks
+
+    tables, lens = np.array([[0, 1], [0, 2]], dtype=np.int32), np.array([6, 7], dtype=np.int32)
+    plan = plan_attention(tables, lens, 4, num_pages=3).to("cpu")
+    kv = torch.zeros(1, 2, 3, 4, 2, 8)
+    _checks.plan_fits(torch.zeros(2, 4, 8), kv, plan)  # fits
+    with pytest.raises(ValueError, match="q has 3 rows but the plan has 2 queries"):
+        _checks.plan_fits(torch.zeros(3, 4, 8), kv, plan)
+    with pytest.raises(ValueError, match="do not fit kv_cache with S=4, Hk=2, D=8"):
+        _checks.plan_fits(torch.zeros(2, 3, 8), kv, plan)  # 3 heads over 2 KV heads
+    with pytest.raises(ValueError, match="do not fit kv_cache"):
+        _checks.plan_fits(torch.zeros(2, 4, 8), torch.zeros(1, 2, 3, 2, 2, 8), plan)  # page size 2
+
+
+def test_kernel_item_options():
+    from ponder.attention_plan import kernel_item_options
+
+    assert kernel_item_options(16, 3) == {"max_pages_per_item": 64, "max_queries_per_item": 21}
+    assert kernel_item_options(4096, 128, tokens_per_item=1024, rows_per_item=64) == {
+        "max_pages_per_item": 1, "max_queries_per_item": 1}  # fmt: skip

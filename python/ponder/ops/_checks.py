@@ -77,3 +77,19 @@ def host_array(t: torch.Tensor) -> np.ndarray:
     """A numpy view (CPU) or host copy (other devices) of a small index tensor, for value
     checks: numpy reductions on a few dozen values cost far less than torch ops."""
     return t.detach().cpu().numpy()
+
+
+def plan_fits(q: torch.Tensor, kv_cache: torch.Tensor, plan) -> None:
+    """The shape checks a shared-prefix kernel launcher makes before it trusts ``plan``: one
+    query per row of ``q [B, H, D]``, the cache's page size and head dim, H a multiple of Hk, and
+    the plan on q's device. Index values are the op's checks (``check=True``)."""
+    B, H, D = q.shape
+    _, _, _, S, Hk, Dk = kv_cache.shape
+    if B != plan.num_queries:
+        raise ValueError(f"q has {B} rows but the plan has {plan.num_queries} queries (one decode row per branch)")
+    if plan.page_size != S or Dk != D or H % Hk:
+        raise ValueError(
+            f"plan page_size {plan.page_size} / q [B, {H}, {D}] do not fit kv_cache with S={S}, Hk={Hk}, D={Dk}"
+        )
+    if plan.item_pages.device != q.device:
+        raise ValueError(f"the plan is on {plan.item_pages.device} but q is on {q.device}; use plan.to(q.device)")

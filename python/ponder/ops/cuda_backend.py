@@ -17,6 +17,8 @@ from typing import Optional
 
 import torch
 
+from ponder.attention_plan import kernel_item_options
+from ponder.ops import _checks
 from ponder.ops._registry import register
 from ponder.ops.value_score import MODES as _SCORE_MODES  # the kernel's mode code is the index
 
@@ -49,10 +51,7 @@ def plan_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024
     """Keyword arguments for ``plan_attention`` that suit the CUDA ``shared_prefix_attention``:
     items of about ``tokens_per_item`` KV tokens (a long prefix spreads over many blocks) and at
     most as many queries as fill one block's 64 rows (``64 // group_size``, at least 1)."""
-    return {
-        "max_pages_per_item": max(1, tokens_per_item // page_size),
-        "max_queries_per_item": max(1, _ROWS_PER_BLOCK // group_size),
-    }
+    return kernel_item_options(page_size, group_size, tokens_per_item=tokens_per_item, rows_per_item=_ROWS_PER_BLOCK)
 
 
 @register("shared_prefix_attention", "cuda")
@@ -73,16 +72,9 @@ def shared_prefix_attention(
     than a block holds are attended 64 rows at a time -- but plans from ``plan_options`` read each
     segment once. Returns ``[B, H, D]`` in q's dtype (written into ``out`` when given).
     """
+    _checks.plan_fits(q, kv_cache, plan)
     B, H, D = q.shape
-    _, _, _, S, Hk, Dk = kv_cache.shape
-    if B != plan.num_queries:
-        raise ValueError(f"q has {B} rows but the plan has {plan.num_queries} queries (one decode row per branch)")
-    if plan.page_size != S or Dk != D or H % Hk:
-        raise ValueError(
-            f"plan page_size {plan.page_size} / q [B, {H}, {D}] do not fit kv_cache with S={S}, Hk={Hk}, D={Dk}"
-        )
-    if plan.item_pages.device != q.device:
-        raise ValueError(f"the plan is on {plan.item_pages.device} but q is on {q.device}; use plan.to(q.device)")
+    _, _, _, S, Hk, _ = kv_cache.shape
     if D > _MAX_HEAD_DIM:
         raise ValueError(f"the cuda shared_prefix_attention takes head dims up to {_MAX_HEAD_DIM}, got D = {D}")
     if not kv_cache.is_contiguous():

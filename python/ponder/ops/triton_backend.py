@@ -23,7 +23,8 @@ from typing import Optional
 
 import torch
 
-from ponder.ops import reference
+from ponder.attention_plan import kernel_item_options
+from ponder.ops import _checks, reference
 from ponder.ops._registry import register
 from ponder.ops.value_score import MODES as _SCORE_MODES  # the kernel's MODE constexpr is the index
 
@@ -213,10 +214,7 @@ def plan_options(page_size: int, group_size: int, *, tokens_per_item: int = 1024
     """Keyword arguments for ``plan_attention`` that suit ``shared_prefix_attention``: items of
     about ``tokens_per_item`` KV tokens (long prefixes spread over many programs) and at most
     ``rows_per_item`` query-head rows (``max_queries_per_item * group_size``) per tile."""
-    return {
-        "max_pages_per_item": max(1, tokens_per_item // page_size),
-        "max_queries_per_item": max(1, rows_per_item // group_size),
-    }
+    return kernel_item_options(page_size, group_size, tokens_per_item=tokens_per_item, rows_per_item=rows_per_item)
 
 
 @register("shared_prefix_attention", "triton")
@@ -237,16 +235,9 @@ def shared_prefix_attention(
     built once per decode step and reused for every layer. Returns ``[B, H, D]`` in q's dtype,
     equal to ``paged_attention`` with one query row per branch.
     """
+    _checks.plan_fits(q, kv_cache, plan)
     T, H, D = q.shape
-    _, _, _, S, Hk, Dk = kv_cache.shape
-    if T != plan.num_queries:
-        raise ValueError(f"q has {T} rows but the plan has {plan.num_queries} queries (one decode row per branch)")
-    if plan.page_size != S or Dk != D or H % Hk:
-        raise ValueError(
-            f"plan page_size {plan.page_size} / q [T, {H}, {D}] do not fit kv_cache with S={S}, Hk={Hk}, D={Dk}"
-        )
-    if plan.item_pages.device != q.device:
-        raise ValueError(f"the plan is on {plan.item_pages.device} but q is on {q.device}; use plan.to(q.device)")
+    _, _, _, S, Hk, _ = kv_cache.shape
     G = H // Hk
     if plan.max_item_queries * G > _MAX_TILE_ROWS:
         raise ValueError(
