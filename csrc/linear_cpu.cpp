@@ -9,9 +9,13 @@
 //
 // The tile shape only decides which outputs are computed together, never how one is computed,
 // so AVX-512 (4 x 4 tiles), AVX2 + FMA (4 x 3, each 8-lane half of the accumulators in its own
-// pass; see half_columns), the baseline (1 x 2) and any row count give the same bits. Builds without fused multiply-add (the generic x86-64 path, other compilers) round
-// the products separately and so differ in the last bits from the FMA paths, consistently at
-// every row count.
+// pass; see half_columns), the baseline (1 x 2) and any row count give the same bits. The AVX-512
+// and AVX2 paths spell their fused multiply-adds out (fused()); the file is compiled with
+// -ffp-contract=off, so no other product is fused: the bits never depend on what the compiler
+// chooses to contract (GCC 13 left the product of a 1 x 1 tile unfused, one last bit off in
+// the last row or column of some shapes). The generic path (x86-64 without FMA, other
+// compilers) rounds the products separately and so differs in the last bits from the FMA paths,
+// consistently at every row count.
 #include "linear_cpu.h"
 
 #include <algorithm>
@@ -30,6 +34,7 @@
 #else
 #define PONDER_LINEAR_X86 0
 #endif
+
 
 namespace ponder {
 
@@ -84,12 +89,37 @@ PONDER_ALWAYS_INLINE Vec<P> load16(const float* p) {
   return v;
 }
 
-// acc += x * w lane by lane: the one statement every accumulator goes through, so the compiler
-// fuses (or does not fuse) the multiply-add the same way for every element and every P.
-template <int P>
+#if PONDER_LINEAR_X86
+// acc + x * w rounded once, lane by lane: one vfmadd231ps. Spelled as an instruction because
+// these helpers carry no target attribute (they are inlined into the AVX-512 / AVX2 functions
+// below, where the register operands exist), so neither <immintrin.h> nor the builtins can be
+// named here, and a per-lane std::fma loop was vectorised with spills (2.4x slower at 8 rows).
+PONDER_ALWAYS_INLINE v16 fused(v16 acc, v16 x, v16 w) {
+  asm("vfmadd231ps %2, %1, %0" : "+v"(acc) : "v"(x), "vm"(w));
+  return acc;
+}
+PONDER_ALWAYS_INLINE v8 fused(v8 acc, v8 x, v8 w) {
+  asm("vfmadd231ps %2, %1, %0" : "+x"(acc) : "x"(x), "xm"(w));
+  return acc;
+}
+#endif
+
+// acc += x * w lane by lane: the one statement every accumulator goes through. FUSED: one
+// rounding per multiply-add (the AVX-512 path); otherwise the product and the sum are rounded separately (the file is built with
+// -ffp-contract=off), the same way for every element and every P.
+template <int P, bool FUSED>
 PONDER_ALWAYS_INLINE void fma16(Vec<P>& acc, const Vec<P>& x, const Vec<P>& w) {
+  if constexpr (FUSED) {
+#if PONDER_LINEAR_X86
+    static_assert(P == 1, "the fused path holds 16 lanes in one zmm register");
+    acc.part[0] = fused(acc.part[0], x.part[0], w.part[0]);
+#else
+    static_assert(!FUSED, "fused multiply-adds are spelled out on x86-64 with GCC only");
+#endif
+  } else {
 #pragma GCC unroll 4
-  for (int i = 0; i < P; ++i) acc.part[i] += x.part[i] * w.part[i];
+    for (int i = 0; i < P; ++i) acc.part[i] += x.part[i] * w.part[i];
+  }
 }
 
 // Lanes l and l + 8 added (l < 8): the first level of the fixed pairwise tree.
@@ -158,7 +188,7 @@ struct Problem {
 
 // acc[i][j] += x[i] * w[j] over 16 columns: x rows x_stride floats apart, w rows w_stride apart.
 // Main loop and tail alike go through it (and fma16).
-template <int P, int MT, int NT, bool PREFETCH = false>
+template <int P, bool FUSED, int MT, int NT, bool PREFETCH = false>
 PONDER_ALWAYS_INLINE void step(Vec<P> (&acc)[MT][NT], const float* x, int64_t x_stride, const float* w,
                                int64_t w_stride) {
   if constexpr (PREFETCH) {  // the same columns of the next NT weight rows (the next strip)
@@ -172,13 +202,13 @@ PONDER_ALWAYS_INLINE void step(Vec<P> (&acc)[MT][NT], const float* x, int64_t x_
   for (int i = 0; i < MT; ++i) {
     const Vec<P> xv = load16<P>(x + i * x_stride);
 #pragma GCC unroll 8
-    for (int j = 0; j < NT; ++j) fma16(acc[i][j], xv, wv[j]);
+    for (int j = 0; j < NT; ++j) fma16<P, FUSED>(acc[i][j], xv, wv[j]);
   }
 }
 
 // MT rows from m, NT weight rows from n. PREFETCH: also pull the next NT weight rows into the
 // cache, so a strip's weights stream in while the one before it is computed.
-template <int P, int MT, int NT, bool PREFETCH = false>
+template <int P, bool FUSED, int MT, int NT, bool PREFETCH = false>
 PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
   const int64_t K = p.in;
   const float* x = p.x + m * p.x_stride;
@@ -189,12 +219,12 @@ PONDER_ALWAYS_INLINE void tile(const Problem& p, int64_t m, int64_t n) {
 #pragma GCC unroll 8
     for (int j = 0; j < NT; ++j) acc[i][j] = zero<P>();
   const int64_t whole = K - K % kLanes;
-  for (int64_t k = 0; k < whole; k += kLanes) step<P, MT, NT, PREFETCH>(acc, x + k, p.x_stride, w + k, K);
+  for (int64_t k = 0; k < whole; k += kLanes) step<P, FUSED, MT, NT, PREFETCH>(acc, x + k, p.x_stride, w + k, K);
   if (whole < K) {  // the last K % 16 columns, zero-padded: the same step on copies
     float xt[MT][kLanes] = {}, wt[NT][kLanes] = {};
     for (int i = 0; i < MT; ++i) std::memcpy(xt[i], x + i * p.x_stride + whole, (K - whole) * sizeof(float));
     for (int j = 0; j < NT; ++j) std::memcpy(wt[j], w + j * K + whole, (K - whole) * sizeof(float));
-    step<P, MT, NT>(acc, xt[0], kLanes, wt[0], kLanes);
+    step<P, FUSED, MT, NT>(acc, xt[0], kLanes, wt[0], kLanes);
   }
 #pragma GCC unroll 8
   for (int i = 0; i < MT; ++i) {
@@ -242,23 +272,23 @@ PONDER_ALWAYS_INLINE void blocks_and_strips(const Problem& p, int64_t n0, int64_
 }
 
 // Rows [m0, m1) of the NT weight rows from n.
-template <int P, int NT, int MT_MAX>
+template <int P, bool FUSED, int NT, int MT_MAX>
 PONDER_ALWAYS_INLINE void strip(const Problem& p, int64_t m0, int64_t m1, int64_t n) {
   int64_t m = m0;
   if (m + MT_MAX <= m1) {
-    tile<P, MT_MAX, NT, kPrefetch>(p, m, n);
+    tile<P, FUSED, MT_MAX, NT, kPrefetch>(p, m, n);
     m += MT_MAX;
   }
-  for (; m + MT_MAX <= m1; m += MT_MAX) tile<P, MT_MAX, NT>(p, m, n);
-  with_count<MT_MAX - 1>(m1 - m, [&](auto mt) PONDER_LAMBDA_INLINE { tile<P, decltype(mt)::value, NT>(p, m, n); });
+  for (; m + MT_MAX <= m1; m += MT_MAX) tile<P, FUSED, MT_MAX, NT>(p, m, n);
+  with_count<MT_MAX - 1>(m1 - m, [&](auto mt) PONDER_LAMBDA_INLINE { tile<P, FUSED, decltype(mt)::value, NT>(p, m, n); });
 }
 
 // Output columns [n0, n1) of every row, tiles of up to MT_MAX x NT_MAX.
-// P: native registers per 16 lanes (see Vec).
-template <int P, int MT_MAX, int NT_MAX>
+// P: native registers per 16 lanes (see Vec); FUSED: see fma16.
+template <int P, bool FUSED, int MT_MAX, int NT_MAX>
 PONDER_ALWAYS_INLINE void columns(const Problem& p, int64_t n0, int64_t n1) {
   blocks_and_strips<MT_MAX, NT_MAX>(p, n0, n1, [&](int64_t m0, int64_t m1, int64_t n, auto nt) PONDER_LAMBDA_INLINE {
-    strip<P, decltype(nt)::value, MT_MAX>(p, m0, m1, n);
+    strip<P, FUSED, decltype(nt)::value, MT_MAX>(p, m0, m1, n);
   });
 }
 
@@ -305,7 +335,7 @@ PONDER_ALWAYS_INLINE void half_pass(v8 (&sums)[MT][NT], const float* x, int64_t 
       v8 xv;
       std::memcpy(&xv, x + i * x_stride + k, sizeof xv);
 #pragma GCC unroll 8
-      for (int j = 0; j < NT; ++j) a[i][j] += xv * wv[j];  // as fma16 does for one part
+      for (int j = 0; j < NT; ++j) a[i][j] = fused(a[i][j], xv, wv[j]);  // as fma16 does for one part
     }
   }
 #pragma GCC unroll 8
@@ -408,14 +438,14 @@ PONDER_ALWAYS_INLINE void half_columns(const Problem& p, int64_t n0, int64_t n1)
 
 #if PONDER_LINEAR_X86
 PONDER_TARGET("arch=x86-64-v4") void columns_avx512(const Problem& p, int64_t n0, int64_t n1) {
-  columns<1, 4, 4>(p, n0, n1);  // 16 zmm accumulators
+  columns<1, true, 4, 4>(p, n0, n1);  // 16 zmm accumulators
 }
 PONDER_TARGET("arch=x86-64-v3") void columns_avx2(const Problem& p, int64_t n0, int64_t n1) {
   half_columns<4, 3>(p, n0, n1);  // 12 ymm sums, 3 for the weights, 1 for x
 }
 #endif
 // SSE2: 8 xmm accumulators, 4 for the weights, 4 for x (16 on x86-64)
-void columns_generic(const Problem& p, int64_t n0, int64_t n1) { columns<4, 1, 2>(p, n0, n1); }
+void columns_generic(const Problem& p, int64_t n0, int64_t n1) { columns<4, false, 1, 2>(p, n0, n1); }
 
 using ColumnsFn = void (*)(const Problem&, int64_t, int64_t);
 
@@ -491,9 +521,9 @@ void linear_cpu_baseline_parts(int parts, const float* x, int64_t num_rows, int6
                                float* out, int64_t out_row_stride) {
   const Problem p{x, num_rows, in_features, x_row_stride, w, bias, out, out_row_stride, out_features};
   switch (parts) {
-    case 1: columns<1, 4, 4>(p, 0, out_features); return;
-    case 2: columns<2, 2, 2>(p, 0, out_features); return;
-    case 4: columns<4, 1, 2>(p, 0, out_features); return;
+    case 1: columns<1, false, 4, 4>(p, 0, out_features); return;
+    case 2: columns<2, false, 2, 2>(p, 0, out_features); return;
+    case 4: columns<4, false, 1, 2>(p, 0, out_features); return;
     default: throw std::invalid_argument("linear_cpu_baseline_parts: parts must be 1, 2 or 4, got " +
                                          std::to_string(parts));
   }
