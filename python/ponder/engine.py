@@ -30,7 +30,7 @@ import torch
 from ponder import _core, ops
 from ponder.decoding import constrain_logits, mask_with_trie, sibling_priors, split_repeats
 from ponder.expansion import FINISH_REASONS, Expansion, SamplingParams, StepStop
-from ponder.step_batch import RUNNING, StepBatch, StopRule, cached_stop_string_candidates
+from ponder.step_batch import CODE, RUNNING, StepBatch, StopRule, cached_stop_string_candidates
 from ponder.kv_args import EvictFn, check_evict, int_list
 from ponder.kv_store import KVStore
 from ponder.sequences import NO_PAGES, SeqRecord
@@ -272,12 +272,14 @@ class Engine(KVStore):
         return rows[going]
 
     def _commit(self, recs: List[SeqRecord], batch: StepBatch, distinct: bool) -> Expansion:
-        branches = batch.branches()
-        at = batch.hidden_at
-        for i, b in enumerate(branches):
-            b.hidden_ref = (batch.hiddens[at[i, 0]], int(at[i, 1]))
+        """The finished batch as children: a record per kept row, and the call's Expansion.
+        Built from the batch's arrays (no per-row Branch objects unless ``distinct`` needs them:
+        a few hundred short-lived containers per call grew the old generation and brought
+        Python's full garbage collection, ~0.1 s with torch loaded, every few calls)."""
+        rows = np.arange(len(batch))
         discarded: Dict[int, int] = {}
         if distinct:
+            branches = batch.branches()
             by_handle = {r.handle: r for r in recs}
             kept, repeats = split_repeats(branches, lambda h: self.seqs.steps_of(by_handle[h]))
             for b in repeats:
@@ -286,29 +288,42 @@ class Engine(KVStore):
                 discarded[b.parent] = discarded.get(b.parent, 0) + len(b.tokens)
             if repeats:
                 self.stats.extra["duplicate_children"] = self.stats.extra.get("duplicate_children", 0) + len(repeats)
-            branches = kept
+                kept_ids = {id(b) for b in kept}
+                rows = np.array([i for i, b in enumerate(branches) if id(b) in kept_ids], dtype=np.int64)
+            del branches, kept, repeats
         C = self.model.config.hidden_size
-        if not branches:
+        if not rows.size:
             return Expansion(parents=np.zeros(0, np.int64), children=np.zeros(0, np.int64),
                              parent_index=np.zeros(0, np.int64), tokens=[], logprobs=[],
                              hidden=torch.empty(0, C, device=self.device), values=None, finish_reasons=[],
                              terminal=np.zeros(0, bool), priors=np.zeros(0, np.float32), discarded_tokens=discarded)
-        hidden = torch.stack([h[r] for h, r in (b.hidden_ref for b in branches)])  # [C_kids, C]
-        parents = np.array([b.parent for b in branches], dtype=np.int64)
-        children = []
-        for i, b in enumerate(branches):
-            rec = self.seqs.new(recs[b.source], np.asarray(b.tokens, dtype=np.int32), b.seq, child=True)
+        # each row's final hidden state: row hidden_at[i, 1] of decode output hidden_at[i, 0]
+        at = batch.hidden_at[rows]
+        if len(batch.hiddens) == 1:
+            hidden = batch.hiddens[0][torch.from_numpy(at[:, 1]).to(self.device)]
+        else:
+            start = np.cumsum([0] + [h.shape[0] for h in batch.hiddens[:-1]])
+            hidden = torch.cat(batch.hiddens)[torch.from_numpy(start[at[:, 0]] + at[:, 1]).to(self.device)]
+        counts = batch.counts[rows]
+        tokens, logprobs = batch.tokens[rows], batch.logprobs[rows]
+        codes = batch.finish[rows]
+        parents = batch.parents[rows].astype(np.int64)
+        source = batch.source[rows].astype(np.int64)
+        step_tokens = [tokens[i, :c].copy() for i, c in enumerate(counts.tolist())]
+        children = np.empty(rows.size, dtype=np.int64)
+        for i, (src, seq) in enumerate(zip(source.tolist(), batch.seqs[rows].tolist())):
+            rec = self.seqs.new(recs[src], step_tokens[i].copy(), seq, child=True)
             rec.hidden = (hidden, i)
-            children.append(rec.handle)
+            children[i] = rec.handle
+        # each step's log-probability summed in float64 from its first token on, as Python's sum
+        # of the float32 values would (a cumulative sum adds in order)
+        step_logprob = np.cumsum(logprobs.astype(np.float64), axis=1)[np.arange(rows.size), counts - 1]
         return Expansion(
-            parents=parents, children=np.asarray(children, dtype=np.int64),
-            parent_index=np.array([b.source for b in branches], dtype=np.int64),
-            tokens=[np.asarray(b.tokens, dtype=np.int32) for b in branches],
-            logprobs=[np.asarray(b.logprobs, dtype=np.float32) for b in branches], hidden=hidden, values=None,
-            finish_reasons=[b.finish for b in branches],
-            terminal=np.array([b.finish in ("eos", "context") for b in branches], dtype=bool),
-            priors=sibling_priors(parents, np.array([sum(b.logprobs) for b in branches], dtype=np.float64)),
-            discarded_tokens=discarded)
+            parents=parents, children=children, parent_index=source, tokens=step_tokens,
+            logprobs=[logprobs[i, :c].copy() for i, c in enumerate(counts.tolist())], hidden=hidden, values=None,
+            finish_reasons=[FINISH_REASONS[c - 1] for c in codes.tolist()],
+            terminal=np.isin(codes, (CODE["eos"], CODE["context"])),
+            priors=sibling_priors(parents, step_logprob), discarded_tokens=discarded)
 
     # ---------------------------------------------------------------- public API: teacher forcing
     def _teacher_force(self, seqs, token_lists, evict: Optional[EvictFn]):
