@@ -71,6 +71,15 @@ def _(logits, keys, temperature, top_k, top_p, backend):
 register("sample", "torch")(reference.sample)
 
 
+def _nucleus_rows(temperature: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor):
+    """(int64 rows drawing from a nucleus set: top_p < 1 and not greedy, int64 [B] all -1) for
+    the host paths' CPU columns; numpy on the tensors' memory (a handful of torch ops on a few
+    hundred values cost more in dispatch than in work)."""
+    t, k, p = temperature.numpy(), top_k.numpy(), top_p.numpy()
+    nucleus = np.flatnonzero((p < 1.0) & ~((t <= 0) | (k == 1)))
+    return torch.from_numpy(nucleus), torch.from_numpy(np.full(t.shape[0], -1, dtype=np.int64))
+
+
 def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor, torch.Tensor]:
     """``ponder._core.sample_cpu`` on CPU tensors, returning exactly what ``reference.sample`` does.
 
@@ -85,9 +94,7 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
     lf = logits.float().contiguous()  # the reference samples logits.float() too
     keys, temperature, top_k, top_p = (t.contiguous() for t in (keys, temperature, top_k, top_p))
     B, V = lf.shape
-    greedy = (temperature <= 0) | (top_k == 1)
-    nucleus = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
-    allowed_row = torch.full((B,), -1, dtype=torch.int64)
+    nucleus, allowed_row = _nucleus_rows(temperature, top_k, top_p)
     allowed = None
     if nucleus.numel():
         sub = lf.index_select(0, nucleus)
@@ -101,7 +108,7 @@ def _sample_host(logits, keys, temperature, top_k, top_p) -> Tuple[torch.Tensor,
     _core.sample_cpu(lf.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
                      top_p.data_ptr(), 0 if allowed is None else allowed.data_ptr(), allowed_row.data_ptr(),
                      tokens.data_ptr(), deferred.data_ptr(), native_threads())
-    rows = deferred.nonzero().squeeze(1)
+    rows = torch.from_numpy(np.flatnonzero(deferred.numpy()))
     if rows.numel():
         args = (t.index_select(0, rows) for t in (lf, keys, temperature, top_k, top_p))
         tokens[rows] = reference.sample(*args)[0]
@@ -120,9 +127,7 @@ def _sample_shared_host(logits, rows, keys, temperature, top_k, top_p) -> Tuple[
     lf = logits.float().contiguous()
     rows, keys, temperature, top_k, top_p = (t.contiguous() for t in (rows, keys, temperature, top_k, top_p))
     B, (G, V) = rows.shape[0], lf.shape
-    greedy = (temperature <= 0) | (top_k == 1)
-    nucleus = ((top_p < 1.0) & ~greedy).nonzero().squeeze(1)
-    allowed_row = torch.full((B,), -1, dtype=torch.int64)
+    nucleus, allowed_row = _nucleus_rows(temperature, top_k, top_p)
     allowed = None
     if nucleus.numel():
         sub = lf.index_select(0, rows.index_select(0, nucleus))
@@ -135,7 +140,7 @@ def _sample_shared_host(logits, rows, keys, temperature, top_k, top_p) -> Tuple[
     _core.sample_cpu(lf.data_ptr(), B, V, V, keys.data_ptr(), temperature.data_ptr(), top_k.data_ptr(),
                      top_p.data_ptr(), 0 if allowed is None else allowed.data_ptr(), allowed_row.data_ptr(),
                      tokens.data_ptr(), deferred.data_ptr(), native_threads(), rows.data_ptr(), G)
-    late = deferred.nonzero().squeeze(1)
+    late = torch.from_numpy(np.flatnonzero(deferred.numpy()))
     if late.numel():
         args = (t.index_select(0, late) for t in (keys, temperature, top_k, top_p))
         tokens[late] = reference.sample(lf.index_select(0, rows.index_select(0, late)), *args)[0]
