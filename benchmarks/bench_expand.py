@@ -11,7 +11,9 @@ Peak KV bytes: ponder's measured page peak; transformers' cache holds N·(prompt
 ``--sweep`` runs long prompts instead (``--prompts`` tokens x ``--branches`` continuations of
 ``--new-tokens``; defaults 200 / 1,024 / 2,048 x 16 / 32 / 64, 32 new tokens) and reports end to
 end and decode-only figures: decode = total - prefill, where ponder's prefill is timed on its own
-and transformers' is one ``generate`` of a single token for the same N. Wall and CPU seconds.
+and transformers' is one ``generate`` of a single token for the same N (after an untimed one: the
+first call of a shape allocates and touches its memory, which made that side's prefill come out
+longer than its whole run). Wall and CPU seconds.
 ponder's total is one call on a fresh engine (prefill + the first expansion, which also pays the
 first touch of the pool's fresh memory; its step time is "cold ms"). ponder's decode columns
 are timed on a warm pool: the same expansion again on the same engine after the first one's
@@ -102,6 +104,7 @@ def sweep(model, hf, tok, args):
             if args.no_hf:
                 h = [float("nan")] * 4
             else:
+                hf_generate(hf, ids, n, 1)  # untimed: transformers' first call of a shape is slower
                 _, hp_wall, hp_cpu = timed(lambda: hf_generate(hf, ids, n, 1))
                 _, ht_wall, ht_cpu = timed(lambda: hf_generate(hf, ids, n, new))
                 h = [ht_wall, ht_cpu, hp_wall, hp_cpu]
