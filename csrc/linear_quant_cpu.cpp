@@ -163,13 +163,123 @@ PONDER_QTARGET void columns_avx2(const QProblem& p, int64_t n0, int64_t n1) {
   }
 }
 
+// ---- AVX-512: one zmm per 16-lane accumulator ----
+//
+// A block's 32 weights are two 16-float vectors, weights 0-15 and 16-31, which feed every lane
+// in ascending k exactly as linear_cpu's two 16-float steps over the block do; the reduction is
+// reduce_halves of the accumulator's two 256-bit halves. So the bits are those of the AVX2 path.
+#define PONDER_Q512 __attribute__((target("arch=x86-64-v4")))
+
+template <int TYPE>
+PONDER_Q512 PONDER_ALWAYS_INLINE void dequantize16(const uint8_t* blk, __m512 (&w)[2]) {
+  uint16_t h;
+  std::memcpy(&h, blk, sizeof h);
+  const __m512 d = _mm512_set1_ps(_cvtsh_ss(h));  // exact
+  if constexpr (TYPE == static_cast<int>(QuantType::kQ8_0)) {
+#pragma GCC unroll 2
+    for (int i = 0; i < 2; ++i) {
+      const __m128i q8 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2 + 16 * i));
+      w[i] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q8)));
+    }
+  } else {
+    // the 16 bytes of nibbles widened once: low nibbles are weights 0-15, high nibbles 16-31
+    constexpr int kQs = TYPE == static_cast<int>(QuantType::kQ4_1) ? 4 : 2;
+    const __m512i b = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kQs)));
+    const __m512 q[2] = {_mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(0x0F))),
+                         _mm512_cvtepi32_ps(_mm512_srli_epi32(b, 4))};
+    if constexpr (TYPE == static_cast<int>(QuantType::kQ4_1)) {
+      std::memcpy(&h, blk + 2, sizeof h);
+      const __m512 m = _mm512_set1_ps(_cvtsh_ss(h));
+#pragma GCC unroll 2
+      for (int i = 0; i < 2; ++i) w[i] = _mm512_fmadd_ps(d, q[i], m);  // d * q exact: one rounding, as before
+    } else {
+      const __m512 eight = _mm512_set1_ps(8.0f);
+#pragma GCC unroll 2
+      for (int i = 0; i < 2; ++i) w[i] = _mm512_mul_ps(d, _mm512_sub_ps(q[i], eight));
+    }
+  }
+}
+
+template <int TYPE, int MT, int NT>
+PONDER_Q512 PONDER_ALWAYS_INLINE void tile512(const QProblem& p, int64_t m, int64_t n) {
+  constexpr int64_t kBytes = TYPE == static_cast<int>(QuantType::kQ8_0) ? 34
+                             : TYPE == static_cast<int>(QuantType::kQ4_1) ? 20 : 18;
+  __m512 acc[MT][NT];
+#pragma GCC unroll 4
+  for (int i = 0; i < MT; ++i)
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) acc[i][j] = _mm512_setzero_ps();
+  const float* x = p.x + m * p.x_stride;
+  const uint8_t* w = p.w + n * p.row_bytes;
+  const int64_t blocks = p.in / kBlock;
+  for (int64_t b = 0; b < blocks; ++b) {
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) {
+      const uint8_t* blk = w + j * p.row_bytes + b * kBytes;
+      _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes), _MM_HINT_T0);
+      __m512 wv[2];
+      dequantize16<TYPE>(blk, wv);
+#pragma GCC unroll 4
+      for (int i = 0; i < MT; ++i) {
+        const float* xb = x + i * p.x_stride + b * kBlock;
+        acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xb), wv[0], acc[i][j]);
+        acc[i][j] = _mm512_fmadd_ps(_mm512_loadu_ps(xb + 16), wv[1], acc[i][j]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int i = 0; i < MT; ++i) {
+    float* o = p.out + (m + i) * p.out_stride + n;
+#pragma GCC unroll 4
+    for (int j = 0; j < NT; ++j) {
+      const __m256 lo = _mm512_castps512_ps256(acc[i][j]);
+      const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc[i][j]), 1));
+      o[j] = reduce_halves(lo, hi) + (p.bias ? p.bias[n + j] : 0.0f);
+    }
+  }
+}
+
+template <int TYPE, int MT, int NT>
+PONDER_Q512 PONDER_ALWAYS_INLINE void rows_of512(const QProblem& p, int64_t m, int64_t n0, int64_t n1) {
+  int64_t n = n0;
+  for (; n + NT <= n1; n += NT) tile512<TYPE, MT, NT>(p, m, n);
+  for (; n < n1; ++n) tile512<TYPE, MT, 1>(p, m, n);
+}
+
+// 4 x 4 tiles (16 zmm sums; each block de-quantised once for 4 rows), then the last rows.
+template <int TYPE>
+PONDER_Q512 void columns_avx512(const QProblem& p, int64_t n0, int64_t n1) {
+  int64_t m = 0;
+  for (; m + 4 <= p.rows; m += 4) rows_of512<TYPE, 4, 4>(p, m, n0, n1);
+  switch (p.rows - m) {
+    case 3: rows_of512<TYPE, 3, 4>(p, m, n0, n1); break;
+    case 2: rows_of512<TYPE, 2, 4>(p, m, n0, n1); break;
+    case 1: rows_of512<TYPE, 1, 4>(p, m, n0, n1); break;
+    default: break;
+  }
+}
+
 using ColumnsFn = void (*)(const QProblem&, int64_t, int64_t);
 
-ColumnsFn pick(int type) {
+ColumnsFn pick(int type, LinearIsa isa) {
+  __builtin_cpu_init();
+  const bool has512 = __builtin_cpu_supports("x86-64-v4");  // as linear_cpu decides
+  if (isa == LinearIsa::kGeneric || (isa == LinearIsa::kAvx512 && !has512)) return nullptr;
+  if (isa == LinearIsa::kAvx2) {
+    switch (type) {
+      case static_cast<int>(QuantType::kQ4_0): return columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
+      case static_cast<int>(QuantType::kQ4_1): return columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
+      case static_cast<int>(QuantType::kQ8_0): return columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
+      default: return nullptr;
+    }
+  }
   switch (type) {
-    case static_cast<int>(QuantType::kQ4_0): return columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
-    case static_cast<int>(QuantType::kQ4_1): return columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
-    case static_cast<int>(QuantType::kQ8_0): return columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
+    case static_cast<int>(QuantType::kQ4_0):
+      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ4_0)> : columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
+    case static_cast<int>(QuantType::kQ4_1):
+      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ4_1)> : columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
+    case static_cast<int>(QuantType::kQ8_0):
+      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ8_0)> : columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
     default: return nullptr;
   }
 }
@@ -199,7 +309,7 @@ bool linear_quant_cpu_available() {
 
 void linear_quant_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
                       const uint8_t* blocks, int type, int64_t out_features, const float* bias, float* out,
-                      int64_t out_row_stride, int num_threads) {
+                      int64_t out_row_stride, int num_threads, LinearIsa isa) {
   auto bad = [](const std::string& what) { throw std::invalid_argument("linear_quant_cpu: " + what); };
   const int64_t block_bytes = quant_block_bytes(type);
   detail::check_linear_args("linear_quant_cpu", num_rows, in_features, x_row_stride, out_features, out_row_stride,
@@ -207,11 +317,15 @@ void linear_quant_cpu(const float* x, int64_t num_rows, int64_t in_features, int
   if (in_features % kBlock != 0)
     bad("in_features must be a multiple of 32 (the block size), got " + std::to_string(in_features));
   if (!linear_quant_cpu_available()) bad("this CPU or build has no AVX2 + FMA + F16C path");
-  if (num_rows == 0 || out_features == 0) return;
+  if (static_cast<int>(isa) < 0 || static_cast<int>(isa) > 3)
+    bad("isa must be 0 (auto), 1 (avx512) or 2 (avx2), got " + std::to_string(static_cast<int>(isa)));
 #if PONDER_QUANT_X86
+  const ColumnsFn run = pick(type, isa);
+  if (run == nullptr)
+    bad("this CPU or build has no such instruction-set path: isa " + std::to_string(static_cast<int>(isa)));
+  if (num_rows == 0 || out_features == 0) return;
   const QProblem p{x, num_rows, in_features, x_row_stride, blocks, in_features / kBlock * block_bytes, bias, out,
                    out_row_stride};
-  const ColumnsFn run = pick(type);
   split_rows(out_features, num_rows * in_features * out_features, num_threads, kMinParallelMacs, kPartsPerThread,
              [&](int64_t n0, int64_t n1) { run(p, n0, n1); });
 #endif

@@ -18,6 +18,8 @@
 
 #include <cstdint>
 
+#include "linear_cpu.h"
+
 namespace ponder {
 
 // ggml's type ids for the block formats this kernel reads (32 weights per block).
@@ -37,9 +39,11 @@ bool linear_quant_cpu_available();
 // overlapping the inputs. num_threads > 1 splits the output columns over the calling thread and
 // helpers when the product is large enough (the results do not change). Throws
 // std::invalid_argument, before writing anything, for negative sizes, in_features not a multiple
-// of 32, small strides, num_threads < 1, an unknown type, or a CPU without the kernel.
+// of 32, small strides, num_threads < 1, an unknown type, or a CPU without the kernel. isa:
+// kAuto the best path the CPU has (AVX-512 where linear_cpu takes its AVX-512 path, else AVX2),
+// kAvx512 / kAvx2 that path (same bits; throws when the CPU lacks it); there is no kGeneric path.
 void linear_quant_cpu(const float* x, int64_t num_rows, int64_t in_features, int64_t x_row_stride,
                       const uint8_t* blocks, int type, int64_t out_features, const float* bias, float* out,
-                      int64_t out_row_stride, int num_threads);
+                      int64_t out_row_stride, int num_threads, LinearIsa isa = LinearIsa::kAuto);
 
 }  // namespace ponder

@@ -23,14 +23,20 @@ def native_fp32(x, w, bias=None, threads=1):
     return out
 
 
-def native_quant(x, blocks, type_name, N, bias=None, threads=1, out_stride=None):
+def native_quant(x, blocks, type_name, N, bias=None, threads=1, out_stride=None, isa=0):
     M, K = x.shape
     out_stride = out_stride or N
     out = torch.full((M, out_stride), 7.0)
     data = torch.from_numpy(blocks)
     lin._core.linear_quant_cpu(x.data_ptr(), M, K, x.stride(0), data.data_ptr(), lin.QUANT_TYPES[type_name][0], N,
-                               0 if bias is None else bias.data_ptr(), out.data_ptr(), out_stride, threads)
+                               0 if bias is None else bias.data_ptr(), out.data_ptr(), out_stride, threads, isa)
     return out
+
+
+# the kernel's instruction-set paths this CPU runs (1: AVX-512, 2: AVX2; as linear_cpu decides)
+ISAS = [pytest.param(isa, id=name, marks=pytest.mark.skipif(not lin._core.linear_cpu_has(isa),
+                                                          reason=f"this CPU has no {name} path"))
+        for isa, name in ((1, "avx512"), (2, "avx2"))] if lin.quant_available() else []
 
 
 def bits(t):
@@ -41,38 +47,41 @@ def bits(t):
 @pytest.mark.parametrize("M,N,K", [(1, 1, 32), (1, 7, 64), (2, 5, 96), (3, 33, 576), (4, 8, 64), (5, 9, 128),
                                    (9, 6, 32), (13, 12, 160)])
 @pytest.mark.parametrize("with_bias", [False, True])
-def test_quant_kernel_is_linear_cpu_on_the_dequantised_weights(type_name, M, N, K, with_bias):
+@pytest.mark.parametrize("isa", ISAS)
+def test_quant_kernel_is_linear_cpu_on_the_dequantised_weights(type_name, M, N, K, with_bias, isa):
     blocks = random_blocks(type_name, N, K, seed=M * 1000 + N * 10 + K)
     w = torch.from_numpy(dequantize(blocks, type_name, (N, K)))
     g = torch.Generator().manual_seed(K + N)
     x = torch.randn(M, K, generator=g)
     bias = torch.randn(N, generator=g) if with_bias else None
-    got = native_quant(x, blocks, type_name, N, bias)
+    got = native_quant(x, blocks, type_name, N, bias, isa=isa)
     assert torch.equal(bits(got), bits(native_fp32(x, w, bias)))
     assert torch.equal(bits(got), bits(reference.linear_lanes(x, w, bias)))
 
 
 @pytest.mark.parametrize("threads", [2, 3])
-def test_quant_kernel_threads_and_strides_give_the_same_bits(threads):
+@pytest.mark.parametrize("isa", ISAS)
+def test_quant_kernel_threads_and_strides_give_the_same_bits(threads, isa):
     N, K = 300, 576  # large enough to split over threads
     blocks = random_blocks("Q4_1", N, K, seed=11)
     w = torch.from_numpy(dequantize(blocks, "Q4_1", (N, K)))
     x_wide = torch.randn(6, K + 40, generator=torch.Generator().manual_seed(12))
     x = x_wide[:, 5:5 + K]  # rows K + 40 floats apart
-    one = native_quant(x, blocks, "Q4_1", N, threads=1, out_stride=N + 3)
-    many = native_quant(x, blocks, "Q4_1", N, threads=threads, out_stride=N + 3)
+    one = native_quant(x, blocks, "Q4_1", N, threads=1, out_stride=N + 3, isa=isa)
+    many = native_quant(x, blocks, "Q4_1", N, threads=threads, out_stride=N + 3, isa=isa)
     assert torch.equal(bits(one), bits(many))
     assert torch.equal(bits(one[:, :N]), bits(native_fp32(x.contiguous(), w)))
     assert torch.equal(one[:, N:], torch.full((6, 3), 7.0))  # the row padding is left alone
 
 
-def test_quant_kernel_rows_do_not_depend_on_their_batch():
+@pytest.mark.parametrize("isa", ISAS)
+def test_quant_kernel_rows_do_not_depend_on_their_batch(isa):
     N, K = 40, 64
     blocks = random_blocks("Q8_0", N, K, seed=5)
     x = torch.randn(11, K, generator=torch.Generator().manual_seed(6))
-    whole = native_quant(x, blocks, "Q8_0", N)
+    whole = native_quant(x, blocks, "Q8_0", N, isa=isa)
     for m in range(11):
-        assert torch.equal(bits(native_quant(x[m:m + 1], blocks, "Q8_0", N)), bits(whole[m:m + 1]))
+        assert torch.equal(bits(native_quant(x[m:m + 1], blocks, "Q8_0", N, isa=isa)), bits(whole[m:m + 1]))
 
 
 def test_quant_kernel_refuses_bad_arguments_before_writing():
@@ -88,6 +97,11 @@ def test_quant_kernel_refuses_bad_arguments_before_writing():
         call(x.data_ptr(), 2, 64, 32, blocks.data_ptr(), 2, 4, 0, out.data_ptr(), 4, 1)
     with pytest.raises(ValueError, match=r"num_threads must be >= 1, got 0"):
         call(x.data_ptr(), 2, 64, 64, blocks.data_ptr(), 2, 4, 0, out.data_ptr(), 4, 0)
+    with pytest.raises(ValueError, match=r"isa must be 0 \(auto\), 1 \(avx512\) or 2 \(avx2\)"):
+        call(x.data_ptr(), 2, 64, 64, blocks.data_ptr(), 2, 4, 0, out.data_ptr(), 4, 1, 3)
+    if not lin._core.linear_cpu_has(1):
+        with pytest.raises(ValueError, match=r"no such instruction-set path: isa 1"):
+            call(x.data_ptr(), 2, 64, 64, blocks.data_ptr(), 2, 4, 0, out.data_ptr(), 4, 1, 1)
     assert not out.any()
     assert [lin._core.quant_block_bytes(t) for t in (2, 3, 8)] == [18, 20, 34]
 

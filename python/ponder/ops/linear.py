@@ -292,12 +292,11 @@ def _native(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor])
 # ggml block formats linear_quant_cpu reads: name -> (ggml type id, bytes per 32 weights)
 QUANT_TYPES = {"Q4_0": (2, 18), "Q4_1": (3, 20), "Q8_0": (8, 34)}
 # products of at most this many rows read a weight's GGUF blocks where it has them; more rows take
-# the fp32 weights (the same bits). The blocks kernel is AVX2 (8 lanes); where the fp32 kernel
-# has its AVX-512 path the crossover comes sooner. SmolLM2-135M's 121 matrices, 1 thread, blocks
-# vs fp32 (bench_linear.py --blocks): AVX2 machine 3.35x at 1 row, 2.30x at 4, 1.39x at 8, 1.20x
-# at 16, 1.11x at 24; AVX-512 machine 2.38x at 1 row, 1.57x at 4, 1.04x at 8, 0.82x at 16,
-# 0.68x at 24.
-QUANT_MAX_ROWS = 8 if _core is not None and _core.linear_cpu_has(1) else 24  # 1: LinearIsa::kAvx512
+# the fp32 weights (the same bits). SmolLM2-135M's 121 matrices, 1 thread, blocks vs the fp32
+# kernel (bench_linear.py --blocks): AVX2 machine 3.35x at 1 row, 2.30x at 4, 1.39x at 8, 1.20x
+# at 16, 1.11x at 24; AVX-512 machine (both kernels' AVX-512 paths) 3.33x at 1 row, 2.81x at 4,
+# 1.84x at 8, 1.43x at 16, 1.16x at 24, 1.06x at 32.
+QUANT_MAX_ROWS = 24
 # id(weight) -> (weak reference, weight._version, data_ptr, blocks (uint8 CPU tensor), type id)
 _QUANTIZED: dict = {}
 # bumped whenever blocks are attached or dropped (the native decode step rebuilds then)
