@@ -106,8 +106,10 @@ PONDER_QTARGET PONDER_ALWAYS_INLINE float reduce_halves(__m256 lo, __m256 hi) {
   return (f[0] + f[2]) + (f[1] + f[3]);
 }
 
+// MT rows from m, NT weight rows from n. Not inlined into the driver below: that is built for
+// the baseline, and a call per tile (thousands of multiply-adds) costs nothing measurable.
 template <int TYPE, int MT, int NT>
-PONDER_QTARGET PONDER_ALWAYS_INLINE void tile(const QProblem& p, int64_t m, int64_t n) {
+PONDER_QTARGET void tile_avx2(const QProblem& p, int64_t m, int64_t n) {
   constexpr int64_t kBytes = TYPE == static_cast<int>(QuantType::kQ8_0) ? 34
                              : TYPE == static_cast<int>(QuantType::kQ4_1) ? 20 : 18;
   __m256 acc[MT][NT][2];
@@ -143,25 +145,13 @@ PONDER_QTARGET PONDER_ALWAYS_INLINE void tile(const QProblem& p, int64_t m, int6
   }
 }
 
-// Rows [0, rows) of output columns [n0, n1): MT x NT tiles, then MT x 1 for the last columns.
-template <int TYPE, int MT, int NT>
-PONDER_QTARGET PONDER_ALWAYS_INLINE void rows_of(const QProblem& p, int64_t m, int64_t n0, int64_t n1) {
-  int64_t n = n0;
-  for (; n + NT <= n1; n += NT) tile<TYPE, MT, NT>(p, m, n);
-  for (; n < n1; ++n) tile<TYPE, MT, 1>(p, m, n);
-}
-
-template <int TYPE>
-PONDER_QTARGET void columns_avx2(const QProblem& p, int64_t n0, int64_t n1) {
-  int64_t m = 0;
-  for (; m + 4 <= p.rows; m += 4) rows_of<TYPE, 4, 1>(p, m, n0, n1);
-  switch (p.rows - m) {
-    case 3: rows_of<TYPE, 3, 1>(p, m, n0, n1); break;
-    case 2: rows_of<TYPE, 2, 2>(p, m, n0, n1); break;
-    case 1: rows_of<TYPE, 1, 4>(p, m, n0, n1); break;
-    default: break;
-  }
-}
+// A 4 x 1 tile de-quantises each block once for 4 rows; a 1-row step takes 1 x 4 tiles (8
+// independent chains), 2 rows 2 x 2.
+struct Avx2 {
+  static constexpr int kWidth[5] = {0, 4, 2, 1, 1};  // weight rows per tile, by the tile's rows
+  template <int TYPE, int MT, int NT>
+  static void tile(const QProblem& p, int64_t m, int64_t n) { tile_avx2<TYPE, MT, NT>(p, m, n); }
+};
 
 // ---- AVX-512: one zmm per 16-lane accumulator ----
 //
@@ -201,7 +191,7 @@ PONDER_Q512 PONDER_ALWAYS_INLINE void dequantize16(const uint8_t* blk, __m512 (&
 }
 
 template <int TYPE, int MT, int NT>
-PONDER_Q512 PONDER_ALWAYS_INLINE void tile512(const QProblem& p, int64_t m, int64_t n) {
+PONDER_Q512 void tile_avx512(const QProblem& p, int64_t m, int64_t n) {
   constexpr int64_t kBytes = TYPE == static_cast<int>(QuantType::kQ8_0) ? 34
                              : TYPE == static_cast<int>(QuantType::kQ4_1) ? 20 : 18;
   __m512 acc[MT][NT];
@@ -239,49 +229,52 @@ PONDER_Q512 PONDER_ALWAYS_INLINE void tile512(const QProblem& p, int64_t m, int6
   }
 }
 
-template <int TYPE, int MT, int NT>
-PONDER_Q512 PONDER_ALWAYS_INLINE void rows_of512(const QProblem& p, int64_t m, int64_t n0, int64_t n1) {
+// 4 x 4 tiles (16 zmm sums; each block de-quantised once for 4 rows), then the last rows.
+struct Avx512 {
+  static constexpr int kWidth[5] = {0, 4, 4, 4, 4};
+  template <int TYPE, int MT, int NT>
+  static void tile(const QProblem& p, int64_t m, int64_t n) { tile_avx512<TYPE, MT, NT>(p, m, n); }
+};
+
+// Rows m to m + MT of output columns [n0, n1): MT x NT tiles, then MT x 1 for the last columns.
+template <typename Path, int TYPE, int MT>
+void rows_of(const QProblem& p, int64_t m, int64_t n0, int64_t n1) {
+  constexpr int NT = Path::kWidth[MT];
   int64_t n = n0;
-  for (; n + NT <= n1; n += NT) tile512<TYPE, MT, NT>(p, m, n);
-  for (; n < n1; ++n) tile512<TYPE, MT, 1>(p, m, n);
+  for (; n + NT <= n1; n += NT) Path::template tile<TYPE, MT, NT>(p, m, n);
+  for (; n < n1; ++n) Path::template tile<TYPE, MT, 1>(p, m, n);
 }
 
-// 4 x 4 tiles (16 zmm sums; each block de-quantised once for 4 rows), then the last rows.
-template <int TYPE>
-PONDER_Q512 void columns_avx512(const QProblem& p, int64_t n0, int64_t n1) {
+// Output columns [n0, n1) of every row: rows in fours, then the last 1-3 together.
+template <typename Path, int TYPE>
+void columns(const QProblem& p, int64_t n0, int64_t n1) {
   int64_t m = 0;
-  for (; m + 4 <= p.rows; m += 4) rows_of512<TYPE, 4, 4>(p, m, n0, n1);
+  for (; m + 4 <= p.rows; m += 4) rows_of<Path, TYPE, 4>(p, m, n0, n1);
   switch (p.rows - m) {
-    case 3: rows_of512<TYPE, 3, 4>(p, m, n0, n1); break;
-    case 2: rows_of512<TYPE, 2, 4>(p, m, n0, n1); break;
-    case 1: rows_of512<TYPE, 1, 4>(p, m, n0, n1); break;
+    case 3: rows_of<Path, TYPE, 3>(p, m, n0, n1); break;
+    case 2: rows_of<Path, TYPE, 2>(p, m, n0, n1); break;
+    case 1: rows_of<Path, TYPE, 1>(p, m, n0, n1); break;
     default: break;
   }
 }
 
 using ColumnsFn = void (*)(const QProblem&, int64_t, int64_t);
 
+template <typename Path>
+ColumnsFn columns_of(int type) {
+  switch (type) {
+    case static_cast<int>(QuantType::kQ4_0): return columns<Path, static_cast<int>(QuantType::kQ4_0)>;
+    case static_cast<int>(QuantType::kQ4_1): return columns<Path, static_cast<int>(QuantType::kQ4_1)>;
+    case static_cast<int>(QuantType::kQ8_0): return columns<Path, static_cast<int>(QuantType::kQ8_0)>;
+    default: return nullptr;
+  }
+}
+
 ColumnsFn pick(int type, LinearIsa isa) {
   __builtin_cpu_init();
   const bool has512 = __builtin_cpu_supports("x86-64-v4");  // as linear_cpu decides
   if (isa == LinearIsa::kGeneric || (isa == LinearIsa::kAvx512 && !has512)) return nullptr;
-  if (isa == LinearIsa::kAvx2) {
-    switch (type) {
-      case static_cast<int>(QuantType::kQ4_0): return columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
-      case static_cast<int>(QuantType::kQ4_1): return columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
-      case static_cast<int>(QuantType::kQ8_0): return columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
-      default: return nullptr;
-    }
-  }
-  switch (type) {
-    case static_cast<int>(QuantType::kQ4_0):
-      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ4_0)> : columns_avx2<static_cast<int>(QuantType::kQ4_0)>;
-    case static_cast<int>(QuantType::kQ4_1):
-      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ4_1)> : columns_avx2<static_cast<int>(QuantType::kQ4_1)>;
-    case static_cast<int>(QuantType::kQ8_0):
-      return has512 ? columns_avx512<static_cast<int>(QuantType::kQ8_0)> : columns_avx2<static_cast<int>(QuantType::kQ8_0)>;
-    default: return nullptr;
-  }
+  return isa != LinearIsa::kAvx2 && has512 ? columns_of<Avx512>(type) : columns_of<Avx2>(type);
 }
 #endif
 
